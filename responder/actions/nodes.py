@@ -1,0 +1,25 @@
+"""Actions on the node an event happened on."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .base import Action, Outcome, Rbac, Result, Target
+from .pods import MERGE_PATCH
+
+
+class CordonNode(Action):
+    """Mark the node unschedulable, as `kubectl cordon` does; running pods stay."""
+
+    name = "cordon-node"
+    needs = ("node",)
+    rbac = (Rbac("nodes", ("get", "patch")),)
+
+    def run(self, target: Target, params: Mapping[str, Any]) -> Result:
+        node = self.core.read_node(target.node, _request_timeout=self.timeout)
+        if node.spec is not None and node.spec.unschedulable:
+            return Result(Outcome.ALREADY_DONE, "already cordoned")
+        self.core.patch_node(target.node, {"spec": {"unschedulable": True}},
+                             _content_type=MERGE_PATCH, _request_timeout=self.timeout)
+        return Result(Outcome.DONE)

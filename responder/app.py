@@ -1,0 +1,103 @@
+"""The Flask app factory: the webhook Falcosidekick calls, and the health endpoints."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+from kubernetes.client import ApiClient
+from werkzeug.exceptions import HTTPException
+
+from . import kube
+from .actions import Registry, default_registry
+from .errors import EventError
+from .events import parse_event
+from .logs import configure_logging
+from .service import Responder
+from .settings import Settings
+from .table import Table, load_table
+
+logger = logging.getLogger(__name__)
+_UNSET: Any = object()
+EVENT_METHODS = ["POST", "PUT"]  # Falcosidekick's webhook.method may be PUT
+
+
+def create_app(settings: Settings | None = None, *, table: Table | None = None,
+               registry: Registry | None = None, api_client: ApiClient | None = _UNSET) -> Flask:
+    """Build the app. Nothing happens at import; gunicorn runs `responder.app:create_app()`."""
+    settings = settings or Settings.from_env()
+    configure_logging(settings.log_format, settings.log_level)
+    registry = registry or default_registry()
+    table = table or load_table(settings.actions_file, registry)
+    if api_client is _UNSET:
+        api_client, where = kube.connect(settings)
+    else:
+        where = "given" if api_client is not None else "no cluster"
+    responder = Responder(settings, table, registry, api_client)
+    log_startup(responder, where)
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.extensions["responder"] = responder
+    _add_routes(app, responder)
+    _add_error_handlers(app)
+    return app
+
+
+def _add_routes(app: Flask, responder: Responder) -> None:
+    def receive() -> tuple[Response, int]:
+        event = parse_event(request.get_data(cache=False), request.content_type or "")
+        return jsonify(responder.respond(event)), 200
+
+    app.add_url_rule("/", "receive_root", receive, methods=EVENT_METHODS)
+    app.add_url_rule("/events", "receive_events", receive, methods=EVENT_METHODS)
+
+    @app.get("/healthz")
+    def healthz() -> tuple[Response, int]:
+        return jsonify({"status": "ok"}), 200
+
+    @app.get("/readyz")
+    def readyz() -> tuple[Response, int]:
+        detail = {"table": responder.table.source, "rules": len(responder.table.rules),
+                  "armed": responder.armed}
+        problem = None
+        if responder.armed:
+            problem = kube.api_reachable(responder.api_client, timeout=2.0)
+        if problem:
+            return jsonify({"status": "not ready", "error": problem, **detail}), 503
+        return jsonify({"status": "ready", **detail}), 200
+
+
+def _add_error_handlers(app: Flask) -> None:
+    @app.errorhandler(EventError)
+    def bad_event(exc: EventError) -> tuple[Response, int]:
+        return jsonify({"error": str(exc)}), 400
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> tuple[Response, int]:
+        message = {413: "request body is larger than RESPONDER_MAX_BODY_BYTES"}.get(
+            exc.code, exc.description)
+        return jsonify({"error": message}), exc.code or 500
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> tuple[Response, int]:
+        # A bug, not bad input: log it with the traceback; the body names no internals.
+        logger.exception("unexpected error handling %s %s", request.method, request.path)
+        return jsonify({"error": "internal error; see the responder's log"}), 500
+
+
+def log_startup(responder: Responder, where: str) -> None:
+    logger.info("settings: %s", responder.settings.describe())
+    logger.info("action table %s: %d rule(s); cluster: %s",
+                responder.table.source, len(responder.table.rules), where)
+    if not responder.armed:
+        logger.warning("DRY-RUN: no action will change the cluster (%s)", _dry_run_cause(responder))
+
+
+def _dry_run_cause(responder: Responder) -> str:
+    if responder.settings.force_dry_run:
+        return "RESPONDER_DRY_RUN=true"
+    if responder.api_client is None:
+        return "no Kubernetes cluster configured"
+    return "every table rule is dry-run; set dry_run: false in the table to arm it"

@@ -1,0 +1,146 @@
+"""The `responder` command: serve, check an action table, replay recorded events."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from typing import Any, TextIO
+
+from .actions import default_registry
+from .decisions import plan_response
+from .errors import ConfigError, EventError, TableError
+from .events import event_from_dict
+from .executor import Executor
+from .service import replay_line
+from .settings import Settings
+from .table import Table, load_table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except BrokenPipeError:  # `responder replay ... | head` is normal use
+        return 0
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="responder", description=__doc__)
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the webhook service under gunicorn")
+    serve.add_argument("--host", help="listen address (RESPONDER_HOST, default 0.0.0.0)")
+    serve.add_argument("--port", type=int, help="listen port (RESPONDER_PORT, default 2801)")
+    serve.add_argument("--actions", help="action table file (RESPONDER_ACTIONS_FILE)")
+    serve.set_defaults(run=_serve)
+
+    check = sub.add_parser("check", help="validate action table files; exit 1 on any error")
+    check.add_argument("files", nargs="+", help="action table YAML files")
+    check.set_defaults(run=_check)
+
+    replay = sub.add_parser("replay", help="show what a table would do with recorded events")
+    replay.add_argument("events", help="JSON-lines file of Falco events ('-' for stdin)")
+    replay.add_argument("--actions", help="action table (default: the packaged table)")
+    replay.add_argument("--format", choices=("json", "table"), default="json")
+    replay.add_argument("--to", metavar="URL",
+                        help="instead, POST each event to a running responder and print replies")
+    replay.add_argument("--token", help="bearer token for --to (or RESPONDER_REPLAY_TOKEN)")
+    replay.set_defaults(run=_replay)
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .server import run_server
+
+    overrides = {k: v for k, v in (("RESPONDER_HOST", args.host), ("RESPONDER_PORT", args.port),
+                                   ("RESPONDER_ACTIONS_FILE", args.actions)) if v is not None}
+    return run_server(overrides)
+
+
+def _check(args: argparse.Namespace) -> int:
+    registry = default_registry()
+    status = 0
+    for path in args.files:
+        try:
+            table = load_table(path, registry)
+        except TableError as exc:
+            print(exc, file=sys.stderr)
+            status = 1
+            continue
+        print(f"{path}: OK, {len(table.rules)} rule(s)"
+              f"{'' if table.dry_run else ', dry_run is OFF by default'}")
+    return status
+
+
+def _replay(args: argparse.Namespace) -> int:
+    with _open(args.events) as stream:
+        if args.to:
+            from .replay_remote import post_events
+            return post_events(stream, args.to, args.token, sys.stdout)
+        registry = default_registry()
+        table = load_table(args.actions, registry)
+        lines = replay_events(stream, table)
+        if args.format == "table":
+            print(format_table(list(lines)))
+        else:
+            for line in lines:
+                print(json.dumps(line))
+    return 0
+
+
+def replay_events(stream: TextIO, table: Table, settings: Settings | None = None
+                  ) -> Iterator[dict[str, Any]]:
+    """One replay object per input line; bad lines give {"line": n, "error": ...} and go on."""
+    settings = settings or Settings()
+    registry = default_registry()
+    executor = Executor(actions=None)  # replay never touches a cluster
+    for number, text in enumerate(stream, 1):
+        if not text.strip():
+            continue
+        try:
+            event = event_from_dict(json.loads(text))
+        except json.JSONDecodeError as exc:
+            yield {"line": number, "error": f"not valid JSON: {exc.msg} at column {exc.colno}"}
+            continue
+        except EventError as exc:
+            yield {"line": number, "error": str(exc)}
+            continue
+        plan = plan_response(table, registry, event, own_namespace=settings.namespace,
+                             force_dry_run=settings.force_dry_run)
+        yield replay_line(plan, executor.execute(plan))
+
+
+def format_table(lines: list[dict[str, Any]]) -> str:
+    """A human-readable view of replay lines: one row per action (or per unmatched event)."""
+    rows = [("FALCO RULE", "PRIORITY", "TABLE RULES", "ACTION", "TARGET", "OUTCOME")]
+    for line in lines:
+        if "error" in line:
+            rows.append((f"line {line['line']}", "-", "-", "-", "-", "error: " + line["error"]))
+            continue
+        matched = ",".join(line["matched"]) or "-"
+        for act in line["actions"] or [{"action": "-", "target": {}, "outcome": "no match"}]:
+            target = "/".join(str(v) for v in act["target"].values()) or "-"
+            outcome = act["outcome"] + (f": {act['reason']}" if act.get("reason") else "")
+            rows.append((line["rule"], line["priority"], matched, act["action"], target, outcome))
+    widths = [min(max(len(r[i]) for r in rows), 48) for i in range(len(rows[0]) - 1)]
+    return "\n".join("  ".join(c[:w].ljust(w) for c, w in zip(r, widths, strict=False)) + "  "
+                     + r[-1] for r in rows)
+
+
+def _open(path: str) -> TextIO:
+    if path == "-":
+        return sys.stdin
+    try:
+        return open(path, encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read events: {exc.strerror}") from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

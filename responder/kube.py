@@ -1,0 +1,43 @@
+"""Connecting to the Kubernetes API: in-cluster, else kubeconfig, else no cluster at all."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from kubernetes import client, config
+from kubernetes.config.config_exception import ConfigException
+
+from .errors import ConfigError
+from .settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def connect(settings: Settings) -> tuple[client.ApiClient | None, str]:
+    """An API client per `settings.kube_mode`, and a description of where it points."""
+    mode = settings.kube_mode
+    if mode in ("auto", "in-cluster"):
+        try:
+            config.load_incluster_config()
+            return client.ApiClient(), "in-cluster service account"
+        except ConfigException as exc:
+            if mode == "in-cluster":
+                raise ConfigError(f"RESPONDER_KUBE_CONFIG=in-cluster: {exc}") from None
+    if mode in ("auto", "kubeconfig"):
+        path = os.environ.get("KUBECONFIG", "~/.kube/config")
+        try:
+            return config.new_client_from_config(), f"kubeconfig {path}"
+        except (ConfigException, OSError) as exc:
+            if mode == "kubeconfig":
+                raise ConfigError(f"RESPONDER_KUBE_CONFIG=kubeconfig ({path}): {exc}") from None
+    return None, "no cluster (every action is reported as would-run)"
+
+
+def api_reachable(api: client.ApiClient, timeout: float) -> str | None:
+    """None when the API server answers /version, else why not (for /readyz)."""
+    try:
+        client.VersionApi(api).get_code(_request_timeout=timeout)
+    except Exception as exc:  # noqa: BLE001 - any failure means "not ready", said plainly
+        return f"Kubernetes API not reachable: {type(exc).__name__}"
+    return None

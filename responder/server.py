@@ -1,0 +1,56 @@
+"""`responder serve`: gunicorn with gthread workers, configured from our settings."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from .actions import default_registry
+from .settings import Settings
+from .table import load_table
+
+
+class ResponderServer(BaseApplication):
+    """Embeds gunicorn so `responder serve` and the container image run the same server."""
+
+    def __init__(self, settings: Settings, options: Mapping[str, Any]):
+        self.settings = settings
+        self.options = dict(options)
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self):
+        from .app import create_app
+
+        return create_app(self.settings)
+
+
+def gunicorn_options(settings: Settings) -> dict[str, Any]:
+    """Options shared with the Dockerfile's gunicorn command line."""
+    return {
+        "bind": f"{settings.host}:{settings.port}",
+        "workers": settings.workers,
+        "worker_class": "gthread",
+        "threads": settings.threads,
+        # Falcosidekick never times out a request; we should not hang on one either.
+        "timeout": 60,
+        "accesslog": None,
+        # /dev/shm keeps the worker heartbeat off a read-only root filesystem.
+        "worker_tmp_dir": "/dev/shm" if os.path.isdir("/dev/shm") else None,
+    }
+
+
+def run_server(overrides: Mapping[str, Any]) -> int:
+    """Start serving; environment variables first, command-line flags on top."""
+    env = {**os.environ, **{k: str(v) for k, v in overrides.items()}}
+    settings = Settings.from_env(env)
+    # Fail here, with every table error listed, rather than in each gunicorn worker.
+    load_table(settings.actions_file, default_registry())
+    ResponderServer(settings, gunicorn_options(settings)).run()
+    return 0

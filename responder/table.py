@@ -1,0 +1,346 @@
+"""The operator's action table: loading, validation with every error reported, and matching."""
+
+from __future__ import annotations
+
+import fnmatch
+import operator
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .actions import Registry
+from .errors import TableError
+from .events import Event, Priority
+
+DEFAULT_TABLE = "default_actions.yaml"
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]*$")
+_PRIORITY_EXPR = re.compile(r"^\s*(>=|<=|==|!=|>|<)?\s*([A-Za-z]+)\s*$")
+_COMPARE: dict[str, Callable[[Any, Any], bool]] = {
+    ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt,
+    "==": operator.eq, "!=": operator.ne,
+}
+_TOP_KEYS = {"defaults", "rules"}
+_DEFAULT_KEYS = {"dry_run", "protected_namespaces"}
+_RULE_KEYS = {"name", "match", "actions", "continue", "dry_run"}
+_MATCH_KEYS = {"rules", "priority", "tags", "source", "output_fields"}
+_ACTION_KEYS = {"action", "params"}
+
+
+@dataclass(frozen=True)
+class PriorityCondition:
+    op: str
+    priority: Priority
+
+    def holds(self, priority: Priority) -> bool:
+        return _COMPARE[self.op](priority, self.priority)
+
+    def __str__(self) -> str:
+        return f"{self.op}{self.priority.label}"
+
+
+@dataclass(frozen=True)
+class FieldCondition:
+    """An output field equals one of `values`, or (negated) none of them."""
+
+    key: str
+    values: tuple[str, ...]
+    negated: bool = False
+
+    def holds(self, event: Event) -> bool:
+        value = event.field(self.key)
+        present = value is not None and _as_text(value) in self.values
+        return not present if self.negated else present
+
+
+@dataclass(frozen=True)
+class Match:
+    rules: tuple[str, ...] = ()
+    priority: PriorityCondition | None = None
+    tags: tuple[str, ...] = ()
+    source: str | None = None
+    output_fields: tuple[FieldCondition, ...] = ()
+
+
+@dataclass(frozen=True)
+class ActionSpec:
+    action: str
+    params: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class TableRule:
+    name: str
+    match: Match
+    actions: tuple[ActionSpec, ...]
+    continue_: bool = True
+    dry_run: bool | None = None
+
+
+@dataclass(frozen=True)
+class Table:
+    source: str
+    rules: tuple[TableRule, ...]
+    dry_run: bool = True
+    protected_namespaces: frozenset[str] = frozenset({"kube-system"})
+
+    def is_dry_run(self, rule: TableRule) -> bool:
+        return self.dry_run if rule.dry_run is None else rule.dry_run
+
+
+def load_table(path: str | Path | None, registry: Registry) -> Table:
+    """Load and validate a table file; None loads the packaged default. Raises TableError."""
+    if path is None:
+        text = resources.files("responder").joinpath(DEFAULT_TABLE).read_text("utf-8")
+        return parse_table(text, f"<packaged {DEFAULT_TABLE}>", registry)
+    try:
+        text = Path(path).read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TableError(str(path), [f"cannot read the file: {exc}"]) from None
+    return parse_table(text, str(path), registry)
+
+
+def parse_table(text: str, source: str, registry: Registry) -> Table:
+    """Validate a table's YAML text; TableError lists every problem found, not just the first."""
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise TableError(source, [f"not valid YAML: {exc}"]) from None
+    problems: list[str] = []
+    table = _build_table(doc, source, registry, problems)
+    if problems:
+        raise TableError(source, problems)
+    return table
+
+
+def match_rules(table: Table, event: Event) -> list[TableRule]:
+    """The table rules an event matches, in table order, stopping after one with continue false."""
+    if event.is_internal:
+        return []
+    matched = []
+    for rule in table.rules:
+        if matches(rule.match, event):
+            matched.append(rule)
+            if not rule.continue_:
+                break
+    return matched
+
+
+def matches(match: Match, event: Event) -> bool:
+    """Whether every criterion given in `match` holds for the event."""
+    if match.rules and not any(_rule_name_matches(p, event.rule) for p in match.rules):
+        return False
+    if match.priority and not match.priority.holds(event.priority):
+        return False
+    if not set(match.tags) <= set(event.tags):
+        return False
+    if match.source and match.source != event.source:
+        return False
+    return all(cond.holds(event) for cond in match.output_fields)
+
+
+def _rule_name_matches(pattern: str, rule: str) -> bool:
+    # fnmatchcase: Falco rule names are case-sensitive, and "[" in a name stays literal
+    # unless the operator wrote a glob class on purpose.
+    return pattern == rule or fnmatch.fnmatchcase(rule, pattern)
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+# --- building and validating ---------------------------------------------------------
+
+class _Problems:
+    """Collects problems prefixed with where they are: 'rule #2 (name): key: reason'."""
+
+    def __init__(self, sink: list[str], where: str):
+        self.sink, self.where = sink, where
+
+    def add(self, key: str, reason: str) -> None:
+        self.sink.append(f"{self.where}: {key}: {reason}" if key else f"{self.where}: {reason}")
+
+
+def _build_table(doc: Any, source: str, registry: Registry, problems: list[str]) -> Table:
+    top = _Problems(problems, "table")
+    if not isinstance(doc, dict):
+        top.add("", "must be a mapping with 'defaults' and 'rules'")
+        return Table(source, ())
+    for key in sorted(set(doc) - _TOP_KEYS, key=str):
+        top.add(str(key), "unknown key (known: defaults, rules)")
+    dry_run, protected = _build_defaults(doc.get("defaults", {}), _Problems(problems, "defaults"))
+    raw_rules = doc.get("rules")
+    if not isinstance(raw_rules, list):
+        top.add("rules", "must be a list" if "rules" in doc else "required key is missing")
+        raw_rules = []
+    rules = [_build_rule(i, raw, registry, problems) for i, raw in enumerate(raw_rules, 1)]
+    _check_unique_names(rules, problems)
+    return Table(source, tuple(rules), dry_run, protected)
+
+
+def _build_defaults(raw: Any, problems: _Problems) -> tuple[bool, frozenset[str]]:
+    if not isinstance(raw, dict):
+        problems.add("", "must be a mapping")
+        return True, frozenset({"kube-system"})
+    for key in sorted(set(raw) - _DEFAULT_KEYS, key=str):
+        problems.add(str(key), "unknown key (known: dry_run, protected_namespaces)")
+    dry_run = raw.get("dry_run", True)
+    if not isinstance(dry_run, bool):
+        problems.add("dry_run", "must be true or false")
+        dry_run = True
+    protected = raw.get("protected_namespaces", ["kube-system"])
+    if not _is_str_list(protected):
+        problems.add("protected_namespaces", "must be a list of namespace names")
+        protected = ["kube-system"]
+    return dry_run, frozenset(protected)
+
+
+def _build_rule(index: int, raw: Any, registry: Registry, sink: list[str]) -> TableRule:
+    name = raw.get("name") if isinstance(raw, dict) else None
+    label = f"rule #{index} ({name})" if isinstance(name, str) else f"rule #{index}"
+    problems = _Problems(sink, label)
+    if not isinstance(raw, dict):
+        problems.add("", "must be a mapping")
+        return TableRule(f"#{index}", Match(), ())
+    for key in sorted(set(raw) - _RULE_KEYS, key=str):
+        problems.add(str(key), f"unknown key (known: {', '.join(sorted(_RULE_KEYS))})")
+    if name is None:
+        problems.add("name", "required key is missing")
+    elif not isinstance(name, str) or not NAME_PATTERN.match(name):
+        problems.add("name", "must match ^[a-z][a-z0-9-]*$")
+    return TableRule(
+        name=name if isinstance(name, str) else f"#{index}",
+        match=_build_match(raw.get("match"), problems),
+        actions=_build_actions(raw.get("actions"), registry, problems),
+        continue_=_optional_bool(raw, "continue", True, problems),
+        dry_run=_optional_bool(raw, "dry_run", None, problems),
+    )
+
+
+def _optional_bool(raw: dict, key: str, default: bool | None, problems: _Problems) -> bool | None:
+    value = raw.get(key, default)
+    if value is not default and not isinstance(value, bool):
+        problems.add(key, "must be true or false")
+        return default
+    return value
+
+
+def _build_match(raw: Any, problems: _Problems) -> Match:
+    if raw is None:
+        problems.add("match", "required key is missing")
+        return Match()
+    if not isinstance(raw, dict) or not raw:
+        problems.add("match", "must be a mapping with at least one criterion")
+        return Match()
+    for key in sorted(set(raw) - _MATCH_KEYS, key=str):
+        problems.add(f"match.{key}", f"unknown criterion (known: {', '.join(sorted(_MATCH_KEYS))})")
+    return Match(
+        rules=_str_list(raw, "rules", problems),
+        priority=_build_priority(raw.get("priority"), problems),
+        tags=_str_list(raw, "tags", problems),
+        source=_optional_str(raw, "source", problems),
+        output_fields=_build_field_conditions(raw.get("output_fields"), problems),
+    )
+
+
+def _str_list(raw: dict, key: str, problems: _Problems) -> tuple[str, ...]:
+    value = raw.get(key, [])
+    if isinstance(value, str):
+        value = [value]
+    if not _is_str_list(value) or (key == "rules" and key in raw and not value):
+        problems.add(f"match.{key}", "must be a non-empty list of strings")
+        return ()
+    return tuple(value)
+
+
+def _optional_str(raw: dict, key: str, problems: _Problems) -> str | None:
+    value = raw.get(key)
+    if value is not None and (not isinstance(value, str) or not value):
+        problems.add(f"match.{key}", "must be a non-empty string")
+        return None
+    return "syscall" if value == "syscalls" else value
+
+
+def _build_priority(raw: Any, problems: _Problems) -> PriorityCondition | None:
+    if raw is None:
+        return None
+    found = _PRIORITY_EXPR.match(raw) if isinstance(raw, str) else None
+    try:
+        if not found:
+            raise ValueError("expected a priority name with an optional >=, <=, >, <, == or !=")
+        return PriorityCondition(found.group(1) or "==", Priority.parse(found.group(2)))
+    except ValueError as exc:
+        problems.add("match.priority", f"bad priority expression {raw!r}: {exc}")
+        return None
+
+
+def _build_field_conditions(raw: Any, problems: _Problems) -> tuple[FieldCondition, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        problems.add("match.output_fields", "must be a mapping of field name to value(s)")
+        return ()
+    conditions = []
+    for key, expected in raw.items():
+        where = f"match.output_fields.{key}"
+        negated = isinstance(expected, dict)
+        if negated:
+            if set(expected) != {"not"}:
+                problems.add(where, "a mapping here may only hold 'not'")
+                continue
+            expected = expected["not"]
+        values = expected if isinstance(expected, list) else [expected]
+        if not values or not all(_is_scalar(v) for v in values):
+            problems.add(where, "must be a value, a list of values, or {not: [values]}")
+            continue
+        conditions.append(FieldCondition(str(key), tuple(_as_text(v) for v in values), negated))
+    return tuple(conditions)
+
+
+def _build_actions(raw: Any, registry: Registry, problems: _Problems) -> tuple[ActionSpec, ...]:
+    if raw is None:
+        problems.add("actions", "required key is missing")
+        return ()
+    if not isinstance(raw, list) or not raw:
+        problems.add("actions", "must be a non-empty list")
+        return ()
+    specs = []
+    for i, item in enumerate(raw, 1):
+        where = f"actions[{i}]"
+        if not isinstance(item, dict) or "action" not in item:
+            problems.add(where, "must be a mapping with an 'action' key")
+            continue
+        for key in sorted(set(item) - _ACTION_KEYS, key=str):
+            problems.add(f"{where}.{key}", "unknown key (known: action, params)")
+        name, params = item["action"], item.get("params") or {}
+        cls = registry.get(name) if isinstance(name, str) else None
+        if cls is None:
+            problems.add(f"{where}.action", f"unknown action {name!r} "
+                         f"(known: {', '.join(registry.names())})")
+            continue
+        for key, reason in cls.param_problems(params):
+            problems.add(f"{where}.{key}", reason)
+        specs.append(ActionSpec(name, params if isinstance(params, dict) else {}))
+    return tuple(specs)
+
+
+def _check_unique_names(rules: list[TableRule], sink: list[str]) -> None:
+    seen: dict[str, int] = {}
+    for index, rule in enumerate(rules, 1):
+        if rule.name in seen and not rule.name.startswith("#"):
+            sink.append(f"rule #{index} ({rule.name}): name: duplicate of rule #{seen[rule.name]}")
+        seen.setdefault(rule.name, index)
+
+
+def _is_str_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) and v for v in value)
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, str | int | float | bool)
