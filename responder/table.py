@@ -26,7 +26,8 @@ _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
 }
 _TOP_KEYS = {"defaults", "rules"}
 _DEFAULT_KEYS = {"dry_run", "protected_namespaces"}
-_RULE_KEYS = {"name", "match", "actions", "continue", "dry_run"}
+_RULE_KEYS = {"name", "match", "actions", "continue", "dry_run", "notify"}
+NOTIFIERS = ("slack",)
 _MATCH_KEYS = {"rules", "priority", "tags", "source", "output_fields"}
 _ACTION_KEYS = {"action", "params"}
 
@@ -79,6 +80,8 @@ class TableRule:
     actions: tuple[ActionSpec, ...]
     continue_: bool = True
     dry_run: bool | None = None
+    #: Channels to notify; None means the default (notify when an action ran or failed).
+    notify: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -220,7 +223,21 @@ def _build_rule(index: int, raw: Any, registry: Registry, sink: list[str]) -> Ta
         actions=_build_actions(raw.get("actions"), registry, problems),
         continue_=_optional_bool(raw, "continue", True, problems),
         dry_run=_optional_bool(raw, "dry_run", None, problems),
+        notify=_build_notify(raw, problems),
     )
+
+
+def _build_notify(raw: dict, problems: _Problems) -> tuple[str, ...] | None:
+    if "notify" not in raw:
+        return None
+    value = raw["notify"]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        problems.add("notify", "must be a list such as [slack] or []")
+        return None
+    for name in value:
+        if name not in NOTIFIERS:
+            problems.add("notify", f"unknown notifier {name!r} (known: {', '.join(NOTIFIERS)})")
+    return tuple(v for v in value if v in NOTIFIERS)
 
 
 def _optional_bool(raw: dict, key: str, default: bool | None, problems: _Problems) -> bool | None:

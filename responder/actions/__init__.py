@@ -1,6 +1,17 @@
 """The response actions and the registry that names them."""
 
-from .base import Action, Outcome, Param, Rbac, Registry, Result, Target, api_failure
+from .base import (
+    Action,
+    ObjectRef,
+    Outcome,
+    Param,
+    Rbac,
+    Registry,
+    Result,
+    Target,
+    api_failure,
+    object_ref,
+)
 from .nodes import CordonNode
 from .pods import DeletePod, LabelPod
 
@@ -13,6 +24,7 @@ def default_registry() -> Registry:
 
 
 __all__ = [
-    "Action", "Outcome", "Param", "Rbac", "Registry", "Result", "Target", "api_failure",
+    "Action", "ObjectRef", "object_ref", "Outcome", "Param", "Rbac", "Registry", "Result",
+    "Target", "api_failure",
     "CordonNode", "DeletePod", "LabelPod", "BUILTIN_ACTIONS", "default_registry",
 ]

@@ -37,11 +37,33 @@ class Outcome(StrEnum):
 
 
 @dataclass(frozen=True)
+class ObjectRef:
+    """The Kubernetes object an action touched, as an Event's involvedObject names it."""
+
+    kind: str
+    name: str
+    namespace: str | None = None
+    uid: str | None = None
+    api_version: str = "v1"
+
+
+@dataclass(frozen=True)
 class Result:
     """What one action did; `reason` explains skipped, failed and already-done outcomes."""
 
     outcome: Outcome
     reason: str | None = None
+    #: The object acted on, with its uid, when the API told us (for audit Events).
+    involved: ObjectRef | None = None
+
+
+def object_ref(obj: Any) -> ObjectRef | None:
+    """An ObjectRef from a kubernetes client model (V1Pod, V1Node), or None."""
+    meta = getattr(obj, "metadata", None)
+    if meta is None or not meta.name:
+        return None
+    return ObjectRef(kind=getattr(obj, "kind", None) or type(obj).__name__.removeprefix("V1"),
+                     name=meta.name, namespace=meta.namespace, uid=meta.uid)
 
 
 @dataclass(frozen=True)

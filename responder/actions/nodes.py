@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .base import Action, Outcome, Rbac, Result, Target
+from .base import Action, Outcome, Rbac, Result, Target, object_ref
 from .pods import MERGE_PATCH
 
 
@@ -19,7 +19,7 @@ class CordonNode(Action):
     def run(self, target: Target, params: Mapping[str, Any]) -> Result:
         node = self.core.read_node(target.node, _request_timeout=self.timeout)
         if node.spec is not None and node.spec.unschedulable:
-            return Result(Outcome.ALREADY_DONE, "already cordoned")
-        self.core.patch_node(target.node, {"spec": {"unschedulable": True}},
-                             _content_type=MERGE_PATCH, _request_timeout=self.timeout)
-        return Result(Outcome.DONE)
+            return Result(Outcome.ALREADY_DONE, "already cordoned", object_ref(node))
+        node = self.core.patch_node(target.node, {"spec": {"unschedulable": True}},
+                                    _content_type=MERGE_PATCH, _request_timeout=self.timeout)
+        return Result(Outcome.DONE, involved=object_ref(node))

@@ -8,7 +8,7 @@ from typing import Any
 from kubernetes.client import V1DeleteOptions
 from kubernetes.client.exceptions import ApiException
 
-from .base import Action, Outcome, Param, Rbac, Result, Target
+from .base import Action, Outcome, Param, Rbac, Result, Target, object_ref
 from .labels import labels_problems
 
 MERGE_PATCH = "application/merge-patch+json"
@@ -34,13 +34,14 @@ class DeletePod(Action):
     def run(self, target: Target, params: Mapping[str, Any]) -> Result:
         body = V1DeleteOptions(grace_period_seconds=params.get("grace_period_seconds"))
         try:
-            self.core.delete_namespaced_pod(
-                target.pod, target.namespace, body=body, _request_timeout=self.timeout)
+            pod = self.core.delete_namespaced_pod(
+                target.pod, target.namespace, body=body,
+                _content_type="application/json", _request_timeout=self.timeout)
         except ApiException as exc:
             if exc.status == 404:
                 return Result(Outcome.ALREADY_DONE, "already gone")
             raise
-        return Result(Outcome.DONE)
+        return Result(Outcome.DONE, involved=object_ref(pod))
 
 
 class LabelPod(Action):
@@ -57,11 +58,11 @@ class LabelPod(Action):
     def run(self, target: Target, params: Mapping[str, Any]) -> Result:
         patch = {"metadata": {"labels": dict(params["labels"])}}
         try:
-            self.core.patch_namespaced_pod(
+            pod = self.core.patch_namespaced_pod(
                 target.pod, target.namespace, patch,
                 _content_type=MERGE_PATCH, _request_timeout=self.timeout)
         except ApiException as exc:
             if exc.status == 404:
                 return Result(Outcome.SKIPPED, "pod no longer exists")
             raise
-        return Result(Outcome.DONE)
+        return Result(Outcome.DONE, involved=object_ref(pod))

@@ -1,0 +1,60 @@
+"""Shared fixtures: a real Kubernetes API test server, tables, apps and recorded events."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from responder.actions import default_registry
+from responder.app import create_app
+from responder.settings import Settings
+from responder.table import parse_table
+
+from .kubeapi import KubeServer
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(autouse=True)
+def no_real_cluster(monkeypatch, tmp_path):
+    """No test may reach a real cluster or read the developer's settings: fail loudly instead."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("RESPONDER_") or name.startswith("KUBERNETES_SERVICE"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-such-kubeconfig"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+
+
+@pytest.fixture
+def kube():
+    with KubeServer() as server:
+        yield server
+
+
+@pytest.fixture
+def registry():
+    return default_registry()
+
+
+@pytest.fixture
+def make_table(registry):
+    def make(text: str):
+        return parse_table(text, "test-table.yaml", registry)
+    return make
+
+
+@pytest.fixture
+def make_app(registry):
+    def make(table, api_client=None, **settings):
+        return create_app(Settings(**settings), table=table, registry=registry,
+                          api_client=api_client)
+    return make
+
+
+def recorded_events() -> list[dict]:
+    lines = (DATA / "recorded-events.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
