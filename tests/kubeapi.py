@@ -15,6 +15,10 @@ from kubernetes import client
 _POD = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/?]+)$")
 _NODE = re.compile(r"^/api/v1/nodes/([^/?]+)$")
 _EVENTS = re.compile(r"^/api/v1/namespaces/([^/]+)/events$")
+# What a real API server answers on /version (the client's model requires every field).
+VERSION = {"major": "1", "minor": "31", "gitVersion": "v1.31.0", "gitCommit": "0" * 40,
+           "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.23",
+           "compiler": "gc", "platform": "linux/amd64"}
 _REASONS = {400: "BadRequest", 403: "Forbidden", 404: "NotFound", 409: "Conflict",
             429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable"}
 
@@ -120,7 +124,7 @@ class KubeAPI:
 
     def _route(self, method: str, path: str, body: Any) -> tuple[int, Any, dict[str, str]]:
         if path == "/version" or path == "/version/":
-            return 200, {"major": "1", "minor": "31", "gitVersion": "v1.31.0"}, {}
+            return 200, VERSION, {}
         if m := _POD.match(path):
             return self._object(self.pods, (m.group(1), m.group(2)), "pods", method, body)
         if m := _NODE.match(path):
@@ -185,7 +189,7 @@ class KubeServer:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
 
     def __enter__(self) -> KubeServer:
         self.thread.start()

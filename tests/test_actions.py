@@ -1,0 +1,154 @@
+"""Actions through the webhook against a real-HTTP Kubernetes API: the exact requests made."""
+
+import json
+import socket
+
+import pytest
+from kubernetes import client
+
+ARMED = """
+defaults: {dry_run: false, protected_namespaces: [kube-system]}
+rules:
+  - name: kill-reverse-shells
+    match: {rules: ["Netcat Remote Code Execution in Container"]}
+    actions:
+      - action: label-pod
+        params: {labels: {quarantine: "true"}}
+      - action: delete-pod
+        params: {grace_period_seconds: 0}
+      - action: cordon-node
+"""
+POD = "/api/v1/namespaces/shop/pods/web"
+NODE = "/api/v1/nodes/node-a"
+
+
+def netcat_event(**fields):
+    return {"uuid": "u-1", "rule": "Netcat Remote Code Execution in Container",
+            "priority": "Warning", "source": "syscall", "hostname": "falco-host",
+            "output_fields": {"k8s.ns.name": "shop", "k8s.pod.name": "web",
+                              "container.id": "0123456789ab", **fields}}
+
+
+@pytest.fixture
+def armed(kube, make_table, make_app):
+    kube.api.add_pod("shop", "web", node="node-a")
+    kube.api.add_node("node-a")
+    app = make_app(make_table(ARMED), api_client=kube.api_client())
+    return app.test_client()
+
+
+def post(test_client, event):
+    reply = test_client.post("/", data=json.dumps(event), content_type="application/json")
+    assert reply.status_code == 200, reply.get_json()
+    return reply.get_json()
+
+
+def outcomes(reply):
+    return [(d["action"], d["outcome"], d.get("reason")) for d in reply["decisions"]]
+
+
+def test_armed_rule_labels_deletes_and_cordons_with_exact_requests(kube, armed):
+    reply = post(armed, netcat_event())
+    assert outcomes(reply) == [("label-pod", "done", None), ("delete-pod", "done", None),
+                               ("cordon-node", "done", None)]
+    assert kube.api.mutations() == [
+        ("PATCH", POD, {"metadata": {"labels": {"quarantine": "true"}}}),
+        ("DELETE", POD, {"gracePeriodSeconds": 0}),
+        ("PATCH", NODE, {"spec": {"unschedulable": True}}),
+    ]
+    patches = [c for c in kube.api.calls if c.method == "PATCH"]
+    assert {c.content_type for c in patches} == {"application/merge-patch+json"}
+    # Reads: the pod once (for its node, before it is deleted) and the node before cordoning.
+    assert [(c.method, c.path) for c in kube.api.calls if c.method == "GET"] == [
+        ("GET", POD), ("GET", NODE)]
+    assert reply["decisions"][2]["target"] == {"namespace": "shop", "pod": "web",
+                                               "node": "node-a"}
+
+
+def test_delete_pod_treats_404_as_already_gone(kube, make_table, make_app):
+    kube.api.add_node("node-a")
+    app = make_app(make_table(ARMED), api_client=kube.api_client()).test_client()
+    reply = post(app, netcat_event())
+    assert outcomes(reply)[:2] == [("label-pod", "skipped", "pod no longer exists"),
+                                   ("delete-pod", "already-done", "already gone")]
+    # The pod is unknown, so the node falls back to the event's hostname.
+    assert reply["decisions"][2]["target"]["node"] == "falco-host"
+    assert outcomes(reply)[2] == ("cordon-node", "failed", 'HTTP 404: nodes "falco-host" not found')
+
+
+def test_already_cordoned_node_is_a_success_without_a_patch(kube, armed):
+    kube.api.nodes["node-a"]["spec"]["unschedulable"] = True
+    reply = post(armed, netcat_event())
+    assert outcomes(reply)[2] == ("cordon-node", "already-done", "already cordoned")
+    assert ("PATCH", NODE) not in [(m[0], m[1]) for m in kube.api.mutations()]
+
+
+@pytest.mark.parametrize(("status", "message"), [
+    (403, 'pods "web" is forbidden: User "system:serviceaccount:x:y" cannot delete resource'),
+    (409, "Operation cannot be fulfilled on pods \"web\": the object has been modified"),
+    (500, "etcdserver: request timed out"),
+])
+def test_api_errors_are_recorded_as_failed_with_the_api_message(kube, armed, status, message):
+    kube.api.fail("DELETE", POD, status, message)
+    reply = post(armed, netcat_event())
+    assert outcomes(reply)[1] == ("delete-pod", "failed", f"HTTP {status}: {message}")
+    # One failure does not stop the other actions.
+    assert outcomes(reply)[0][1] == "done" and outcomes(reply)[2][1] == "done"
+
+
+def test_refused_connection_is_recorded_as_failed(make_table, make_app):
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    configuration = client.Configuration(host=f"http://127.0.0.1:{port}")
+    configuration.retries = 0
+    app = make_app(make_table(ARMED), api_client=client.ApiClient(configuration))
+    reply = post(app.test_client(), netcat_event())
+    assert [d["outcome"] for d in reply["decisions"]] == ["failed", "failed", "failed"]
+    assert reply["decisions"][0]["reason"].startswith("cannot reach the Kubernetes API")
+
+
+def test_actions_after_a_delete_skip_the_deleted_pod(kube, make_table, make_app):
+    kube.api.add_pod("shop", "web")
+    table = make_table(ARMED.replace("      - action: cordon-node", "      - action: label-pod\n"
+                                     "        params: {labels: {after: \"x\"}}"))
+    reply = post(make_app(table, api_client=kube.api_client()).test_client(), netcat_event())
+    assert outcomes(reply)[2] == ("label-pod", "skipped", "pod was deleted by an earlier action")
+    assert len(kube.api.mutations()) == 2
+
+
+def test_dry_run_sends_no_request_at_all(kube, make_table, make_app):
+    kube.api.add_pod("shop", "web")
+    table = make_table(ARMED.replace("dry_run: false", "dry_run: true"))
+    reply = post(make_app(table, api_client=kube.api_client()).test_client(), netcat_event())
+    assert [d["outcome"] for d in reply["decisions"]] == ["would-run"] * 3
+    assert all(d["dry_run"] for d in reply["decisions"])
+    assert kube.api.calls == []
+
+
+def test_forced_dry_run_setting_overrides_an_armed_table(kube, make_table, make_app):
+    app = make_app(make_table(ARMED), api_client=kube.api_client(), force_dry_run=True)
+    reply = post(app.test_client(), netcat_event())
+    assert [d["outcome"] for d in reply["decisions"]] == ["would-run"] * 3
+    assert kube.api.calls == []
+
+
+def test_protected_namespace_is_skipped_without_any_request(kube, armed):
+    reply = post(armed, netcat_event(**{"k8s.ns.name": "kube-system"}))
+    assert {d["outcome"] for d in reply["decisions"]} == {"skipped"}
+    assert kube.api.calls == []
+
+
+def test_responder_never_acts_in_its_own_namespace(kube, make_table, make_app):
+    app = make_app(make_table(ARMED), api_client=kube.api_client(), namespace="shop")
+    reply = post(app.test_client(), netcat_event())
+    assert {d["reason"] for d in reply["decisions"]} == {"namespace shop is protected"}
+    assert kube.api.calls == []
+
+
+def test_host_event_skips_pod_actions_and_cordons_the_event_hostname(kube, armed):
+    kube.api.add_node("falco-host")
+    reply = post(armed, netcat_event(**{"k8s.pod.name": None, "container.id": "host"}))
+    assert [d["outcome"] for d in reply["decisions"]] == ["skipped", "skipped", "done"]
+    assert kube.api.mutations() == [("PATCH", "/api/v1/nodes/falco-host",
+                                     {"spec": {"unschedulable": True}})]

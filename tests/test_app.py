@@ -1,0 +1,158 @@
+"""The webhook over HTTP: recorded events replayed, every bad-input class, health endpoints."""
+
+import json
+import socket
+
+import pytest
+from kubernetes import client
+
+from .conftest import DATA, recorded_events
+
+EXPECTED = [json.loads(line) for line in (DATA / "expected-replay.jsonl").read_text().splitlines()]
+SIDEKICK_HEADERS = {"Content-Type": "application/json; charset=utf-8",
+                    "User-Agent": "Falcosidekick"}
+
+
+@pytest.fixture
+def replay_table(make_table):
+    return make_table((DATA / "replay-actions.yaml").read_text())
+
+
+@pytest.fixture
+def app_client(make_app, replay_table):
+    return make_app(replay_table).test_client()
+
+
+def comparable(decisions):
+    """HTTP decisions in replay's shape: no table_rule/dry_run keys, no would-run reason."""
+    out = []
+    for d in decisions:
+        d = {k: v for k, v in d.items() if k not in ("table_rule", "dry_run")}
+        if d["outcome"] == "would-run":
+            d.pop("reason", None)
+        out.append(d)
+    return out
+
+
+@pytest.mark.parametrize("path", ["/", "/events"])
+@pytest.mark.parametrize(("event", "expected"), list(zip(recorded_events(), EXPECTED,
+                                                         strict=True)),
+                         ids=[f"line{i}" for i in range(1, len(EXPECTED) + 1)])
+def test_recorded_events_get_the_expected_decisions(app_client, path, event, expected):
+    reply = app_client.post(path, data=json.dumps(event) + "\n", headers=SIDEKICK_HEADERS)
+    assert reply.status_code == 200
+    body = reply.get_json()
+    assert (body["uuid"], body["rule"], body["matched"]) == (
+        expected["uuid"], expected["rule"], expected["matched"])
+    assert comparable(body["decisions"]) == expected["actions"]
+
+
+def test_sidekick_put_method_is_accepted(app_client):
+    reply = app_client.put("/", data=json.dumps(recorded_events()[0]), headers=SIDEKICK_HEADERS)
+    assert reply.status_code == 200
+
+
+def test_cloudevents_binary_mode_is_accepted(app_client):
+    headers = {"Content-Type": "application/json", "ce-specversion": "1.0", "ce-id": "x",
+               "ce-source": "https://falco.org", "ce-type": "falco.rule.output.v1",
+               "ce-rule": "Terminal shell in container", "ce-priority": "Critical"}
+    reply = app_client.post("/", data=json.dumps(recorded_events()[0]), headers=headers)
+    assert reply.status_code == 200
+    assert reply.get_json()["matched"] == ["quarantine-shells"]
+
+
+def test_sidekick_test_event_is_accepted_and_ignored(app_client):
+    event = {"output": "This is a test from falcosidekick", "source": "internal",
+             "priority": "Debug", "hostname": "falcosidekick", "rule": "Test rule",
+             "time": "2026-11-27T00:00:00Z", "tags": ["test", "example"],
+             "output_fields": {"proc.name": "falcosidekick", "user.name": "falcosidekick"}}
+    reply = app_client.post("/", data=json.dumps(event), headers=SIDEKICK_HEADERS)
+    assert reply.status_code == 200
+    assert reply.get_json()["decisions"] == []
+
+
+@pytest.mark.parametrize(("data", "content_type", "error"), [
+    ("{oops", "application/json", "body is not valid JSON"),
+    ("[]", "application/json", "event must be a JSON object, got array"),
+    ("\"text\"", "application/json", "event must be a JSON object, got string"),
+    ("12:00:00: Notice shell", "text/plain", "set json_output: true"),
+    (json.dumps({"priority": "Notice", "output_fields": {}}), "application/json",
+     "event has no 'rule'"),
+    (json.dumps({"rule": "r", "output_fields": {}}), "application/json",
+     "event has no 'priority'"),
+    (json.dumps({"rule": "r", "priority": "Notice"}), "application/json",
+     "event has no 'output_fields'"),
+    (b"\xc3\x28", "application/json", "body is not valid UTF-8"),
+    ("", "application/json", "body is empty"),
+])
+def test_bad_input_gets_400_with_json_error(app_client, data, content_type, error):
+    reply = app_client.post("/", data=data, content_type=content_type)
+    assert reply.status_code == 400
+    assert error in reply.get_json()["error"]
+
+
+def test_oversized_body_gets_413(make_app, replay_table):
+    app = make_app(replay_table, max_body_bytes=2048).test_client()
+    event = dict(recorded_events()[0], output="x" * 4096)
+    reply = app.post("/", data=json.dumps(event), headers=SIDEKICK_HEADERS)
+    assert reply.status_code == 413
+    assert "RESPONDER_MAX_BODY_BYTES" in reply.get_json()["error"]
+
+
+def test_wrong_method_and_unknown_path_get_json_errors(app_client):
+    assert app_client.get("/").status_code == 405
+    assert "error" in app_client.get("/").get_json()
+    assert app_client.post("/nowhere", data="{}").status_code == 404
+
+
+def test_healthz_answers(app_client):
+    assert app_client.get("/healthz").get_json() == {"status": "ok"}
+
+
+def test_readyz_is_ready_without_a_cluster_because_nothing_is_armed(app_client):
+    reply = app_client.get("/readyz")
+    assert reply.status_code == 200
+    assert reply.get_json()["armed"] is False
+
+
+ARMED = ("rules:\n  - {name: a, match: {rules: [x]}, dry_run: false,"
+         " actions: [{action: cordon-node}]}")
+
+
+def test_readyz_checks_the_api_when_armed(kube, make_app, make_table):
+    app = make_app(make_table(ARMED), api_client=kube.api_client()).test_client()
+    reply = app.get("/readyz")
+    assert reply.status_code == 200 and reply.get_json()["armed"] is True
+    assert ("GET", "/version/") in [(c.method, c.path) for c in kube.api.calls]
+
+
+def test_readyz_fails_when_armed_and_the_api_is_down(make_app, make_table):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    configuration = client.Configuration(host=f"http://127.0.0.1:{port}")
+    configuration.retries = 0
+    app = make_app(make_table(ARMED), api_client=client.ApiClient(configuration)).test_client()
+    reply = app.get("/readyz")
+    assert reply.status_code == 503
+    assert "Kubernetes API not reachable" in reply.get_json()["error"]
+
+
+def test_startup_logs_settings_and_dry_run_banner(make_app, replay_table, capsys):
+    make_app(replay_table)
+    out = capsys.readouterr().out
+    assert "RESPONDER_PORT" in out and "DRY-RUN" in out
+
+
+def test_json_log_format_gives_one_object_per_decision(make_app, replay_table, capsys):
+    app = make_app(replay_table, log_format="json").test_client()
+    capsys.readouterr()
+    app.post("/", data=json.dumps(recorded_events()[0]), headers=SIDEKICK_HEADERS)
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    decisions = [r["decision"] for r in records if "decision" in r]
+    assert decisions == [{"uuid": EXPECTED[0]["uuid"], "rule": "Terminal shell in container",
+                          "table_rule": "quarantine-shells", "action": "label-pod",
+                          "target": {"namespace": "default", "pod": "kubecon",
+                                     "node": "falco-xczjd"},
+                          "outcome": "would-run", "dry_run": True,
+                          "reason": "no Kubernetes cluster configured"}]
