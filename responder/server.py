@@ -41,6 +41,8 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         # Falcosidekick never times out a request; we should not hang on one either.
         "timeout": 60,
         "accesslog": None,
+        # The control socket would be written under $HOME: not there on a read-only root.
+        "control_socket_disable": True,
         # /dev/shm keeps the worker heartbeat off a read-only root filesystem.
         "worker_tmp_dir": "/dev/shm" if os.path.isdir("/dev/shm") else None,
     }
