@@ -11,6 +11,7 @@ from werkzeug.exceptions import HTTPException
 
 from . import kube
 from .actions import Registry, default_registry
+from .auth import TokenAuth
 from .errors import EventError
 from .events import parse_event
 from .logs import configure_logging
@@ -21,6 +22,7 @@ from .table import Table, load_table
 logger = logging.getLogger(__name__)
 _UNSET: Any = object()
 EVENT_METHODS = ["POST", "PUT"]  # Falcosidekick's webhook.method may be PUT
+EVENT_ENDPOINTS = {"receive_root": "/", "receive_events": "/events"}
 
 
 def create_app(settings: Settings | None = None, *, table: Table | None = None,
@@ -40,9 +42,26 @@ def create_app(settings: Settings | None = None, *, table: Table | None = None,
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["responder"] = responder
+    _add_auth(app, settings)
     _add_routes(app, responder)
     _add_error_handlers(app)
     return app
+
+
+def _add_auth(app: Flask, settings: Settings) -> None:
+    token = settings.token
+    if token:
+        auth = TokenAuth(token)
+
+        @app.before_request
+        def authenticate() -> tuple[Response, int] | None:
+            # Probes and metrics stay open; only event intake needs the token.
+            if request.endpoint in EVENT_ENDPOINTS:
+                return auth.reject_unless_allowed()
+            return None
+    if not token and not settings.tls_client_ca_file:
+        logger.warning("NO AUTHENTICATION: anyone who can reach this port can send events. "
+                       "Set RESPONDER_AUTH_TOKEN(_FILE) or RESPONDER_TLS_CLIENT_CA_FILE.")
 
 
 def _add_routes(app: Flask, responder: Responder) -> None:
@@ -50,8 +69,8 @@ def _add_routes(app: Flask, responder: Responder) -> None:
         event = parse_event(request.get_data(cache=False), request.content_type or "")
         return jsonify(responder.respond(event)), 200
 
-    app.add_url_rule("/", "receive_root", receive, methods=EVENT_METHODS)
-    app.add_url_rule("/events", "receive_events", receive, methods=EVENT_METHODS)
+    for endpoint, path in EVENT_ENDPOINTS.items():
+        app.add_url_rule(path, endpoint, receive, methods=EVENT_METHODS)
 
     @app.get("/healthz")
     def healthz() -> tuple[Response, int]:

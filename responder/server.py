@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,8 +33,8 @@ class ResponderServer(BaseApplication):
 
 
 def gunicorn_options(settings: Settings) -> dict[str, Any]:
-    """Options shared with the Dockerfile's gunicorn command line."""
-    return {
+    """Options shared by `responder serve` and the image (via responder.gunicorn_conf)."""
+    return {**_tls_options(settings),
         "bind": f"{settings.host}:{settings.port}",
         "workers": settings.workers,
         "worker_class": "gthread",
@@ -46,6 +47,18 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         # /dev/shm keeps the worker heartbeat off a read-only root filesystem.
         "worker_tmp_dir": "/dev/shm" if os.path.isdir("/dev/shm") else None,
     }
+
+
+def _tls_options(settings: Settings) -> dict[str, Any]:
+    if not settings.tls_cert_file:
+        return {}
+    options: dict[str, Any] = {"certfile": settings.tls_cert_file,
+                               "keyfile": settings.tls_key_file}
+    if settings.tls_client_ca_file:
+        # Mutual TLS: a client without a cert signed by this CA fails the handshake and
+        # never reaches the app.
+        options.update(ca_certs=settings.tls_client_ca_file, cert_reqs=ssl.CERT_REQUIRED)
+    return options
 
 
 def run_server(overrides: Mapping[str, Any]) -> int:

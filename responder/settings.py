@@ -44,6 +44,20 @@ class Settings:
         "default: the service account's namespace", None)
     workers: int = _env("RESPONDER_WORKERS", "gunicorn worker processes", 1)
     threads: int = _env("RESPONDER_THREADS", "threads per gunicorn worker", 4)
+    auth_token: str | None = _env(
+        "RESPONDER_AUTH_TOKEN", "bearer token Falcosidekick must send (webhook.customheaders)",
+        None, secret=True)
+    auth_token_file: str | None = _env(
+        "RESPONDER_AUTH_TOKEN_FILE", "file holding the bearer token (a mounted Secret)", None)
+    tls_cert_file: str | None = _env("RESPONDER_TLS_CERT_FILE", "serve HTTPS with this cert",
+                                     None)
+    tls_key_file: str | None = _env("RESPONDER_TLS_KEY_FILE", "private key of the cert", None)
+    tls_client_ca_file: str | None = _env(
+        "RESPONDER_TLS_CLIENT_CA_FILE", "require client certs signed by this CA (mutual TLS)",
+        None)
+    reload_seconds: float = _env(
+        "RESPONDER_RELOAD_SECONDS", "how often to look for a changed action table; 0 = never",
+        5.0)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -69,6 +83,21 @@ class Settings:
             raise ConfigError("RESPONDER_PORT: must be between 1 and 65535")
         if self.max_body_bytes < 1024:
             raise ConfigError("RESPONDER_MAX_BODY_BYTES: must be at least 1024")
+        if self.auth_token is not None and self.auth_token_file is not None:
+            raise ConfigError("RESPONDER_AUTH_TOKEN and RESPONDER_AUTH_TOKEN_FILE: set only one")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ConfigError("RESPONDER_TLS_CERT_FILE and RESPONDER_TLS_KEY_FILE: set both")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ConfigError("RESPONDER_TLS_CLIENT_CA_FILE: needs RESPONDER_TLS_CERT_FILE too")
+        for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file", "auth_token_file"):
+            _check_readable(self, name)
+
+    @property
+    def token(self) -> str | None:
+        """The bearer token, from the variable or the file; None when token auth is off."""
+        if self.auth_token_file:
+            return _read_secret("RESPONDER_AUTH_TOKEN_FILE", self.auth_token_file)
+        return self.auth_token
 
     def describe(self) -> dict[str, Any]:
         """Effective settings for the start-up log, secrets masked."""
@@ -92,6 +121,13 @@ def _parse_positive_int(raw: str) -> int:
     return value
 
 
+def _parse_non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if value < 0:
+        raise ValueError("must be 0 or more")
+    return value
+
+
 def _parse_positive_float(raw: str) -> float:
     value = float(raw)
     if value <= 0:
@@ -104,6 +140,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "max_body_bytes": _parse_positive_int, "log_format": str.lower, "log_level": str.upper,
     "kube_mode": str.lower, "kube_timeout": _parse_positive_float, "namespace": str,
     "workers": _parse_positive_int, "threads": _parse_positive_int,
+    "auth_token": str.strip, "auth_token_file": str, "tls_cert_file": str, "tls_key_file": str,
+    "tls_client_ca_file": str, "reload_seconds": _parse_non_negative_float,
 }
 
 
@@ -113,6 +151,23 @@ def _convert(name: str, raw: str, parser: Callable[[str], Any]) -> Any:
     except ValueError as exc:
         reason = str(exc) if "must" in str(exc) else f"cannot parse {raw!r}"
         raise ConfigError(f"{name}: {reason}") from None
+
+
+def _check_readable(settings: Settings, name: str) -> None:
+    path = getattr(settings, name)
+    env = next(f.metadata["env"] for f in fields(settings) if f.name == name)
+    if path is not None and not os.access(path, os.R_OK):
+        raise ConfigError(f"{env}: cannot read {path}")
+
+
+def _read_secret(env: str, path: str) -> str:
+    try:
+        value = Path(path).read_text("utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{env}: cannot read {path}: {exc.strerror}") from None
+    if not value:
+        raise ConfigError(f"{env}: {path} is empty")
+    return value
 
 
 def _service_account_namespace() -> str | None:

@@ -1,0 +1,127 @@
+"""The audit trail in the cluster: a Kubernetes Event on every object the responder acted on."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import socket
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from kubernetes.client import (
+    CoreV1Api,
+    CoreV1Event,
+    V1EventSource,
+    V1ObjectMeta,
+    V1ObjectReference,
+)
+
+from .actions import ObjectRef, Outcome, api_failure
+from .events import Event
+from .executor import ActionReport
+
+logger = logging.getLogger(__name__)
+
+COMPONENT = "falco-responder"
+REASON = "FalcoResponse"
+#: Where Events about cluster-scoped objects (nodes) go, as kubectl and the kubelet do.
+CLUSTER_SCOPED_NAMESPACE = "default"
+MESSAGE_LIMIT = 1024  # the events.k8s.io note limit; core/v1 tools show less anyway
+NAME_LIMIT = 253
+RECORDED = (Outcome.DONE, Outcome.ALREADY_DONE)
+
+
+class EventRecorder:
+    """Creates one core/v1 Event per action that changed (or found changed) an object.
+
+    Needs only `create` on `events` in the namespaces of the pods acted on (and in
+    "default", for nodes). Recording never raises: a failure is logged and `record`
+    returns False, so the audit trail can never block or undo a response.
+    """
+
+    def __init__(self, core: CoreV1Api, timeout: float, *, instance: str | None = None,
+                 now: Callable[[], datetime] = lambda: datetime.now(UTC)):
+        self.core = core
+        self.timeout = timeout
+        self.instance = (instance or socket.gethostname())[:128]
+        self._now = now
+
+    def record(self, event: Event, report: ActionReport) -> bool:
+        """Create the Event for one action report; True when the API accepted it."""
+        if report.decision.dry_run or report.result.outcome not in RECORDED:
+            return False
+        ref = involved_object(report)
+        if ref is None:
+            logger.warning("no audit Event for %s (uuid=%s): the report names no object",
+                           report.decision.action, event.uuid)
+            return False
+        body = build_audit_event(event, report, ref, self.instance, self._now())
+        namespace = body.metadata.namespace
+        try:
+            self.core.create_namespaced_event(namespace, body, _request_timeout=self.timeout)
+        except Exception as exc:  # noqa: BLE001 - the audit trail must never stop a response
+            logger.warning("cannot record audit Event for %s on %s %s (uuid=%s): %s",
+                           report.decision.action, ref.kind, ref.name, event.uuid,
+                           api_failure(exc))
+            return False
+        return True
+
+    def record_all(self, event: Event, reports: list[ActionReport]) -> int:
+        """`record` each report; how many Events were created."""
+        return sum(self.record(event, report) for report in reports)
+
+
+def involved_object(report: ActionReport) -> ObjectRef | None:
+    """The object to attach the Event to: what the action reported, else its target.
+
+    A pod deleted before we got to it ("already gone") comes back without the API's
+    object, so its uid is unknown; the Event still names it by namespace and name.
+    """
+    if report.result.involved is not None:
+        return report.result.involved
+    target = report.target
+    if "pod" in report.decision.needs and target.pod and target.namespace:
+        return ObjectRef("Pod", target.pod, target.namespace)
+    if "node" in report.decision.needs and target.node:
+        return ObjectRef("Node", target.node)
+    return None
+
+
+def build_audit_event(event: Event, report: ActionReport, ref: ObjectRef, instance: str,
+                      now: datetime) -> CoreV1Event:
+    """The core/v1 Event body recording one action. Pure."""
+    namespace = ref.namespace or CLUSTER_SCOPED_NAMESPACE
+    seconds = now.replace(microsecond=0)
+    return CoreV1Event(
+        metadata=V1ObjectMeta(name=event_name(ref.name), namespace=namespace),
+        involved_object=V1ObjectReference(
+            kind=ref.kind, name=ref.name, namespace=ref.namespace, uid=ref.uid,
+            api_version=ref.api_version),
+        reason=REASON,
+        type="Warning",
+        action=report.decision.action,
+        message=audit_message(event, report),
+        source=V1EventSource(component=COMPONENT),
+        reporting_component=COMPONENT,
+        reporting_instance=instance,
+        first_timestamp=seconds,
+        last_timestamp=seconds,
+        event_time=now,
+        count=1,
+    )
+
+
+def audit_message(event: Event, report: ActionReport) -> str:
+    """What happened, in one line: Falco rule, table rule, action, outcome, event uuid."""
+    outcome = str(report.result.outcome)
+    if report.result.reason:
+        outcome += f" ({report.result.reason})"
+    message = (f"Falco rule {event.rule!r} matched table rule {report.decision.table_rule!r}: "
+               f"{report.decision.action} {outcome}; Falco event {event.uuid}")
+    return message if len(message) <= MESSAGE_LIMIT else message[:MESSAGE_LIMIT - 1] + "…"
+
+
+def event_name(object_name: str) -> str:
+    """`<object>.<16 hex>`, unique per call, as kubectl names its Events."""
+    suffix = "." + secrets.token_hex(8)
+    return object_name[:NAME_LIMIT - len(suffix)] + suffix
