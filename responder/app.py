@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, request
 from kubernetes.client import ApiClient
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException
 
 from . import kube
@@ -15,6 +16,8 @@ from .auth import TokenAuth
 from .errors import EventError
 from .events import parse_event
 from .logs import configure_logging
+from .metrics import Metrics
+from .reload import TableReloader
 from .service import Responder
 from .settings import Settings
 from .table import Table, load_table
@@ -42,10 +45,32 @@ def create_app(settings: Settings | None = None, *, table: Table | None = None,
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["responder"] = responder
+    app.extensions["reloader"] = _start_reloader(settings, responder)
     _add_auth(app, settings)
     _add_routes(app, responder)
-    _add_error_handlers(app)
+    _add_error_handlers(app, responder.metrics)
     return app
+
+
+def _start_reloader(settings: Settings, responder: Responder) -> TableReloader | None:
+    """Watch the table file (not the packaged default, which cannot change)."""
+    if not settings.actions_file:
+        return None
+    metrics = responder.metrics
+    metrics.table_valid.set(1)
+
+    def apply(table: Table) -> None:
+        responder.table = table
+        metrics.table_valid.set(1)
+
+    def refuse(problems: list[str]) -> None:
+        metrics.table_valid.set(0)
+        metrics.table_reload_errors.inc()
+
+    reloader = TableReloader(settings.actions_file, responder.registry, apply, refuse)
+    if settings.reload_seconds > 0:
+        reloader.start(settings.reload_seconds)
+    return reloader
 
 
 def _add_auth(app: Flask, settings: Settings) -> None:
@@ -76,10 +101,19 @@ def _add_routes(app: Flask, responder: Responder) -> None:
     def healthz() -> tuple[Response, int]:
         return jsonify({"status": "ok"}), 200
 
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(responder.metrics.registry),
+                        mimetype=CONTENT_TYPE_LATEST)
+
     @app.get("/readyz")
     def readyz() -> tuple[Response, int]:
         detail = {"table": responder.table.source, "rules": len(responder.table.rules),
                   "armed": responder.armed}
+        reloader = app.extensions["reloader"]
+        if reloader and reloader.problems:
+            # Still ready: the last good table keeps serving. The operator sees why.
+            detail["table_reload_errors"] = reloader.problems
         problem = None
         if responder.armed:
             problem = kube.api_reachable(responder.api_client, timeout=2.0)
@@ -88,15 +122,17 @@ def _add_routes(app: Flask, responder: Responder) -> None:
         return jsonify({"status": "ready", **detail}), 200
 
 
-def _add_error_handlers(app: Flask) -> None:
+def _add_error_handlers(app: Flask, metrics: Metrics) -> None:
     @app.errorhandler(EventError)
     def bad_event(exc: EventError) -> tuple[Response, int]:
+        metrics.rejected.labels("400").inc()
         return jsonify({"error": str(exc)}), 400
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> tuple[Response, int]:
         message = {413: "request body is larger than RESPONDER_MAX_BODY_BYTES"}.get(
             exc.code, exc.description)
+        metrics.rejected.labels(str(exc.code)).inc()
         return jsonify({"error": message}), exc.code or 500
 
     @app.errorhandler(Exception)

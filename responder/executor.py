@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +13,7 @@ from kubernetes.client.exceptions import ApiException
 
 from .actions import Action, Outcome, Result, Target, api_failure
 from .decisions import Decision, Plan
+from .metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +43,11 @@ class ActionReport:
 class Executor:
     """Runs decisions. With no actions (no cluster, or a replay) everything 'would run'."""
 
-    def __init__(self, actions: Mapping[str, Action] | None, idle_reason: str | None = None):
+    def __init__(self, actions: Mapping[str, Action] | None, idle_reason: str | None = None,
+                 metrics: Metrics | None = None):
         self.actions = actions
         self.idle_reason = idle_reason
+        self.metrics = metrics
 
     def execute(self, plan: Plan) -> list[ActionReport]:
         """Outcomes in plan order; never raises for a failed Kubernetes call."""
@@ -55,6 +59,8 @@ class Executor:
             result = self._run_one(decision, target, gone)
             reports.append(ActionReport(decision, target, result))
             log_decision(plan, decision, target, result)
+            if self.metrics:
+                self.metrics.outcomes.labels(decision.action, str(result.outcome)).inc()
         return reports
 
     def _run_one(self, decision: Decision, target: Target, gone: set) -> Result:
@@ -69,10 +75,15 @@ class Executor:
         action = self.actions[decision.action]
         if "pod" in action.needs and (target.namespace, target.pod) in gone:
             return Result(Outcome.SKIPPED, "pod was deleted by an earlier action")
+        started = time.monotonic()
         try:
             result = action.run(target, decision.params)
         except Exception as exc:  # noqa: BLE001 - one failed call must not stop the others
             return Result(Outcome.FAILED, api_failure(exc))
+        finally:
+            if self.metrics:
+                self.metrics.action_seconds.labels(decision.action).observe(
+                    time.monotonic() - started)
         if not action.object_survives and result.outcome in (Outcome.DONE, Outcome.ALREADY_DONE):
             gone.add((target.namespace, target.pod))
         return result

@@ -29,9 +29,21 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+class StdoutHandler(logging.StreamHandler):
+    """Writes to whatever sys.stdout is at the time, not what it was at set-up."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def configure_logging(log_format: str, level: str) -> None:
     """Send our logs to stdout in the chosen format; called once by the app factory."""
-    handler = logging.StreamHandler(sys.stdout)
+    handler = StdoutHandler()
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:

@@ -11,6 +11,7 @@ from .actions import Registry
 from .decisions import Plan, plan_response
 from .events import Event
 from .executor import ActionReport, Executor
+from .metrics import Metrics
 from .settings import Settings
 from .table import Table
 
@@ -21,14 +22,26 @@ class Responder:
     """Plans and runs the response to each event. Dependencies are passed in, never global."""
 
     def __init__(self, settings: Settings, table: Table, registry: Registry,
-                 api_client: ApiClient | None):
+                 api_client: ApiClient | None, metrics: Metrics | None = None):
         self.settings = settings
-        self.table = table
         self.registry = registry
         self.api_client = api_client
+        self.metrics = metrics or Metrics()
+        self.table = table
         actions = (registry.instantiate(CoreV1Api(api_client), settings.kube_timeout)
                    if api_client is not None else None)
-        self.executor = Executor(actions, idle_reason="no Kubernetes cluster configured")
+        self.executor = Executor(actions, idle_reason="no Kubernetes cluster configured",
+                                 metrics=self.metrics)
+
+    @property
+    def table(self) -> Table:
+        return self._table
+
+    @table.setter
+    def table(self, table: Table) -> None:
+        # One attribute assignment: a request sees the old table or the new, never a mix.
+        self._table = table
+        self.metrics.table_rules.set(len(table.rules))
 
     def plan(self, event: Event) -> Plan:
         return plan_response(self.table, self.registry, event,
@@ -37,6 +50,7 @@ class Responder:
 
     def respond(self, event: Event) -> dict[str, Any]:
         """Plan, act, and return the reply body for the event."""
+        self.metrics.events.labels(event.rule, event.priority.label, event.source).inc()
         plan = self.plan(event)
         reports = self.executor.execute(plan)
         logger.debug("event %s (%s) matched %s", event.uuid, event.rule, list(plan.matched))

@@ -156,3 +156,14 @@ def test_json_log_format_gives_one_object_per_decision(make_app, replay_table, c
                                      "node": "falco-xczjd"},
                           "outcome": "would-run", "dry_run": True,
                           "reason": "no Kubernetes cluster configured"}]
+
+
+def test_metrics_count_events_outcomes_and_rejections(app_client):
+    app_client.post("/", data=json.dumps(recorded_events()[0]), headers=SIDEKICK_HEADERS)
+    app_client.post("/", data="{bad", headers=SIDEKICK_HEADERS)
+    text = app_client.get("/metrics").get_data(as_text=True)
+    assert ('responder_events_received_total{priority="Critical",'
+            'rule="Terminal shell in container",source="syscall"} 1.0') in text
+    assert 'responder_action_outcomes_total{action="label-pod",outcome="would-run"} 1.0' in text
+    assert 'responder_requests_rejected_total{status="400"} 1.0' in text
+    assert "responder_action_table_rules 7.0" in text
