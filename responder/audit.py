@@ -113,9 +113,11 @@ def build_audit_event(event: Event, report: ActionReport, ref: ObjectRef, instan
 
 def audit_message(event: Event, report: ActionReport) -> str:
     """What happened, in one line: Falco rule, table rule, action, outcome, event uuid."""
-    outcome = str(report.result.outcome)
-    if report.result.reason:
-        outcome += f" ({report.result.reason})"
+    result = report.result
+    if result.outcome == Outcome.ALREADY_DONE:
+        outcome = result.reason or "already done"  # e.g. "already gone", "already cordoned"
+    else:
+        outcome = f"{result.outcome} ({result.reason})" if result.reason else str(result.outcome)
     message = (f"Falco rule {event.rule!r} matched table rule {report.decision.table_rule!r}: "
                f"{report.decision.action} {outcome}; Falco event {event.uuid}")
     return message if len(message) <= MESSAGE_LIMIT else message[:MESSAGE_LIMIT - 1] + "…"

@@ -51,6 +51,7 @@ class Responder:
     def respond(self, event: Event) -> dict[str, Any]:
         """Plan, act, and return the reply body for the event."""
         self.metrics.events.labels(event.rule, event.priority.label, event.source).inc()
+        log_received(event)
         plan = self.plan(event)
         reports = self.executor.execute(plan)
         logger.debug("event %s (%s) matched %s", event.uuid, event.rule, list(plan.matched))
@@ -62,6 +63,15 @@ class Responder:
         if self.api_client is None or self.settings.force_dry_run:
             return False
         return any(not self.table.is_dry_run(rule) for rule in self.table.rules)
+
+
+def log_received(event: Event) -> None:
+    """The audit record of an accepted event; decisions carry the same uuid."""
+    record = {"uuid": event.uuid, "rule": event.rule, "priority": event.priority.label,
+              "source": event.source, "time": event.time, "hostname": event.hostname,
+              "tags": list(event.tags), "output_fields": dict(event.output_fields)}
+    logger.info("event uuid=%s rule=%r priority=%s source=%s", event.uuid, event.rule,
+                event.priority.label, event.source, extra={"event": record})
 
 
 def reply_body(plan: Plan, reports: list[ActionReport]) -> dict[str, Any]:

@@ -144,11 +144,17 @@ def test_startup_logs_settings_and_dry_run_banner(make_app, replay_table, capsys
     assert "RESPONDER_PORT" in out and "DRY-RUN" in out
 
 
-def test_json_log_format_gives_one_object_per_decision(make_app, replay_table, capsys):
+def test_json_log_format_gives_one_record_per_event_and_per_decision(make_app, replay_table, capsys):
     app = make_app(replay_table, log_format="json").test_client()
     capsys.readouterr()
     app.post("/", data=json.dumps(recorded_events()[0]), headers=SIDEKICK_HEADERS)
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    received = [r["event"] for r in records if "event" in r]
+    assert received == [{"uuid": EXPECTED[0]["uuid"], "rule": "Terminal shell in container",
+                         "priority": "Critical", "source": "syscall",
+                         "time": "2023-05-25T13:44:05.478445995Z", "hostname": "falco-xczjd",
+                         "tags": ["container", "mitre_execution", "shell"],
+                         "output_fields": recorded_events()[0]["output_fields"]}]
     decisions = [r["decision"] for r in records if "decision" in r]
     assert decisions == [{"uuid": EXPECTED[0]["uuid"], "rule": "Terminal shell in container",
                           "table_rule": "quarantine-shells", "action": "label-pod",
