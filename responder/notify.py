@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -96,12 +97,14 @@ class SlackConfig:
             raise ConfigError(f"{WINDOW} must be >= 0, {TIMEOUT} > 0 and queue_size >= 1")
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> SlackConfig | None:
-        """Read the RESPONDER_SLACK_* variables; None when neither a webhook nor a token is set.
+    def from_env(cls, env: Mapping[str, str] | None = None) -> SlackConfig | None:
+        """Read the RESPONDER_SLACK_* variables (default: os.environ); None when neither a
+        webhook nor a token is set, which means Slack is off.
 
         Each secret may come from a file instead (`<NAME>_FILE`, e.g. a mounted Secret).
         Raises ConfigError naming the variable; secret values never appear in errors.
         """
+        env = os.environ if env is None else env
         webhook_url = read_secret(env, WEBHOOK_URL)
         token = read_secret(env, TOKEN)
         if webhook_url is None and token is None:
@@ -562,8 +565,7 @@ class SlackNotifier:
 
     def send_alert(self, text: str) -> None:
         """Queue a plain guardrail alert; identical alerts are aggregated like events."""
-        self._submit(_Job(("alert", text), partial(build_alert_message, text), "alert",
-                          failed=True))
+        self._submit(_Job(("alert", text), partial(build_alert_message, text), "alert"))
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything queued, and every summary whose window has closed, is sent."""
