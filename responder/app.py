@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
@@ -15,12 +16,17 @@ from .actions import Registry, default_registry
 from .auth import TokenAuth
 from .errors import EventError
 from .events import parse_event
+from .intake import Intake
 from .logs import configure_logging
 from .metrics import Metrics
+from .notify import SlackConfig, SlackNotifier, slack_status
 from .reload import TableReloader
 from .service import Responder
 from .settings import Settings
+from .shared import LocalState, RedisState
+from .store import EventStore
 from .table import Table, load_table
+from .worker import Worker
 
 logger = logging.getLogger(__name__)
 _UNSET: Any = object()
@@ -29,8 +35,12 @@ EVENT_ENDPOINTS = {"receive_root": "/", "receive_events": "/events"}
 
 
 def create_app(settings: Settings | None = None, *, table: Table | None = None,
-               registry: Registry | None = None, api_client: ApiClient | None = _UNSET) -> Flask:
-    """Build the app. Nothing happens at import; gunicorn runs `responder.app:create_app()`."""
+               registry: Registry | None = None, api_client: ApiClient | None = _UNSET,
+               slack: SlackConfig | None = _UNSET, start_worker: bool = True) -> Flask:
+    """Build the app. Nothing happens at import; gunicorn runs `responder.app:create_app()`.
+
+    Tests pass their own parts; `start_worker=False` leaves the queue to `worker.run_pending`.
+    """
     settings = settings or Settings.from_env()
     configure_logging(settings.log_format, settings.log_level)
     registry = registry or default_registry()
@@ -39,17 +49,48 @@ def create_app(settings: Settings | None = None, *, table: Table | None = None,
         api_client, where = kube.connect(settings)
     else:
         where = "given" if api_client is not None else "no cluster"
-    responder = Responder(settings, table, registry, api_client)
-    log_startup(responder, where)
+    slack = SlackConfig.from_env() if slack is _UNSET else slack
+    metrics = Metrics()
+    store = EventStore(Path(settings.state_dir).expanduser(), settings.max_pending,
+                       settings.drop_policy)
+    shared = RedisState(settings.redis_url) if settings.redis_url else LocalState(store)
+    notifier = SlackNotifier(slack, on_result=lambda r: metrics.slack.labels(r).inc()) \
+        if slack else None
+    responder = Responder(settings, table, registry, api_client, metrics=metrics, store=store,
+                          shared=shared, notifier=notifier)
+    worker = Worker(responder, store, settings.max_attempts, sync_seconds=settings.sync_seconds,
+                    retention_seconds=settings.retention_seconds)
+    metrics.watch_queue(store.pending, store.oldest_pending_age)
+    log_startup(responder, where, slack_status(slack))
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.extensions["responder"] = responder
-    app.extensions["reloader"] = _start_reloader(settings, responder)
+    app.extensions.update(responder=responder, worker=worker, store=store,
+                          reloader=_start_reloader(settings, responder))
+    intake = None
+    if settings.intake == "queue":
+        intake = Intake(responder, store, shared, worker.wake, settings.retention_seconds)
+        if start_worker:
+            worker.start()
     _add_auth(app, settings)
-    _add_routes(app, responder)
+    _add_routes(app, responder, intake)
+    _add_health_routes(app, responder)
     _add_error_handlers(app, responder.metrics)
     return app
+
+
+def shutdown(app: Flask, timeout: float = 10.0) -> None:
+    """Stop background threads, send what Slack still owes, close the journal."""
+    ext = app.extensions
+    ext["worker"].stop(timeout)
+    if ext["reloader"]:
+        ext["reloader"].stop()
+    responder = ext["responder"]
+    if responder.notifier:
+        responder.notifier.close(timeout)
+    if hasattr(responder.shared, "close"):
+        responder.shared.close()
+    ext["store"].close()
 
 
 def _start_reloader(settings: Settings, responder: Responder) -> TableReloader | None:
@@ -80,8 +121,8 @@ def _add_auth(app: Flask, settings: Settings) -> None:
 
         @app.before_request
         def authenticate() -> tuple[Response, int] | None:
-            # Probes and metrics stay open; only event intake needs the token.
-            if request.endpoint in EVENT_ENDPOINTS:
+            # Probes and metrics stay open; events in and out need the token.
+            if request.endpoint in EVENT_ENDPOINTS or request.endpoint == "event_status":
                 return auth.reject_unless_allowed()
             return None
     if not token and not settings.tls_client_ca_file:
@@ -89,14 +130,25 @@ def _add_auth(app: Flask, settings: Settings) -> None:
                        "Set RESPONDER_AUTH_TOKEN(_FILE) or RESPONDER_TLS_CLIENT_CA_FILE.")
 
 
-def _add_routes(app: Flask, responder: Responder) -> None:
+def _add_routes(app: Flask, responder: Responder, intake: Intake | None) -> None:
     def receive() -> tuple[Response, int]:
-        event = parse_event(request.get_data(cache=False), request.content_type or "")
-        return jsonify(responder.respond(event)), 200
+        body, content_type = request.get_data(cache=False), request.content_type or ""
+        if intake is not None:
+            return jsonify(intake.accept(body, content_type)), 202
+        return jsonify(responder.respond(parse_event(body, content_type))), 200
 
     for endpoint, path in EVENT_ENDPOINTS.items():
         app.add_url_rule(path, endpoint, receive, methods=EVENT_METHODS)
 
+    @app.get("/events/<uuid>", endpoint="event_status")
+    def event_status(uuid: str) -> tuple[Response, int]:
+        status = responder.store.status(uuid)
+        if status is None:
+            return jsonify({"error": f"no event {uuid} (never received, or past retention)"}), 404
+        return jsonify(status), 200
+
+
+def _add_health_routes(app: Flask, responder: Responder) -> None:
     @app.get("/healthz")
     def healthz() -> tuple[Response, int]:
         return jsonify({"status": "ok"}), 200
@@ -142,10 +194,12 @@ def _add_error_handlers(app: Flask, metrics: Metrics) -> None:
         return jsonify({"error": "internal error; see the responder's log"}), 500
 
 
-def log_startup(responder: Responder, where: str) -> None:
+def log_startup(responder: Responder, where: str, slack: str) -> None:
     logger.info("settings: %s", responder.settings.describe())
     logger.info("action table %s: %d rule(s); cluster: %s",
                 responder.table.source, len(responder.table.rules), where)
+    logger.info("intake: %s, journal %s; %s", responder.settings.intake,
+                responder.store.path if responder.store else "-", slack)
     if not responder.armed:
         logger.warning("DRY-RUN: no action will change the cluster (%s)", _dry_run_cause(responder))
 

@@ -13,6 +13,7 @@ from .decisions import plan_response
 from .errors import ConfigError, EventError, TableError
 from .events import event_from_dict
 from .executor import Executor
+from .logs import configure_cli_logging
 from .service import replay_line
 from .settings import Settings
 from .table import Table, load_table
@@ -64,6 +65,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    configure_cli_logging()
     registry = default_registry()
     status = 0
     for path in args.files:
@@ -79,6 +81,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
+    configure_cli_logging()
     with _open(args.events) as stream:
         if args.to:
             from .replay_remote import post_events

@@ -5,15 +5,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
-
 from .actions import Action, Outcome, Result, Target, api_failure
 from .decisions import Decision, Plan
+from .guardrails import Guardrails, PodFacts, read_pod
 from .metrics import Metrics
+from .retry import RetryPolicy, is_retryable
+from .shared import SharedState
 
 logger = logging.getLogger(__name__)
 
@@ -28,11 +29,11 @@ class ActionReport:
 
     def to_dict(self) -> dict[str, Any]:
         """The replay/HTTP shape: action, target (only what applies), outcome, reason."""
+        keys = ("namespace", "pod", "node") if "node" in self.decision.needs else (
+            "namespace", "pod")
         out: dict[str, Any] = {
             "action": self.decision.action,
-            "target": self.target.describe(("namespace", "pod", "node")
-                                           if "node" in self.decision.needs
-                                           else ("namespace", "pod")),
+            "target": self.target.describe(keys),
             "outcome": str(self.result.outcome),
         }
         if self.result.reason:
@@ -40,79 +41,147 @@ class ActionReport:
         return out
 
 
+@dataclass
+class _Run:
+    """What one execution of a plan has learned so far."""
+
+    plan: Plan
+    pod: PodFacts | None = None
+    pod_error: BaseException | None = None
+    coalesced: dict[str, int] = dataclasses.field(default_factory=dict)
+    gone: set = dataclasses.field(default_factory=set)
+
+
 class Executor:
     """Runs decisions. With no actions (no cluster, or a replay) everything 'would run'."""
 
     def __init__(self, actions: Mapping[str, Action] | None, idle_reason: str | None = None,
-                 metrics: Metrics | None = None):
+                 metrics: Metrics | None = None, guardrails: Guardrails | None = None,
+                 shared: SharedState | None = None, retry: RetryPolicy | None = None,
+                 coalesce_seconds: Callable[[], float] = lambda: 30.0):
         self.actions = actions
         self.idle_reason = idle_reason
         self.metrics = metrics
+        self.guardrails = guardrails
+        self.shared = shared
+        self.retry = retry or RetryPolicy()
+        self.coalesce_seconds = coalesce_seconds
 
-    def execute(self, plan: Plan) -> list[ActionReport]:
-        """Outcomes in plan order; never raises for a failed Kubernetes call."""
-        node = self._node_for(plan)
-        gone: set[tuple[str | None, str | None]] = set()
+    def execute(self, plan: Plan, prior: Mapping[int, Result] | None = None,
+                record: Callable[[int, ActionReport], None] | None = None,
+                coalesce: bool = True) -> list[ActionReport]:
+        """Outcomes in plan order; never raises for a failed Kubernetes call.
+
+        `prior` holds outcomes recorded by an earlier, interrupted attempt: those actions are
+        not run again. `record` is told each new outcome as soon as it is known."""
+        prior = prior or {}
+        run = _Run(plan)
+        self._inspect_pod(run, prior)
+        if coalesce:
+            self._coalesce(run)
         reports = []
-        for decision in plan.decisions:
-            target = dataclasses.replace(decision.target, node=node) if node else decision.target
-            result = self._run_one(decision, target, gone)
-            reports.append(ActionReport(decision, target, result))
-            log_decision(plan, decision, target, result)
+        for index, decision in enumerate(plan.decisions):
+            if index in prior:
+                reports.append(ActionReport(decision, self._target(run, decision), prior[index]))
+                continue
+            report = self._decide(run, decision)
+            reports.append(report)
+            log_decision(plan, decision, report.target, report.result)
             if self.metrics:
-                self.metrics.outcomes.labels(decision.action, str(result.outcome)).inc()
+                self.metrics.outcomes.labels(decision.action, str(report.result.outcome)).inc()
+            if record:
+                record(index, report)
         return reports
 
-    def _run_one(self, decision: Decision, target: Target, gone: set) -> Result:
+    def _decide(self, run: _Run, decision: Decision) -> ActionReport:
+        target = self._target(run, decision)
+        return ActionReport(decision, target, self._run_one(run, decision, target))
+
+    def _target(self, run: _Run, decision: Decision) -> Target:
+        if run.pod and run.pod.node:
+            return dataclasses.replace(decision.target, node=run.pod.node)
+        return decision.target
+
+    def _run_one(self, run: _Run, decision: Decision, target: Target) -> Result:
         if decision.skip_reason:
             return Result(Outcome.SKIPPED, decision.skip_reason)
+        if decision.table_rule in run.coalesced:
+            return Result(Outcome.COALESCED, f"same table rule and target already handled "
+                          f"{run.coalesced[decision.table_rule] - 1} time(s) within the last "
+                          f"{self.coalesce_seconds():g} s")
         if self.actions is None:
             return Result(Outcome.WOULD_RUN, self.idle_reason)
         if decision.dry_run:
             return Result(Outcome.WOULD_RUN, "dry-run")
+        return self._run_live(run, decision, target)
+
+    def _run_live(self, run: _Run, decision: Decision, target: Target) -> Result:
+        if run.pod_error is not None:
+            return Result(Outcome.FAILED, f"cannot read the pod: {api_failure(run.pod_error)}",
+                          retryable=is_retryable(run.pod_error))
         if "node" in decision.needs and not target.node:
             return Result(Outcome.SKIPPED, "pod's node unknown and the event has no hostname")
         action = self.actions[decision.action]
-        if "pod" in action.needs and (target.namespace, target.pod) in gone:
+        if "pod" in action.needs and (target.namespace, target.pod) in run.gone:
             return Result(Outcome.SKIPPED, "pod was deleted by an earlier action")
+        try:
+            reason = self.guardrails.check(decision, target, run.pod, target.container_id) \
+                if self.guardrails else None
+        except Exception as exc:  # noqa: BLE001 - e.g. listing nodes failed
+            return Result(Outcome.FAILED, f"guardrail check failed: {api_failure(exc)}",
+                          retryable=is_retryable(exc))
+        if reason:
+            return Result(Outcome.SKIPPED, reason)
+        result = self._call(action, decision, target)
+        if not action.object_survives and result.outcome in (Outcome.DONE, Outcome.ALREADY_DONE):
+            run.gone.add((target.namespace, target.pod))
+        return result
+
+    def _call(self, action: Action, decision: Decision, target: Target) -> Result:
         started = time.monotonic()
         try:
-            result = action.run(target, decision.params)
+            return self.retry.call(lambda: action.run(target, decision.params))
         except Exception as exc:  # noqa: BLE001 - one failed call must not stop the others
-            return Result(Outcome.FAILED, api_failure(exc))
+            return Result(Outcome.FAILED, api_failure(exc), retryable=is_retryable(exc))
         finally:
             if self.metrics:
                 self.metrics.action_seconds.labels(decision.action).observe(
                     time.monotonic() - started)
-        if not action.object_survives and result.outcome in (Outcome.DONE, Outcome.ALREADY_DONE):
-            gone.add((target.namespace, target.pod))
-        return result
 
-    def _node_for(self, plan: Plan) -> str | None:
-        """The node of the event's pod, read once per event before any action changes it."""
-        wanted = [d for d in plan.decisions
-                  if "node" in d.needs and not d.skip_reason and not d.dry_run]
-        if not wanted or self.actions is None:
-            return None
-        target = wanted[0].target
+    def _inspect_pod(self, run: _Run, prior: Mapping[int, Result]) -> None:
+        """Read the event's pod once, before any action changes it: its node for cordoning,
+        its containers and owners for the guardrails."""
+        live = [d for i, d in enumerate(run.plan.decisions) if i not in prior
+                and not d.skip_reason and not d.dry_run
+                and ("pod" in d.needs or "node" in d.needs)]
+        if not live or self.actions is None:
+            return
+        target = live[0].target
         if not (target.pod and target.namespace):
-            return None
-        core = next(iter(self.actions.values())).core
+            return
+        action = next(iter(self.actions.values()))
         try:
-            pod = core.read_namespaced_pod(target.pod, target.namespace,
-                                           _request_timeout=self._timeout())
-        except ApiException as exc:
-            logger.info("pod %s/%s not readable (%s); node falls back to the event hostname",
-                        target.namespace, target.pod, api_failure(exc))
-            return None
-        except Exception as exc:  # noqa: BLE001 - the cordon itself will report the failure
-            logger.warning("cannot look up pod %s/%s: %s", target.namespace, target.pod,
+            run.pod = self.retry.call(lambda: read_pod(action.core, target, action.timeout))
+        except Exception as exc:  # noqa: BLE001 - recorded per action, retried later
+            logger.warning("cannot read pod %s/%s: %s", target.namespace, target.pod,
                            api_failure(exc))
-            return None
-        return pod.spec.node_name if pod.spec else None
+            run.pod_error = exc
 
-    def _timeout(self) -> float:
-        return next(iter(self.actions.values())).timeout
+    def _coalesce(self, run: _Run) -> None:
+        """Events for the same (table rule, namespace, pod) inside the window act once."""
+        if self.shared is None:
+            return
+        seconds = self.coalesce_seconds()
+        for decision in run.plan.decisions:
+            rule = decision.table_rule
+            if decision.skip_reason or rule in run.coalesced or seconds <= 0:
+                continue
+            t = decision.target
+            key = f"{rule}|{t.namespace}|{t.pod or t.node}"
+            count = self.shared.open_window(key, seconds)
+            run.coalesced[rule] = count
+        # Only rules whose window was already open are coalesced; count 1 means "run".
+        run.coalesced = {rule: n for rule, n in run.coalesced.items() if n > 1}
 
 
 def log_decision(plan: Plan, decision: Decision, target: Target, result: Result) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 
 from kubernetes import client, config
 from kubernetes.config.config_exception import ConfigException
@@ -32,6 +33,25 @@ def connect(settings: Settings) -> tuple[client.ApiClient | None, str]:
             if mode == "kubeconfig":
                 raise ConfigError(f"RESPONDER_KUBE_CONFIG=kubeconfig ({path}): {exc}") from None
     return None, "no cluster (every action is reported as would-run)"
+
+
+class ThrottledApiClient(client.ApiClient):
+    """An ApiClient that takes a token from a bucket before every request, as client-go's
+    QPS/burst limiter does, so a storm cannot stampede the API server."""
+
+    def __init__(self, configuration: client.Configuration,
+                 throttle: Callable[[], None] | None = None):
+        super().__init__(configuration)
+        self.throttle = throttle
+
+    @classmethod
+    def wrap(cls, api: client.ApiClient, throttle: Callable[[], None]) -> ThrottledApiClient:
+        return cls(api.configuration, throttle)
+
+    def call_api(self, *args, **kwargs):
+        if self.throttle:
+            self.throttle()
+        return super().call_api(*args, **kwargs)
 
 
 def api_reachable(api: client.ApiClient, timeout: float) -> str | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
@@ -29,5 +31,22 @@ class Metrics:
         self.table_reload_errors = Counter("responder_action_table_reload_errors",
                                            "Reloads refused because the new table is invalid",
                                            registry=r)
+        self.intake = Counter("responder_events_intake", "Events at intake: queued, duplicate, "
+                              "dropped (queue full)", ["status"], registry=r)
+        self.limit_trips = Counter("responder_guardrail_trips",
+                                   "Actions skipped because a blast-radius limit tripped",
+                                   ["limit"], registry=r)
+        self.queue_depth = Gauge("responder_queue_depth", "Events recorded but not finished",
+                                 registry=r)
+        self.queue_oldest = Gauge("responder_queue_oldest_pending_seconds",
+                                  "Age of the oldest unfinished event", registry=r)
+        self.retries = Counter("responder_event_retries",
+                               "Events put back in the queue after a transient failure",
+                               registry=r)
         self.table_rules = Gauge("responder_action_table_rules", "Rules in the table in use",
                                  registry=r)
+
+    def watch_queue(self, depth: Callable[[], float], oldest: Callable[[], float]) -> None:
+        """Read the queue's depth and age when scraped, not on every event."""
+        self.queue_depth.set_function(depth)
+        self.queue_oldest.set_function(oldest)

@@ -7,12 +7,18 @@ from typing import Any
 
 from kubernetes.client import ApiClient, CoreV1Api
 
-from .actions import Registry
+from .actions import Outcome, Registry
+from .audit import EventRecorder
 from .decisions import Plan, plan_response
 from .events import Event
 from .executor import ActionReport, Executor
+from .guardrails import Guardrails
+from .kube import ThrottledApiClient
 from .metrics import Metrics
+from .notify import SlackNotifier, notify_choices
 from .settings import Settings
+from .shared import SharedState
+from .store import EventStore
 from .table import Table
 
 logger = logging.getLogger(__name__)
@@ -22,16 +28,38 @@ class Responder:
     """Plans and runs the response to each event. Dependencies are passed in, never global."""
 
     def __init__(self, settings: Settings, table: Table, registry: Registry,
-                 api_client: ApiClient | None, metrics: Metrics | None = None):
+                 api_client: ApiClient | None, *, metrics: Metrics | None = None,
+                 store: EventStore | None = None, shared: SharedState | None = None,
+                 notifier: SlackNotifier | None = None):
         self.settings = settings
         self.registry = registry
-        self.api_client = api_client
         self.metrics = metrics or Metrics()
         self.table = table
-        actions = (registry.instantiate(CoreV1Api(api_client), settings.kube_timeout)
-                   if api_client is not None else None)
-        self.executor = Executor(actions, idle_reason="no Kubernetes cluster configured",
-                                 metrics=self.metrics)
+        self.store = store
+        self.shared = shared
+        self.notifier = notifier
+        self.api_client = api_client
+        self.recorder = None
+        self.executor = self._build_executor(api_client)
+
+    def _build_executor(self, api_client: ApiClient | None) -> Executor:
+        if api_client is None:
+            return Executor(None, idle_reason="no Kubernetes cluster configured",
+                            metrics=self.metrics)
+        if self.shared is not None:
+            api_client = ThrottledApiClient.wrap(api_client, self._throttle)
+        core = CoreV1Api(api_client)
+        timeout = self.settings.kube_timeout
+        self.recorder = EventRecorder(core, timeout)
+        guardrails = None
+        if self.shared is not None:
+            guardrails = Guardrails(
+                self.table.limits, self.shared, core, timeout,
+                own_pod=(self.settings.namespace, self.settings.pod_name), alert=self.alert,
+                on_trip=lambda name: self.metrics.limit_trips.labels(name).inc())
+        return Executor(self.registry.instantiate(core, timeout), metrics=self.metrics,
+                        guardrails=guardrails, shared=self.shared,
+                        coalesce_seconds=lambda: self.table.limits.coalesce_seconds)
 
     @property
     def table(self) -> Table:
@@ -42,6 +70,9 @@ class Responder:
         # One attribute assignment: a request sees the old table or the new, never a mix.
         self._table = table
         self.metrics.table_rules.set(len(table.rules))
+        guardrails = getattr(getattr(self, "executor", None), "guardrails", None)
+        if guardrails is not None:
+            guardrails.limits = table.limits
 
     def plan(self, event: Event) -> Plan:
         return plan_response(self.table, self.registry, event,
@@ -49,13 +80,36 @@ class Responder:
                              force_dry_run=self.settings.force_dry_run)
 
     def respond(self, event: Event) -> dict[str, Any]:
-        """Plan, act, and return the reply body for the event."""
-        self.metrics.events.labels(event.rule, event.priority.label, event.source).inc()
-        log_received(event)
+        """Inline intake: plan, act, and return the reply body for the event."""
+        self.count_received(event)
         plan = self.plan(event)
         reports = self.executor.execute(plan)
-        logger.debug("event %s (%s) matched %s", event.uuid, event.rule, list(plan.matched))
+        self.after_actions(plan, reports)
         return reply_body(plan, reports)
+
+    def count_received(self, event: Event) -> None:
+        self.metrics.events.labels(event.rule, event.priority.label, event.source).inc()
+        log_received(event)
+
+    def after_actions(self, plan: Plan, reports: list[ActionReport]) -> None:
+        """Tell people (Slack) and the cluster (Events) what was done. Never raises."""
+        if self.notifier is not None:
+            self.notifier.maybe_notify(plan.event, reports, plan.matched,
+                                       notify_choices(self.table, plan.matched))
+        if self.recorder is not None:
+            self.recorder.record_all(plan.event, reports)
+
+    def alert(self, text: str) -> None:
+        logger.warning("alert: %s", text)
+        if self.notifier is not None:
+            self.notifier.send_alert(text)
+
+    def _throttle(self) -> None:
+        import time
+
+        while (wait := self.shared.take_token("kube-api", self.settings.kube_qps,
+                                              self.settings.kube_burst)) > 0:
+            time.sleep(wait)
 
     @property
     def armed(self) -> bool:
@@ -75,18 +129,36 @@ def log_received(event: Event) -> None:
 
 
 def reply_body(plan: Plan, reports: list[ActionReport]) -> dict[str, Any]:
-    """The JSON answer to an accepted event."""
+    """The JSON answer to an event acted on inline."""
     event = plan.event
     return {
         "uuid": event.uuid,
         "rule": event.rule,
         "priority": event.priority.label,
         "matched": list(plan.matched),
-        "decisions": [
-            {"table_rule": r.decision.table_rule, "dry_run": r.decision.dry_run, **r.to_dict()}
-            for r in reports
-        ],
+        "decisions": [decision_dict(r) for r in reports],
     }
+
+
+def planned_body(plan: Plan, status: str) -> dict[str, Any]:
+    """The JSON answer to a queued event: what the table plans, before anything runs."""
+    decisions = []
+    for d in plan.decisions:
+        outcome = (Outcome.SKIPPED if d.skip_reason else
+                   Outcome.WOULD_RUN if d.dry_run else "pending")
+        entry = {"table_rule": d.table_rule, "dry_run": d.dry_run, "action": d.action,
+                 "outcome": str(outcome)}
+        if d.skip_reason:
+            entry["reason"] = d.skip_reason
+        decisions.append(entry)
+    event = plan.event
+    return {"uuid": event.uuid, "rule": event.rule, "priority": event.priority.label,
+            "status": status, "matched": list(plan.matched), "decisions": decisions}
+
+
+def decision_dict(report: ActionReport) -> dict[str, Any]:
+    return {"table_rule": report.decision.table_rule, "dry_run": report.decision.dry_run,
+            **report.to_dict()}
 
 
 def replay_line(plan: Plan, reports: list[ActionReport]) -> dict[str, Any]:

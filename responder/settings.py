@@ -13,6 +13,8 @@ from .errors import ConfigError
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 KUBE_MODES = ("auto", "in-cluster", "kubeconfig", "none")
 LOG_FORMATS = ("text", "json")
+INTAKES = ("queue", "inline")
+DROP_POLICIES = ("drop-new", "drop-oldest")
 
 
 def _env(name: str, doc: str, default: Any, secret: bool = False) -> Any:
@@ -55,6 +57,29 @@ class Settings:
     tls_client_ca_file: str | None = _env(
         "RESPONDER_TLS_CLIENT_CA_FILE", "require client certs signed by this CA (mutual TLS)",
         None)
+    intake: str = _env("RESPONDER_INTAKE",
+                       "queue: record durably, reply 202, act in a worker; inline: act before "
+                       "replying 200 (simple, but a slow API stalls Falcosidekick)", "queue")
+    state_dir: str = _env("RESPONDER_STATE_DIR", "directory of the durable event journal",
+                          "~/.local/state/falco-responder")
+    max_pending: int = _env("RESPONDER_MAX_PENDING",
+                            "unfinished events kept before the drop policy applies", 100_000)
+    drop_policy: str = _env("RESPONDER_DROP_POLICY",
+                            "drop-new (keep the first events of a storm) or drop-oldest",
+                            "drop-new")
+    sync_seconds: float = _env("RESPONDER_SYNC_SECONDS",
+                               "interval of the batched fsync (WAL checkpoint)", 0.1)
+    max_attempts: int = _env("RESPONDER_MAX_ATTEMPTS",
+                             "tries of an event whose actions keep failing transiently", 20)
+    retention_seconds: float = _env("RESPONDER_RETENTION_SECONDS",
+                                    "how long finished events (and their uuids) are kept", 86400)
+    kube_qps: float = _env("RESPONDER_KUBE_QPS", "Kubernetes requests per second", 5.0)
+    kube_burst: int = _env("RESPONDER_KUBE_BURST", "Kubernetes request burst", 10)
+    redis_url: str | None = _env("RESPONDER_REDIS_URL",
+                                 "share idempotency keys, coalescing windows and rate limits "
+                                 "between replicas", None, secret=True)
+    pod_name: str | None = _env("RESPONDER_POD_NAME", "the responder's own pod (never acted on)",
+                                None)
     reload_seconds: float = _env(
         "RESPONDER_RELOAD_SECONDS", "how often to look for a changed action table; 0 = never",
         5.0)
@@ -75,10 +100,12 @@ class Settings:
         return settings
 
     def validate(self) -> None:
-        if self.log_format not in LOG_FORMATS:
-            raise ConfigError(f"RESPONDER_LOG_FORMAT: must be one of {', '.join(LOG_FORMATS)}")
-        if self.kube_mode not in KUBE_MODES:
-            raise ConfigError(f"RESPONDER_KUBE_CONFIG: must be one of {', '.join(KUBE_MODES)}")
+        for env, value, allowed in (("RESPONDER_LOG_FORMAT", self.log_format, LOG_FORMATS),
+                                    ("RESPONDER_KUBE_CONFIG", self.kube_mode, KUBE_MODES),
+                                    ("RESPONDER_INTAKE", self.intake, INTAKES),
+                                    ("RESPONDER_DROP_POLICY", self.drop_policy, DROP_POLICIES)):
+            if value not in allowed:
+                raise ConfigError(f"{env}: must be one of {', '.join(allowed)}")
         if not 0 < self.port < 65536:
             raise ConfigError("RESPONDER_PORT: must be between 1 and 65535")
         if self.max_body_bytes < 1024:
@@ -142,6 +169,11 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "workers": _parse_positive_int, "threads": _parse_positive_int,
     "auth_token": str.strip, "auth_token_file": str, "tls_cert_file": str, "tls_key_file": str,
     "tls_client_ca_file": str, "reload_seconds": _parse_non_negative_float,
+    "intake": str.lower, "state_dir": str, "max_pending": _parse_positive_int,
+    "drop_policy": str.lower, "sync_seconds": _parse_positive_float,
+    "max_attempts": _parse_positive_int, "retention_seconds": _parse_positive_float,
+    "kube_qps": _parse_positive_float, "kube_burst": _parse_positive_int, "redis_url": str,
+    "pod_name": str,
 }
 
 

@@ -25,7 +25,8 @@ _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
     "==": operator.eq, "!=": operator.ne,
 }
 _TOP_KEYS = {"defaults", "rules"}
-_DEFAULT_KEYS = {"dry_run", "protected_namespaces"}
+_DEFAULT_KEYS = {"dry_run", "protected_namespaces", "coalesce_seconds",
+                 "max_pod_deletions_per_minute", "max_cordoned_nodes", "skip_standalone_pods"}
 _RULE_KEYS = {"name", "match", "actions", "continue", "dry_run", "notify"}
 NOTIFIERS = ("slack",)
 _MATCH_KEYS = {"rules", "priority", "tags", "source", "output_fields"}
@@ -85,11 +86,24 @@ class TableRule:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """Blast-radius limits from the table's `defaults`."""
+
+    #: Events for the same (table rule, namespace, pod) inside this window run once.
+    coalesce_seconds: float = 30.0
+    max_pod_deletions_per_minute: int = 10
+    #: Cordoning stops once this many nodes are unschedulable (existing cordons count).
+    max_cordoned_nodes: int = 1
+    skip_standalone_pods: bool = False
+
+
+@dataclass(frozen=True)
 class Table:
     source: str
     rules: tuple[TableRule, ...]
     dry_run: bool = True
     protected_namespaces: frozenset[str] = frozenset({"kube-system"})
+    limits: Limits = Limits()
 
     def is_dry_run(self, rule: TableRule) -> bool:
         return self.dry_run if rule.dry_run is None else rule.dry_run
@@ -177,14 +191,16 @@ def _build_table(doc: Any, source: str, registry: Registry, problems: list[str])
         return Table(source, ())
     for key in sorted(set(doc) - _TOP_KEYS, key=str):
         top.add(str(key), "unknown key (known: defaults, rules)")
-    dry_run, protected = _build_defaults(doc.get("defaults", {}), _Problems(problems, "defaults"))
+    defaults = _Problems(problems, "defaults")
+    dry_run, protected = _build_defaults(doc.get("defaults", {}), defaults)
+    limits = _build_limits(doc.get("defaults", {}), defaults)
     raw_rules = doc.get("rules")
     if not isinstance(raw_rules, list):
         top.add("rules", "must be a list" if "rules" in doc else "required key is missing")
         raw_rules = []
     rules = [_build_rule(i, raw, registry, problems) for i, raw in enumerate(raw_rules, 1)]
     _check_unique_names(rules, problems)
-    return Table(source, tuple(rules), dry_run, protected)
+    return Table(source, tuple(rules), dry_run, protected, limits)
 
 
 def _build_defaults(raw: Any, problems: _Problems) -> tuple[bool, frozenset[str]]:
@@ -192,7 +208,7 @@ def _build_defaults(raw: Any, problems: _Problems) -> tuple[bool, frozenset[str]
         problems.add("", "must be a mapping")
         return True, frozenset({"kube-system"})
     for key in sorted(set(raw) - _DEFAULT_KEYS, key=str):
-        problems.add(str(key), "unknown key (known: dry_run, protected_namespaces)")
+        problems.add(str(key), f"unknown key (known: {', '.join(sorted(_DEFAULT_KEYS))})")
     dry_run = raw.get("dry_run", True)
     if not isinstance(dry_run, bool):
         problems.add("dry_run", "must be true or false")
@@ -202,6 +218,28 @@ def _build_defaults(raw: Any, problems: _Problems) -> tuple[bool, frozenset[str]
         problems.add("protected_namespaces", "must be a list of namespace names")
         protected = ["kube-system"]
     return dry_run, frozenset(protected)
+
+
+def _build_limits(raw: Any, problems: _Problems) -> Limits:
+    if not isinstance(raw, dict):
+        return Limits()
+    values: dict[str, Any] = {}
+    for name, kind, low in (("coalesce_seconds", (int, float), 0),
+                            ("max_pod_deletions_per_minute", (int,), 0),
+                            ("max_cordoned_nodes", (int,), 0)):
+        value = raw.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, kind) or value < low:
+            problems.add(name, f"must be a number of at least {low}")
+        else:
+            values[name] = value
+    standalone = raw.get("skip_standalone_pods", False)
+    if not isinstance(standalone, bool):
+        problems.add("skip_standalone_pods", "must be true or false")
+    else:
+        values["skip_standalone_pods"] = standalone
+    return Limits(**values)
 
 
 def _build_rule(index: int, raw: Any, registry: Registry, sink: list[str]) -> TableRule:

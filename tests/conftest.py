@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from responder.actions import default_registry
-from responder.app import create_app
+from responder.app import create_app, shutdown
 from responder.settings import Settings
 from responder.table import parse_table
 
@@ -48,11 +48,20 @@ def make_table(registry):
 
 
 @pytest.fixture
-def make_app(registry):
-    def make(table, api_client=None, **settings):
-        return create_app(Settings(**settings), table=table, registry=registry,
-                          api_client=api_client)
-    return make
+def make_app(registry, tmp_path):
+    """Apps with their journal in tmp_path, Slack off and the worker driven by the test."""
+    apps = []
+
+    def make(table, api_client=None, slack=None, start_worker=False, **settings):
+        settings.setdefault("state_dir", str(tmp_path / f"state-{len(apps)}"))
+        app = create_app(Settings(**settings), table=table, registry=registry,
+                         api_client=api_client, slack=slack, start_worker=start_worker)
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        shutdown(app)
 
 
 def recorded_events() -> list[dict]:

@@ -125,6 +125,9 @@ class KubeAPI:
     def _route(self, method: str, path: str, body: Any) -> tuple[int, Any, dict[str, str]]:
         if path == "/version" or path == "/version/":
             return 200, VERSION, {}
+        if path == "/api/v1/nodes" and method == "GET":
+            return 200, {"kind": "NodeList", "apiVersion": "v1", "metadata": {},
+                         "items": list(self.nodes.values())}, {}
         if m := _POD.match(path):
             return self._object(self.pods, (m.group(1), m.group(2)), "pods", method, body)
         if m := _NODE.match(path):

@@ -19,8 +19,13 @@ def replay_table(make_table):
 
 
 @pytest.fixture
-def app_client(make_app, replay_table):
-    return make_app(replay_table).test_client()
+def app(make_app, replay_table):
+    return make_app(replay_table)
+
+
+@pytest.fixture
+def app_client(app):
+    return app.test_client()
 
 
 def comparable(decisions):
@@ -38,8 +43,26 @@ def comparable(decisions):
 @pytest.mark.parametrize(("event", "expected"), list(zip(recorded_events(), EXPECTED,
                                                          strict=True)),
                          ids=[f"line{i}" for i in range(1, len(EXPECTED) + 1)])
-def test_recorded_events_get_the_expected_decisions(app_client, path, event, expected):
+def test_recorded_events_are_queued_then_get_the_expected_decisions(app, app_client, path,
+                                                                   event, expected):
     reply = app_client.post(path, data=json.dumps(event) + "\n", headers=SIDEKICK_HEADERS)
+    assert reply.status_code == 202
+    body = reply.get_json()
+    assert (body["uuid"], body["rule"], body["matched"], body["status"]) == (
+        expected["uuid"], expected["rule"], expected["matched"], "queued")
+    assert app.extensions["worker"].run_pending() == 1
+    done = app_client.get(f"/events/{body['uuid']}").get_json()
+    assert done["state"] == "done"
+    assert comparable(done["decisions"]) == expected["actions"]
+
+
+@pytest.mark.parametrize(("event", "expected"), list(zip(recorded_events(), EXPECTED,
+                                                         strict=True)),
+                         ids=[f"line{i}" for i in range(1, len(EXPECTED) + 1)])
+def test_recorded_events_inline_get_the_expected_decisions(make_app, replay_table, event,
+                                                           expected):
+    app_client = make_app(replay_table, intake="inline").test_client()
+    reply = app_client.post("/", data=json.dumps(event) + "\n", headers=SIDEKICK_HEADERS)
     assert reply.status_code == 200
     body = reply.get_json()
     assert (body["uuid"], body["rule"], body["matched"]) == (
@@ -49,7 +72,7 @@ def test_recorded_events_get_the_expected_decisions(app_client, path, event, exp
 
 def test_sidekick_put_method_is_accepted(app_client):
     reply = app_client.put("/", data=json.dumps(recorded_events()[0]), headers=SIDEKICK_HEADERS)
-    assert reply.status_code == 200
+    assert reply.status_code == 202
 
 
 def test_cloudevents_binary_mode_is_accepted(app_client):
@@ -57,7 +80,7 @@ def test_cloudevents_binary_mode_is_accepted(app_client):
                "ce-source": "https://falco.org", "ce-type": "falco.rule.output.v1",
                "ce-rule": "Terminal shell in container", "ce-priority": "Critical"}
     reply = app_client.post("/", data=json.dumps(recorded_events()[0]), headers=headers)
-    assert reply.status_code == 200
+    assert reply.status_code == 202
     assert reply.get_json()["matched"] == ["quarantine-shells"]
 
 
@@ -67,7 +90,7 @@ def test_sidekick_test_event_is_accepted_and_ignored(app_client):
              "time": "2026-11-27T00:00:00Z", "tags": ["test", "example"],
              "output_fields": {"proc.name": "falcosidekick", "user.name": "falcosidekick"}}
     reply = app_client.post("/", data=json.dumps(event), headers=SIDEKICK_HEADERS)
-    assert reply.status_code == 200
+    assert reply.status_code == 202
     assert reply.get_json()["decisions"] == []
 
 
@@ -144,10 +167,12 @@ def test_startup_logs_settings_and_dry_run_banner(make_app, replay_table, capsys
     assert "RESPONDER_PORT" in out and "DRY-RUN" in out
 
 
-def test_json_log_format_gives_one_record_per_event_and_per_decision(make_app, replay_table, capsys):
-    app = make_app(replay_table, log_format="json").test_client()
+def test_json_log_format_gives_one_record_per_event_and_per_decision(make_app, replay_table,
+                                                                    capsys):
+    app = make_app(replay_table, log_format="json")
     capsys.readouterr()
-    app.post("/", data=json.dumps(recorded_events()[0]), headers=SIDEKICK_HEADERS)
+    app.test_client().post("/", data=json.dumps(recorded_events()[0]), headers=SIDEKICK_HEADERS)
+    app.extensions["worker"].run_pending()
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     received = [r["event"] for r in records if "event" in r]
     assert received == [{"uuid": EXPECTED[0]["uuid"], "rule": "Terminal shell in container",
@@ -164,12 +189,16 @@ def test_json_log_format_gives_one_record_per_event_and_per_decision(make_app, r
                           "reason": "no Kubernetes cluster configured"}]
 
 
-def test_metrics_count_events_outcomes_and_rejections(app_client):
+def test_metrics_count_events_outcomes_and_rejections(app, app_client):
     app_client.post("/", data=json.dumps(recorded_events()[0]), headers=SIDEKICK_HEADERS)
     app_client.post("/", data="{bad", headers=SIDEKICK_HEADERS)
+    assert "responder_queue_depth 1.0" in app_client.get("/metrics").get_data(as_text=True)
+    app.extensions["worker"].run_pending()
     text = app_client.get("/metrics").get_data(as_text=True)
     assert ('responder_events_received_total{priority="Critical",'
             'rule="Terminal shell in container",source="syscall"} 1.0') in text
     assert 'responder_action_outcomes_total{action="label-pod",outcome="would-run"} 1.0' in text
     assert 'responder_requests_rejected_total{status="400"} 1.0' in text
     assert "responder_action_table_rules 7.0" in text
+    assert 'responder_events_intake_total{status="queued"} 1.0' in text
+    assert "responder_queue_depth 0.0" in text

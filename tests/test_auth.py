@@ -20,7 +20,12 @@ ARMED = ("rules:\n  - {name: a, match: {rules: ['Terminal shell in container']},
 @pytest.fixture
 def guarded(kube, make_table, make_app):
     kube.api.add_pod("default", "kubecon")
-    app = make_app(make_table(ARMED), api_client=kube.api_client(), auth_token="s3cret-token")
+    kube.api.pods[("default", "kubecon")]["status"]["containerStatuses"] = [
+        {"name": "c", "containerID": "containerd://ee97d9c4186f" + "0" * 52, "ready": True,
+         "restartCount": 0, "image": "alpine", "imageID": ""}]
+    kube.api.add_node("node-2")
+    app = make_app(make_table(ARMED), api_client=kube.api_client(), auth_token="s3cret-token",
+                   intake="inline")
     return app.test_client()
 
 
@@ -56,7 +61,7 @@ def test_token_is_read_from_a_mounted_file(tmp_path, make_app, make_table):
     token_file.write_text("from-file\n")
     app = make_app(make_table(ARMED), auth_token_file=str(token_file)).test_client()
     ok = app.post("/", data=EVENT, headers={"Authorization": "Bearer from-file"})
-    assert ok.status_code == 200
+    assert ok.status_code == 202
     assert app.post("/", data=EVENT).status_code == 401
 
 
@@ -103,7 +108,8 @@ def mtls_server(pki):
     env = {"RESPONDER_TLS_CERT_FILE": str(pki["server"].cert),
            "RESPONDER_TLS_KEY_FILE": str(pki["server"].key),
            "RESPONDER_TLS_CLIENT_CA_FILE": str(pki["ca"]),
-           "RESPONDER_AUTH_TOKEN": "s3cret-token"}
+           "RESPONDER_AUTH_TOKEN": "s3cret-token",
+           "RESPONDER_STATE_DIR": str(pki["ca"].parent / "state")}
     good = (str(pki["client"].cert), str(pki["client"].key))
     with served(env, scheme="https", verify=str(pki["ca"]), cert=good) as url:
         yield url
@@ -118,7 +124,7 @@ def send(url, pki, client=None, token="s3cret-token"):
 
 def test_mtls_accepts_a_client_cert_from_our_ca(mtls_server, pki):
     reply = send(mtls_server, pki, "client")
-    assert reply.status_code == 200
+    assert reply.status_code == 202
     assert reply.json()["rule"] == "Terminal shell in container"
 
 

@@ -39,7 +39,7 @@ def test_check_lists_every_error_and_exits_1(capsys, tmp_path):
         f"  {bad}: rule #1 (x): actions[1].action: unknown action 'explode' "
         "(known: cordon-node, delete-pod, label-pod)",
         f"  {bad}: rule #1 (x): actions[2].params.x: unknown parameter "
-        "(known: grace_period_seconds)",
+        "(known: grace_period_seconds, allow_daemonset)",
     ]
 
 

@@ -136,7 +136,8 @@ def test_check_reports_every_error_not_just_the_first():
         """)
     assert found == [
         "table: extra: unknown key (known: defaults, rules)",
-        "defaults: colour: unknown key (known: dry_run, protected_namespaces)",
+        "defaults: colour: unknown key (known: coalesce_seconds, dry_run, max_cordoned_nodes, "
+        "max_pod_deletions_per_minute, protected_namespaces, skip_standalone_pods)",
         "defaults: dry_run: must be true or false",
         "rule #1 (a): actions[1].action: unknown action 'nope' "
         "(known: cordon-node, delete-pod, label-pod)",

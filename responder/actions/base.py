@@ -33,6 +33,7 @@ class Outcome(StrEnum):
     ALREADY_DONE = "already-done"
     WOULD_RUN = "would-run"
     SKIPPED = "skipped"
+    COALESCED = "coalesced"
     FAILED = "failed"
 
 
@@ -55,6 +56,8 @@ class Result:
     reason: str | None = None
     #: The object acted on, with its uid, when the API told us (for audit Events).
     involved: ObjectRef | None = None
+    #: A failure worth trying again later (API down, 409, 429, 5xx), not a refusal.
+    retryable: bool = False
 
 
 def object_ref(obj: Any) -> ObjectRef | None:

@@ -27,6 +27,8 @@ class DeletePod(Action):
         "grace_period_seconds": Param(
             (int,), check=_non_negative,
             doc="seconds the pod may take to stop; 0 kills at once; default: the pod's own"),
+        "allow_daemonset": Param(
+            (bool,), doc="also delete pods owned by a DaemonSet (off: they are skipped)"),
     }
     rbac = (Rbac("pods", ("delete",)),)
     object_survives = False

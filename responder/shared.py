@@ -1,0 +1,105 @@
+"""State that several workers or replicas must agree on: idempotency keys, coalescing
+windows and rate limits. Local (SQLite, one replica) or Redis (every replica)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Protocol
+
+from .store import EventStore
+
+
+class SharedState(Protocol):
+    def first_seen(self, key: str, seconds: float) -> bool:
+        """True the first time `key` is seen within `seconds`, across everyone sharing."""
+
+    def open_window(self, key: str, seconds: float) -> int:
+        """Count an occurrence; 1 means this one opened a new window of `seconds`."""
+
+    def take_token(self, name: str, rate: float, burst: float) -> float:
+        """0 when a token was taken from the bucket, else seconds to wait for one."""
+
+    def allow_in_window(self, name: str, limit: int, seconds: float) -> bool:
+        """Record one occurrence if fewer than `limit` happened in the last `seconds`."""
+
+
+class LocalState:
+    """One replica: the event store's SQLite file is shared by its gunicorn workers."""
+
+    def __init__(self, store: EventStore):
+        self.store = store
+
+    def first_seen(self, key: str, seconds: float) -> bool:
+        return True  # the store's unique key already deduplicates on this replica
+
+    def open_window(self, key: str, seconds: float) -> int:
+        return self.store.open_window(key, seconds)
+
+    def take_token(self, name: str, rate: float, burst: float) -> float:
+        return self.store.take_token(name, rate, burst)
+
+    def allow_in_window(self, name: str, limit: int, seconds: float) -> bool:
+        return self.store.allow_in_window(name, limit, seconds)
+
+
+# Token bucket, atomically in Redis: KEYS[1] bucket; ARGV rate, burst, now (seconds).
+_TOKEN_BUCKET = """
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'updated')
+local rate, burst, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local tokens = tonumber(state[1]) or burst
+local updated = tonumber(state[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - updated) * rate)
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
+redis.call('HSET', KEYS[1], 'tokens', tokens, 'updated', now)
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+return tostring(wait)
+"""
+# Sliding window log: KEYS[1] zset; ARGV limit, window (ms), now (ms), member.
+_SLIDING_WINDOW = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, tonumber(ARGV[3]) - tonumber(ARGV[2]))
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+# Coalescing window: KEYS[1] counter; ARGV window (ms). Returns the count in the window.
+_WINDOW = """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return n
+"""
+
+
+class RedisState:
+    """Every replica pointing at the same Redis acts once per key/window/bucket."""
+
+    def __init__(self, url: str, prefix: str = "falco-responder:"):
+        import redis
+
+        self.redis = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        self.prefix = prefix
+        self._bucket = self.redis.register_script(_TOKEN_BUCKET)
+        self._sliding = self.redis.register_script(_SLIDING_WINDOW)
+        self._window = self.redis.register_script(_WINDOW)
+
+    def first_seen(self, key: str, seconds: float) -> bool:
+        return bool(self.redis.set(f"{self.prefix}seen:{key}", 1, nx=True,
+                                   px=int(seconds * 1000)))
+
+    def open_window(self, key: str, seconds: float) -> int:
+        return int(self._window(keys=[f"{self.prefix}window:{key}"],
+                                args=[int(seconds * 1000)]))
+
+    def take_token(self, name: str, rate: float, burst: float) -> float:
+        return float(self._bucket(keys=[f"{self.prefix}bucket:{name}"],
+                                  args=[rate, burst, time.time()]))
+
+    def allow_in_window(self, name: str, limit: int, seconds: float) -> bool:
+        now_ms = int(time.time() * 1000)
+        return bool(self._sliding(keys=[f"{self.prefix}limit:{name}"],
+                                  args=[limit, int(seconds * 1000), now_ms, uuid.uuid4().hex]))
+
+    def close(self) -> None:
+        self.redis.close()

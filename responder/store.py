@@ -1,0 +1,264 @@
+"""The durable intake journal: SQLite in WAL mode, one row per accepted event.
+
+The request path only inserts a row; the worker claims rows with a lease, records each
+action's outcome as it happens, and marks the row finished. A restart therefore resumes
+unfinished events and never repeats an action whose outcome was already recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    key TEXT NOT NULL UNIQUE,          -- idempotency key: Sidekick uuid or content hash
+    body BLOB NOT NULL,
+    received REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',   -- pending, running, done, failed
+    attempts INTEGER NOT NULL DEFAULT 0,
+    not_before REAL NOT NULL DEFAULT 0,
+    lease_until REAL,
+    finished REAL,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS events_todo ON events (state, not_before, id);
+CREATE TABLE IF NOT EXISTS outcomes (
+    event_id INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    report TEXT NOT NULL,
+    PRIMARY KEY (event_id, idx)
+);
+CREATE TABLE IF NOT EXISTS depth (one INTEGER PRIMARY KEY CHECK (one = 1), n INTEGER NOT NULL);
+INSERT OR IGNORE INTO depth VALUES (1, 0);
+-- Triggers keep the unfinished count, so the intake's cap check is O(1) at any depth.
+CREATE TRIGGER IF NOT EXISTS depth_in AFTER INSERT ON events
+    BEGIN UPDATE depth SET n = n + 1; END;
+CREATE TRIGGER IF NOT EXISTS depth_out AFTER UPDATE OF state ON events
+    WHEN NEW.state IN ('done', 'failed') AND OLD.state IN ('pending', 'running')
+    BEGIN UPDATE depth SET n = n - 1; END;
+CREATE TRIGGER IF NOT EXISTS depth_gone AFTER DELETE ON events
+    WHEN OLD.state IN ('pending', 'running')
+    BEGIN UPDATE depth SET n = n - 1; END;
+CREATE TABLE IF NOT EXISTS windows (key TEXT PRIMARY KEY, expires REAL NOT NULL,
+                                    count INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS buckets (name TEXT PRIMARY KEY, tokens REAL NOT NULL,
+                                    updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS hits (name TEXT NOT NULL, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS hits_by_name ON hits (name, at);
+"""
+DROP_POLICIES = ("drop-new", "drop-oldest")
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: int
+    key: str
+    body: bytes
+    attempts: int
+    received: float
+
+
+@dataclass(frozen=True)
+class Added:
+    """What happened to an event at intake: stored, already known, or dropped by the cap."""
+
+    status: str  # "queued", "duplicate" or "dropped"
+    dropped_key: str | None = None
+
+
+class EventStore:
+    """Thread-safe (one SQLite connection per thread) and shared by processes on one host."""
+
+    def __init__(self, directory: str | Path, max_pending: int = 100_000,
+                 drop_policy: str = "drop-new", clock: Callable[[], float] = time.time):
+        self.path = Path(directory) / "events.sqlite3"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.max_pending = max_pending
+        self.drop_policy = drop_policy
+        self.clock = clock
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._conn().executescript(SCHEMA)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            # NORMAL: a commit survives a process crash at once; the WAL reaches the disk
+            # at each checkpoint, which `sync` runs on a timer (batched fsyncs).
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+    # --- intake --------------------------------------------------------------------
+    def add(self, key: str, body: bytes) -> Added:
+        """Record an event durably unless its key is known; honour the cap's drop policy."""
+        conn = self._conn()
+        with _transaction(conn):
+            if conn.execute("SELECT 1 FROM events WHERE key = ?", (key,)).fetchone():
+                return Added("duplicate")
+            dropped = None
+            if self.pending() >= self.max_pending:
+                if self.drop_policy == "drop-new":
+                    return Added("dropped", key)
+                dropped = self._drop_oldest(conn)
+            conn.execute("INSERT INTO events (key, body, received) VALUES (?, ?, ?)",
+                         (key, body, self.clock()))
+        return Added("queued", dropped)
+
+    def _drop_oldest(self, conn: sqlite3.Connection) -> str | None:
+        row = conn.execute("SELECT id, key FROM events WHERE state = 'pending' "
+                           "ORDER BY id LIMIT 1").fetchone()
+        if row:
+            conn.execute("UPDATE events SET state = 'failed', finished = ?, error = ? "
+                         "WHERE id = ?", (self.clock(), "dropped: queue full", row[0]))
+        return row[1] if row else None
+
+    # --- worker --------------------------------------------------------------------
+    def claim(self, limit: int, lease_seconds: float) -> list[Claimed]:
+        """Take up to `limit` due events (or ones whose lease ran out, after a crash)."""
+        now = self.clock()
+        conn = self._conn()
+        with _transaction(conn):
+            rows = conn.execute(
+                "SELECT id, key, body, attempts, received FROM events "
+                "WHERE (state = 'pending' AND not_before <= ?) "
+                "   OR (state = 'running' AND lease_until < ?) ORDER BY id LIMIT ?",
+                (now, now, limit)).fetchall()
+            conn.executemany("UPDATE events SET state = 'running', lease_until = ?, "
+                             "attempts = attempts + 1 WHERE id = ?",
+                             [(now + lease_seconds, r[0]) for r in rows])
+        return [Claimed(r[0], r[1], bytes(r[2]), r[3] + 1, r[4]) for r in rows]
+
+    def renew(self, event_id: int, lease_seconds: float) -> None:
+        self._conn().execute("UPDATE events SET lease_until = ? WHERE id = ?",
+                             (self.clock() + lease_seconds, event_id))
+
+    def record(self, event_id: int, index: int, report: dict[str, Any]) -> None:
+        """Remember one action's outcome as soon as it is known."""
+        self._conn().execute("INSERT OR REPLACE INTO outcomes VALUES (?, ?, ?)",
+                             (event_id, index, json.dumps(report)))
+
+    def recorded(self, event_id: int) -> dict[int, dict[str, Any]]:
+        rows = self._conn().execute("SELECT idx, report FROM outcomes WHERE event_id = ?",
+                                    (event_id,)).fetchall()
+        return {idx: json.loads(report) for idx, report in rows}
+
+    def finish(self, event_id: int, state: str = "done", error: str | None = None) -> None:
+        self._conn().execute("UPDATE events SET state = ?, finished = ?, error = ?, "
+                             "lease_until = NULL WHERE id = ?",
+                             (state, self.clock(), error, event_id))
+
+    def retry_later(self, event_id: int, delay: float, error: str) -> None:
+        self._conn().execute("UPDATE events SET state = 'pending', not_before = ?, error = ?, "
+                             "lease_until = NULL WHERE id = ?",
+                             (self.clock() + delay, error, event_id))
+
+    # --- inspection and housekeeping ----------------------------------------------
+    def pending(self) -> int:
+        return self._conn().execute("SELECT n FROM depth").fetchone()[0]
+
+    def oldest_pending_age(self) -> float:
+        row = self._conn().execute("SELECT MIN(received) FROM events "
+                                   "WHERE state IN ('pending', 'running')").fetchone()
+        return max(0.0, self.clock() - row[0]) if row and row[0] is not None else 0.0
+
+    def status(self, key: str) -> dict[str, Any] | None:
+        row = self._conn().execute("SELECT id, state, attempts, error FROM events WHERE key = ?",
+                                   (key,)).fetchone()
+        if row is None:
+            return None
+        outcomes = self.recorded(row[0])
+        return {"uuid": key, "state": row[1], "attempts": row[2], "error": row[3],
+                "decisions": [outcomes[i] for i in sorted(outcomes)]}
+
+    def sync(self) -> None:
+        """Checkpoint the WAL: the batched fsync that makes recent commits power-safe."""
+        self._conn().execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def prune(self, keep_seconds: float) -> int:
+        """Forget finished events older than `keep_seconds` (their keys stop deduplicating)."""
+        conn = self._conn()
+        cutoff = self.clock() - keep_seconds
+        with _transaction(conn):
+            conn.execute("DELETE FROM outcomes WHERE event_id IN (SELECT id FROM events "
+                         "WHERE state IN ('done', 'failed') AND finished < ?)", (cutoff,))
+            gone = conn.execute("DELETE FROM events WHERE state IN ('done', 'failed') "
+                                "AND finished < ?", (cutoff,)).rowcount
+            conn.execute("DELETE FROM windows WHERE expires < ?", (self.clock(),))
+        return gone
+
+    # --- local shared state (one replica; Redis replaces it across replicas) -------
+    def open_window(self, key: str, seconds: float) -> int:
+        """Count an occurrence in `key`'s window; 1 means it opened a new window."""
+        now = self.clock()
+        conn = self._conn()
+        with _transaction(conn):
+            row = conn.execute("SELECT expires, count FROM windows WHERE key = ?",
+                               (key,)).fetchone()
+            if row is None or row[0] <= now:
+                conn.execute("INSERT OR REPLACE INTO windows VALUES (?, ?, 1)",
+                             (key, now + seconds))
+                return 1
+            conn.execute("UPDATE windows SET count = count + 1 WHERE key = ?", (key,))
+            return row[1] + 1
+
+    def allow_in_window(self, name: str, limit: int, seconds: float) -> bool:
+        """Sliding window log: record a hit unless `limit` hits fall in the last `seconds`."""
+        now = self.clock()
+        conn = self._conn()
+        with _transaction(conn):
+            conn.execute("DELETE FROM hits WHERE name = ? AND at <= ?", (name, now - seconds))
+            count = conn.execute("SELECT COUNT(*) FROM hits WHERE name = ?", (name,)).fetchone()
+            if count[0] >= limit:
+                return False
+            conn.execute("INSERT INTO hits VALUES (?, ?)", (name, now))
+        return True
+
+    def take_token(self, name: str, rate: float, burst: float) -> float:
+        """Token bucket: 0 when a token was taken, else seconds until one is available."""
+        now = self.clock()
+        conn = self._conn()
+        with _transaction(conn):
+            row = conn.execute("SELECT tokens, updated FROM buckets WHERE name = ?",
+                               (name,)).fetchone()
+            tokens = burst if row is None else min(burst, row[0] + (now - row[1]) * rate)
+            wait = 0.0 if tokens >= 1 else (1 - tokens) / rate
+            if wait == 0.0:
+                tokens -= 1
+            conn.execute("INSERT OR REPLACE INTO buckets VALUES (?, ?, ?)", (name, tokens, now))
+        return wait
+
+
+class _transaction:
+    """BEGIN IMMEDIATE ... COMMIT (or ROLLBACK): writers queue instead of failing mid-way."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type, *exc: Any) -> None:
+        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
