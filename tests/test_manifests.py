@@ -146,13 +146,6 @@ def declared_permissions() -> set[tuple[str, str, str]]:
     registry = default_registry()
     needed = {(rule.api_group, rule.resource, verb)
               for action in registry for rule in action.rbac for verb in rule.verbs}
-    # Used on the actions' behalf, outside their own `rbac` (responder/executor.py and
-    # responder/guardrails.py): the event's pod is read once before any action on a pod or
-    # on its node; the cordon guardrail lists nodes to count the cordoned ones.
-    if any({"pod", "node"} & set(action.needs) for action in registry):
-        needed.add(("", "pods", "get"))
-    if registry.get("cordon-node") is not None:
-        needed.add(("", "nodes", "list"))
     return needed | AUDIT_PERMISSIONS
 
 

@@ -14,7 +14,9 @@ class CordonNode(Action):
 
     name = "cordon-node"
     needs = ("node",)
-    rbac = (Rbac("nodes", ("get", "patch")),)
+    # list: the guardrails count cordoned and schedulable nodes before cordoning another;
+    # pods get: the node is read from the event's pod, when it names one.
+    rbac = (Rbac("nodes", ("get", "list", "patch")), Rbac("pods", ("get",)))
 
     def run(self, target: Target, params: Mapping[str, Any]) -> Result:
         node = self.core.read_node(target.node, _request_timeout=self.timeout)

@@ -30,7 +30,8 @@ class DeletePod(Action):
         "allow_daemonset": Param(
             (bool,), doc="also delete pods owned by a DaemonSet (off: they are skipped)"),
     }
-    rbac = (Rbac("pods", ("delete",)),)
+    # get: the guardrails read the pod first (containers, owners, node).
+    rbac = (Rbac("pods", ("get", "delete")),)
     object_survives = False
 
     def run(self, target: Target, params: Mapping[str, Any]) -> Result:
@@ -55,7 +56,7 @@ class LabelPod(Action):
         "labels": Param((dict,), required=True, check=labels_problems,
                         doc="label keys and string values to set on the pod"),
     }
-    rbac = (Rbac("pods", ("patch",)),)
+    rbac = (Rbac("pods", ("get", "patch")),)
 
     def run(self, target: Target, params: Mapping[str, Any]) -> Result:
         patch = {"metadata": {"labels": dict(params["labels"])}}
