@@ -47,7 +47,9 @@ MASK = "***"
 # Outcomes after which the default `notify` (no `notify:` key in the table rule) speaks up:
 # the responder called the cluster, whether or not that changed anything.
 ACTED = frozenset({Outcome.DONE, Outcome.ALREADY_DONE, Outcome.FAILED})
-SEND_RESULTS = ("sent", "failed", "dropped", "aggregated")
+# Coalesced events notify too, so a storm's message can carry its count.
+NOTIFIABLE = ACTED | {Outcome.COALESCED}
+SEND_RESULTS = ("sent", "updated", "failed", "dropped", "aggregated")
 
 
 # --- configuration ---------------------------------------------------------------------
@@ -209,13 +211,15 @@ def should_notify(rule_notify: Mapping[str, tuple[str, ...] | None],
 
     `rule_notify` maps each matched table rule's name to its `notify` setting (see
     `notify_choices`). A rule with `notify: [slack]` always asks; `notify: []` never does;
-    no `notify` key (None) asks when one of that rule's actions ran or failed. One asking
+    no `notify` key (None) asks when one of that rule's actions ran or failed, or was
+    coalesced into an earlier response (so the storm's message can count it). One asking
     rule is enough, but events below `min_priority` never notify.
     """
     if event.priority < min_priority:
         return False
     for rule, notify in rule_notify.items():
-        if notify is None and any(r.decision.table_rule == rule and r.result.outcome in ACTED
+        if notify is None and any(r.decision.table_rule == rule
+                                  and r.result.outcome in NOTIFIABLE
                                   for r in reports):
             return True
         if notify is not None and "slack" in notify:
@@ -283,7 +287,8 @@ def outcome_text(result: Result, with_reason: bool = True) -> str:
         return cut_escaped(result.reason, REASON_LIMIT) if result.reason else "already done"
     if result.outcome == Outcome.WOULD_RUN:
         return f"dry-run ({reason})" if reason and reason != "dry-run" else "dry-run"
-    label = "skipped" if result.outcome == Outcome.SKIPPED else "FAILED"
+    label = {Outcome.SKIPPED: "skipped", Outcome.COALESCED: "coalesced"}.get(
+        result.outcome, "FAILED")
     return f"{label}: {reason}" if reason else label
 
 
@@ -395,8 +400,8 @@ def _context_text(event: Event, count: int) -> str:
         parts.append(f"host {cut_escaped(event.hostname, 253)}")
     text = " · ".join(parts)
     if count > 1:
-        text += (f"\n{count} events like this (same Falco rule, namespace and pod) since the "
-                 "previous message; the latest is shown")
+        text += (f"\n{count} events like this (same Falco rule, namespace and pod); "
+                 "the latest is shown")
     return text
 
 
@@ -420,7 +425,9 @@ class SendError(Exception):
 
 
 class _Sender(Protocol):
-    def send(self, payload: Mapping[str, Any]) -> None: ...
+    def send(self, payload: Mapping[str, Any], update: Any = None) -> Any:
+        """Post (or, where Slack allows, update the message `update` names); returns a
+        handle naming the message for a later update, or None."""
 
 
 def default_retry_handlers() -> list[RetryHandler]:
@@ -437,7 +444,8 @@ class _WebhookSender:
         self.client = WebhookClient(config.webhook_url, timeout=config.timeout,  # type: ignore
                                     retry_handlers=handlers, logger=sdk_logger)
 
-    def send(self, payload: Mapping[str, Any]) -> None:
+    def send(self, payload: Mapping[str, Any], update: Any = None) -> None:
+        # Incoming webhooks cannot edit a message: a summary is always a new post.
         response = self.client.send(**payload)
         if response.status_code != 200 or response.body != "ok":
             raise SendError(f"HTTP {response.status_code}: {(response.body or '')[:200]}")
@@ -451,12 +459,18 @@ class _WebApiSender:
                                 timeout=config.timeout,  # type: ignore[arg-type]
                                 retry_handlers=handlers, logger=sdk_logger)
 
-    def send(self, payload: Mapping[str, Any]) -> None:
+    def send(self, payload: Mapping[str, Any], update: Any = None) -> tuple[str, str] | None:
         try:
-            self.client.chat_postMessage(channel=self.channel, **payload)
+            if update:
+                # A storm's summary edits its first message: one message per storm.
+                response = self.client.chat_update(channel=update[0], ts=update[1], **payload)
+            else:
+                response = self.client.chat_postMessage(channel=self.channel, **payload)
         except SlackApiError as exc:
             error = exc.response.get("error") if isinstance(exc.response.data, dict) else None
             raise SendError(f"HTTP {exc.response.status_code}: {error or 'not ok'}") from None
+        channel, ts = response.get("channel"), response.get("ts")
+        return (channel, ts) if channel and ts else None
 
 
 def _quiet_logger() -> logging.Logger:
@@ -488,7 +502,11 @@ class _Job:
     build: Callable[[int], dict[str, Any]]
     label: str
     failed: bool = False
+    #: Only coalesced into an earlier event's response: counted, never shown instead of it.
+    coalesced: bool = False
     count: int = 1
+    #: The message a summary edits in place (Web API only); None posts a new one.
+    update: Any = None
 
 
 @dataclass
@@ -498,9 +516,15 @@ class _Window:
     opened: float
     count: int = 0
     latest: _Job | None = None
+    #: The key's message, once sent, when Slack lets us edit it; and how many events it
+    #: already stands for, so an edit shows the running total.
+    handle: Any = None
+    shown: int = 1
 
     def add(self, job: _Job) -> None:
         self.count += 1
+        if job.coalesced and self.latest is not None:
+            return
         # Show the latest duplicate, but never let a later success hide a failure.
         if job.failed or self.latest is None or not self.latest.failed:
             self.latest = job
@@ -510,9 +534,10 @@ class SlackNotifier:
     """Sends notifications from a background thread; callers never wait for Slack.
 
     The first notification for a (Falco rule, namespace, pod) goes out at once; identical
-    ones within `config.window_seconds` are counted, and one summary with the count is sent
-    when the window closes (a continuing storm yields one message per window). Every
-    outcome is reported through `on_result`: "sent", "failed", "dropped" (queue full or
+    ones within `config.window_seconds` are counted, and when the window closes one summary
+    with the count is sent: with the Web API it edits the first message (chat.update), so a
+    storm stays one message; a webhook cannot edit, so it posts one more. Every outcome is
+    reported through `on_result`: "sent", "updated", "failed", "dropped" (queue full or
     notifier closed; a dropped notification still counts toward its window's summary) or
     "aggregated".
     """
@@ -551,8 +576,11 @@ class SlackNotifier:
         key = ("event", event.rule, target.namespace, target.pod,
                None if target.pod else target.node)
         failed = any(r.result.outcome == Outcome.FAILED for r in reports)
+        coalesced = any(r.result.outcome == Outcome.COALESCED for r in reports) and not any(
+            r.result.outcome in ACTED for r in reports)
         build = partial(build_slack_message, event, reports, matched)
-        self._submit(_Job(key, build, f"rule={event.rule!r} uuid={event.uuid}", failed))
+        self._submit(_Job(key, build, f"rule={event.rule!r} uuid={event.uuid}", failed,
+                          coalesced))
 
     def maybe_notify(self, event: Event, reports: Sequence[ActionReport],
                      matched: Sequence[str],
@@ -612,7 +640,8 @@ class SlackNotifier:
                                    < self.config.window_seconds):
             window.add(job)
             return "aggregated"
-        window = self._windows[job.key] = _Window(now)
+        # The first job stays the window's shown one until a later, non-coalesced job.
+        window = self._windows[job.key] = _Window(now, latest=job)
         if self._closed or len(self._pending) >= self.config.queue_size:
             window.add(job)
             return "dropped"
@@ -644,12 +673,20 @@ class SlackNotifier:
         for key, window in list(self._windows.items()):
             expired = now - window.opened >= self.config.window_seconds
             if window.count and window.latest and (expired or force):
-                summaries.append(dataclasses.replace(window.latest, count=window.count))
-                # Restart the window, so a storm that goes on gets one message per window.
-                self._windows[key] = _Window(now)
+                summaries.append(self._summary(key, window, now))
             elif expired:
                 del self._windows[key]
         return summaries
+
+    def _summary(self, key: tuple, window: _Window, now: float) -> _Job:
+        """The window's summary; the window restarts, so a storm that goes on gets one
+        summary per window (an edit of the same message where Slack allows it)."""
+        if window.handle is not None:
+            total = window.shown + window.count
+            self._windows[key] = _Window(now, handle=window.handle, shown=total)
+            return dataclasses.replace(window.latest, count=total, update=window.handle)
+        self._windows[key] = _Window(now)
+        return dataclasses.replace(window.latest, count=window.count)
 
     def _summaries_due(self) -> bool:
         now = self._clock()
@@ -664,14 +701,19 @@ class SlackNotifier:
 
     def _deliver(self, job: _Job) -> None:
         try:
-            self._sender.send(job.build(job.count))
+            handle = self._sender.send(job.build(job.count), job.update)
         except Exception as exc:  # noqa: BLE001 - Slack must never take the service down
             logger.warning("Slack notification failed (%s, %s): %s", job.label,
                            self.config.mode, self._scrub(describe_failure(exc)))
             self._report("failed")
             return
         logger.debug("Slack notification sent (%s, count=%d)", job.label, job.count)
-        self._report("sent")
+        if handle is not None and job.update is None:
+            with self._cond:
+                window = self._windows.get(job.key)
+                if window is not None and window.handle is None:
+                    window.handle = handle
+        self._report("updated" if job.update else "sent")
 
     def _scrub(self, text: str) -> str:
         for secret in self._secrets:

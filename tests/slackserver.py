@@ -12,6 +12,7 @@ from typing import Any
 
 WEBHOOK_PATH = "/services/T000/B000/secret-webhook-part"
 POST_MESSAGE_PATH = "/api/chat.postMessage"
+UPDATE_PATH = "/api/chat.update"
 
 
 @dataclass
@@ -91,7 +92,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(fault.status, body, headers)
         elif webhook:
             self._send(200, "ok")
-        elif self.path == POST_MESSAGE_PATH:
+        elif self.path in (POST_MESSAGE_PATH, UPDATE_PATH):
             self._send(200, json.dumps({"ok": True, "channel": "C123", "ts": "1.0"}))
         else:
             self._send(404, json.dumps({"ok": False, "error": "unknown_method"}))

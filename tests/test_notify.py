@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import socket
@@ -523,6 +524,56 @@ def test_storm_of_500_identical_events_becomes_two_messages_with_the_count(
     assert len(bodies) == 2
     assert bodies[1]["text"].startswith("[Critical] 499× Terminal shell in container")
     assert Counter(results) == {"sent": 2, "aggregated": 499}
+
+
+def test_web_api_storm_is_one_message_edited_with_the_running_total(slack, make_notifier,
+                                                                    results):
+    clock = FakeClock()
+    notifier = make_notifier(clock=clock, window_seconds=60, webhook=False)
+    event, reports = shell_event(), [report()]
+    notifier.notify(event, reports, ("kill-shells",))
+    assert notifier.flush(5)
+    for _ in range(499):
+        notifier.notify(event, reports, ("kill-shells",))
+    clock.advance(61)
+    assert notifier.flush(5)
+    for _ in range(100):  # the storm goes on into a second window: the same message again
+        notifier.notify(event, reports, ("kill-shells",))
+    clock.advance(61)
+    assert notifier.flush(5)
+    paths = [r.path for r in slack.state.requests]
+    assert paths == ["/api/chat.postMessage", "/api/chat.update", "/api/chat.update"]
+    updates = [r.body for r in slack.state.requests[1:]]
+    assert [u["ts"] for u in updates] == ["1.0", "1.0"] and updates[0]["channel"] == "C123"
+    assert updates[0]["text"].startswith("[Critical] 500× Terminal shell in container")
+    assert updates[1]["text"].startswith("[Critical] 600× Terminal shell in container")
+    assert Counter(results) == {"sent": 1, "updated": 2, "aggregated": 599}
+
+
+def test_coalesced_events_are_counted_in_the_summary_of_the_response_that_ran(
+        slack, make_notifier, results):
+    clock = FakeClock()
+    notifier = make_notifier(clock=clock, window_seconds=60)
+    event = shell_event()
+    notifier.notify(event, [report()], ("kill-shells",))  # the one that acted
+    coalesced = [report(outcome=Outcome.COALESCED, reason="same table rule and target")]
+    for _ in range(9):
+        notifier.notify(event, coalesced, ("kill-shells",))
+    clock.advance(61)
+    assert notifier.flush(5)
+    summary = slack.state.bodies()[1]
+    assert summary["text"].startswith("[Critical] 9× Terminal shell in container")
+    assert "coalesced" not in json.dumps(summary) and "done" in json.dumps(summary)
+
+
+def test_coalesced_outcome_reads_as_coalesced_not_failed():
+    result = Result(Outcome.COALESCED, "handled 3 time(s) within the last 30 s")
+    assert outcome_text(result) == "coalesced: handled 3 time(s) within the last 30 s"
+
+
+def test_a_coalesced_event_asks_for_a_notification_so_it_is_counted():
+    reports = [report(outcome=Outcome.COALESCED, reason="x")]
+    assert should_notify({"kill-shells": None}, reports, shell_event(), Priority.DEBUG)
 
 
 def test_window_closes_on_its_own_with_a_real_clock(slack, make_notifier, results):
