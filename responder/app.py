@@ -59,7 +59,8 @@ def create_app(settings: Settings | None = None, *, table: Table | None = None,
     responder = Responder(settings, table, registry, api_client, metrics=metrics, store=store,
                           shared=shared, notifier=notifier)
     worker = Worker(responder, store, settings.max_attempts, sync_seconds=settings.sync_seconds,
-                    retention_seconds=settings.retention_seconds)
+                    retention_seconds=settings.retention_seconds,
+                    lease_seconds=settings.lease_seconds)
     metrics.watch_queue(store.pending, store.oldest_pending_age)
     log_startup(responder, where, slack_status(slack))
 
@@ -72,7 +73,7 @@ def create_app(settings: Settings | None = None, *, table: Table | None = None,
         intake = Intake(responder, store, shared, worker.wake, settings.retention_seconds)
         if start_worker:
             worker.start()
-    _add_auth(app, settings)
+    _add_auth(app, settings, responder.metrics)
     _add_routes(app, responder, intake)
     _add_health_routes(app, responder)
     _add_error_handlers(app, responder.metrics)
@@ -114,7 +115,7 @@ def _start_reloader(settings: Settings, responder: Responder) -> TableReloader |
     return reloader
 
 
-def _add_auth(app: Flask, settings: Settings) -> None:
+def _add_auth(app: Flask, settings: Settings, metrics: Metrics) -> None:
     token = settings.token
     if token:
         auth = TokenAuth(token)
@@ -123,7 +124,10 @@ def _add_auth(app: Flask, settings: Settings) -> None:
         def authenticate() -> tuple[Response, int] | None:
             # Probes and metrics stay open; events in and out need the token.
             if request.endpoint in EVENT_ENDPOINTS or request.endpoint == "event_status":
-                return auth.reject_unless_allowed()
+                refused = auth.reject_unless_allowed()
+                if refused:
+                    metrics.rejected.labels("401").inc()
+                return refused
             return None
     if not token and not settings.tls_client_ca_file:
         logger.warning("NO AUTHENTICATION: anyone who can reach this port can send events. "

@@ -44,9 +44,19 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "accesslog": None,
         # The control socket would be written under $HOME: not there on a read-only root.
         "control_socket_disable": True,
+        "worker_exit": _worker_exit,
         # /dev/shm keeps the worker heartbeat off a read-only root filesystem.
         "worker_tmp_dir": "/dev/shm" if os.path.isdir("/dev/shm") else None,
     }
+
+
+def _worker_exit(server: Any, worker: Any) -> None:
+    """On shutdown: finish the action in hand, send what Slack is owed, close the journal."""
+    from .app import shutdown
+
+    app = getattr(worker, "wsgi", None)
+    if app is not None and "worker" in getattr(app, "extensions", {}):
+        shutdown(app)
 
 
 def _tls_options(settings: Settings) -> dict[str, Any]:

@@ -146,8 +146,9 @@ def planned_body(plan: Plan, status: str) -> dict[str, Any]:
     for d in plan.decisions:
         outcome = (Outcome.SKIPPED if d.skip_reason else
                    Outcome.WOULD_RUN if d.dry_run else "pending")
+        keys = ("namespace", "pod", "node") if "node" in d.needs else ("namespace", "pod")
         entry = {"table_rule": d.table_rule, "dry_run": d.dry_run, "action": d.action,
-                 "outcome": str(outcome)}
+                 "target": d.target.describe(keys), "outcome": str(outcome)}
         if d.skip_reason:
             entry["reason"] = d.skip_reason
         decisions.append(entry)

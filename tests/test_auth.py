@@ -41,6 +41,8 @@ def test_unauthenticated_events_get_401_and_never_reach_the_table(kube, guarded,
     assert reply.headers["WWW-Authenticate"].startswith("Bearer")
     assert kube.api.calls == []
     assert "decision" not in capsys.readouterr().out
+    assert 'responder_requests_rejected_total{status="401"} 1.0' in \
+        guarded.get("/metrics").get_data(as_text=True)
 
 
 def test_right_token_is_accepted(kube, guarded):
