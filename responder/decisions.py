@@ -27,6 +27,11 @@ class Decision:
     dry_run: bool
     skip_reason: str | None = None
 
+    @property
+    def target_keys(self) -> tuple[str, ...]:
+        """The target parts worth showing: the node only for node actions."""
+        return ("namespace", "pod", "node") if "node" in self.needs else ("namespace", "pod")
+
 
 @dataclass(frozen=True)
 class Plan:

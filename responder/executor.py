@@ -29,11 +29,9 @@ class ActionReport:
 
     def to_dict(self) -> dict[str, Any]:
         """The replay/HTTP shape: action, target (only what applies), outcome, reason."""
-        keys = ("namespace", "pod", "node") if "node" in self.decision.needs else (
-            "namespace", "pod")
         out: dict[str, Any] = {
             "action": self.decision.action,
-            "target": self.target.describe(keys),
+            "target": self.target.describe(self.decision.target_keys),
             "outcome": str(self.result.outcome),
         }
         if self.result.reason:

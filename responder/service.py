@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from kubernetes.client import ApiClient, CoreV1Api
@@ -105,8 +106,6 @@ class Responder:
             self.notifier.send_alert(text)
 
     def _throttle(self) -> None:
-        import time
-
         while (wait := self.shared.take_token("kube-api", self.settings.kube_qps,
                                               self.settings.kube_burst)) > 0:
             time.sleep(wait)
@@ -128,16 +127,16 @@ def log_received(event: Event) -> None:
                 event.priority.label, event.source, extra={"event": record})
 
 
+def event_summary(plan: Plan) -> dict[str, Any]:
+    """What every answer about an event starts with."""
+    event = plan.event
+    return {"uuid": event.uuid, "rule": event.rule, "priority": event.priority.label,
+            "matched": list(plan.matched)}
+
+
 def reply_body(plan: Plan, reports: list[ActionReport]) -> dict[str, Any]:
     """The JSON answer to an event acted on inline."""
-    event = plan.event
-    return {
-        "uuid": event.uuid,
-        "rule": event.rule,
-        "priority": event.priority.label,
-        "matched": list(plan.matched),
-        "decisions": [decision_dict(r) for r in reports],
-    }
+    return {**event_summary(plan), "decisions": [decision_dict(r) for r in reports]}
 
 
 def planned_body(plan: Plan, status: str) -> dict[str, Any]:
@@ -146,15 +145,12 @@ def planned_body(plan: Plan, status: str) -> dict[str, Any]:
     for d in plan.decisions:
         outcome = (Outcome.SKIPPED if d.skip_reason else
                    Outcome.WOULD_RUN if d.dry_run else "pending")
-        keys = ("namespace", "pod", "node") if "node" in d.needs else ("namespace", "pod")
         entry = {"table_rule": d.table_rule, "dry_run": d.dry_run, "action": d.action,
-                 "target": d.target.describe(keys), "outcome": str(outcome)}
+                 "target": d.target.describe(d.target_keys), "outcome": str(outcome)}
         if d.skip_reason:
             entry["reason"] = d.skip_reason
         decisions.append(entry)
-    event = plan.event
-    return {"uuid": event.uuid, "rule": event.rule, "priority": event.priority.label,
-            "status": status, "matched": list(plan.matched), "decisions": decisions}
+    return {**event_summary(plan), "status": status, "decisions": decisions}
 
 
 def decision_dict(report: ActionReport) -> dict[str, Any]:
@@ -164,11 +160,4 @@ def decision_dict(report: ActionReport) -> dict[str, Any]:
 
 def replay_line(plan: Plan, reports: list[ActionReport]) -> dict[str, Any]:
     """One line of `responder replay` output (a documented, parsed format: keep it exact)."""
-    event = plan.event
-    return {
-        "uuid": event.uuid,
-        "rule": event.rule,
-        "priority": event.priority.label,
-        "matched": list(plan.matched),
-        "actions": [r.to_dict() for r in reports],
-    }
+    return {**event_summary(plan), "actions": [r.to_dict() for r in reports]}
