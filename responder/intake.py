@@ -33,7 +33,7 @@ class Intake:
         self.responder.count_received(event)
         if content_type.startswith("application/cloudevents+json"):
             body = json.dumps(event.raw).encode("utf-8")  # store the unwrapped event
-        if not self.shared.first_seen(event.uuid, self.dedupe_seconds):
+        if not self._first_seen(event.uuid):
             status = "duplicate"  # another replica already has it
         else:
             added = self.store.add(event.uuid, body)
@@ -46,3 +46,12 @@ class Intake:
             self.responder.metrics.intake.labels(status).inc()
         self.wake.set()
         return planned_body(self.responder.plan(event), status)
+
+    def _first_seen(self, key: str) -> bool:
+        try:
+            return self.shared.first_seen(key, self.dedupe_seconds)
+        except Exception as exc:  # noqa: BLE001 - e.g. Redis down: keep the event, say so
+            logger.warning("cannot check event %s with the shared state (%s); keeping it, "
+                           "this replica's journal still deduplicates", key,
+                           type(exc).__name__)
+            return True
