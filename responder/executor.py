@@ -74,9 +74,11 @@ class Executor:
         not run again. `record` is told each new outcome as soon as it is known."""
         prior = prior or {}
         run = _Run(plan)
-        self._inspect_pod(run, prior)
+        # Coalesce first: a storm's coalesced events must not spend API requests (and the
+        # shared rate limit) reading a pod they will not act on.
         if coalesce:
-            self._coalesce(run)
+            self._coalesce(run, prior)
+        self._inspect_pod(run, prior)
         reports = []
         for index, decision in enumerate(plan.decisions):
             if index in prior:
@@ -150,7 +152,7 @@ class Executor:
         """Read the event's pod once, before any action changes it: its node for cordoning,
         its containers and owners for the guardrails."""
         live = [d for i, d in enumerate(run.plan.decisions) if i not in prior
-                and not d.skip_reason and not d.dry_run
+                and not d.skip_reason and not d.dry_run and d.table_rule not in run.coalesced
                 and ("pod" in d.needs or "node" in d.needs)]
         if not live or self.actions is None:
             return
@@ -165,18 +167,19 @@ class Executor:
                            api_failure(exc))
             run.pod_error = exc
 
-    def _coalesce(self, run: _Run) -> None:
-        """Events for the same (table rule, namespace, pod) inside the window act once."""
+    def _coalesce(self, run: _Run, prior: Mapping[int, Result]) -> None:
+        """Events for the same (table rule, namespace, pod) inside the window act once.
+        The event that opened a window is its member, so a retry of it still acts."""
         if self.shared is None:
             return
         seconds = self.coalesce_seconds()
-        for decision in run.plan.decisions:
+        for index, decision in enumerate(run.plan.decisions):
             rule = decision.table_rule
-            if decision.skip_reason or rule in run.coalesced or seconds <= 0:
+            if decision.skip_reason or rule in run.coalesced or seconds <= 0 or index in prior:
                 continue
             t = decision.target
             key = f"{rule}|{t.namespace}|{t.pod or t.node}"
-            count = self.shared.open_window(key, seconds)
+            count = self.shared.open_window(key, seconds, run.plan.event.uuid)
             run.coalesced[rule] = count
         # Only rules whose window was already open are coalesced; count 1 means "run".
         run.coalesced = {rule: n for rule, n in run.coalesced.items() if n > 1}

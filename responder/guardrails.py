@@ -72,7 +72,7 @@ class Guardrails:
             if reason:
                 return reason
         if decision.action == "delete-pod":
-            return self._deletion_limit()
+            return self._deletion_limit(target, pod)
         if decision.action == "cordon-node":
             return self._cordon_limit(target.node)
         return None
@@ -93,9 +93,12 @@ class Guardrails:
             return "standalone pod: nothing would recreate it (skip_standalone_pods is on)"
         return None
 
-    def _deletion_limit(self) -> str | None:
+    def _deletion_limit(self, target: Target, pod: PodFacts | None) -> str | None:
         limit = self.limits.max_pod_deletions_per_minute
-        if self.shared.allow_in_window("pod-deletions", limit, 60.0):
+        # Keyed by the pod (its uid: a recreated pod is a new deletion), so the retries of
+        # one deletion after transient API errors count once, not once per attempt.
+        member = (pod.uid if pod and pod.uid else None) or f"{target.namespace}/{target.pod}"
+        if self.shared.allow_in_window("pod-deletions", limit, 60.0, member):
             return None
         return self._trip("pod-deletions", f"pod deletion limit reached ({limit} per minute)")
 

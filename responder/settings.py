@@ -71,6 +71,10 @@ class Settings:
                                "interval of the batched fsync (WAL checkpoint)", 0.1)
     max_attempts: int = _env("RESPONDER_MAX_ATTEMPTS",
                              "tries of an event whose actions keep failing transiently", 20)
+    lease_seconds: float = _env(
+        "RESPONDER_LEASE_SECONDS", "how long a worker holds a claimed event before another "
+        "process may take it over (after a crash); longer than one event's slowest actions",
+        60.0)
     retention_seconds: float = _env("RESPONDER_RETENTION_SECONDS",
                                     "how long finished events (and their uuids) are kept", 86400)
     kube_qps: float = _env("RESPONDER_KUBE_QPS", "Kubernetes requests per second", 5.0)
@@ -172,6 +176,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "intake": str.lower, "state_dir": str, "max_pending": _parse_positive_int,
     "drop_policy": str.lower, "sync_seconds": _parse_positive_float,
     "max_attempts": _parse_positive_int, "retention_seconds": _parse_positive_float,
+    "lease_seconds": _parse_positive_float,
     "kube_qps": _parse_positive_float, "kube_burst": _parse_positive_int, "redis_url": str,
     "pod_name": str,
 }

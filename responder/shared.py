@@ -14,14 +14,18 @@ class SharedState(Protocol):
     def first_seen(self, key: str, seconds: float) -> bool:
         """True the first time `key` is seen within `seconds`, across everyone sharing."""
 
-    def open_window(self, key: str, seconds: float) -> int:
-        """Count an occurrence; 1 means this one opened a new window of `seconds`."""
+    def open_window(self, key: str, seconds: float, member: str | None = None) -> int:
+        """Count an occurrence; 1 means this one opened a new window of `seconds`, or that
+        `member` (an event's idempotency key) is the one that opened it: a retried event
+        is never coalesced into its own window."""
 
     def take_token(self, name: str, rate: float, burst: float) -> float:
         """0 when a token was taken from the bucket, else seconds to wait for one."""
 
-    def allow_in_window(self, name: str, limit: int, seconds: float) -> bool:
-        """Record one occurrence if fewer than `limit` happened in the last `seconds`."""
+    def allow_in_window(self, name: str, limit: int, seconds: float,
+                        member: str | None = None) -> bool:
+        """Record one occurrence if fewer than `limit` happened in the last `seconds`; a
+        `member` (e.g. one pod's deletion) counts once however often it is retried."""
 
 
 class LocalState:
@@ -33,14 +37,15 @@ class LocalState:
     def first_seen(self, key: str, seconds: float) -> bool:
         return True  # the store's unique key already deduplicates on this replica
 
-    def open_window(self, key: str, seconds: float) -> int:
-        return self.store.open_window(key, seconds)
+    def open_window(self, key: str, seconds: float, member: str | None = None) -> int:
+        return self.store.open_window(key, seconds, member)
 
     def take_token(self, name: str, rate: float, burst: float) -> float:
         return self.store.take_token(name, rate, burst)
 
-    def allow_in_window(self, name: str, limit: int, seconds: float) -> bool:
-        return self.store.allow_in_window(name, limit, seconds)
+    def allow_in_window(self, name: str, limit: int, seconds: float,
+                        member: str | None = None) -> bool:
+        return self.store.allow_in_window(name, limit, seconds, member)
 
 
 # Token bucket, atomically in Redis: KEYS[1] bucket; ARGV rate, burst, now (seconds).
@@ -56,19 +61,27 @@ redis.call('HSET', KEYS[1], 'tokens', tokens, 'updated', now)
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
 return tostring(wait)
 """
-# Sliding window log: KEYS[1] zset; ARGV limit, window (ms), now (ms), member.
+# Sliding window log: KEYS[1] zset; ARGV limit, window (ms), now (ms), member. A member
+# already in the window is allowed again without counting twice.
 _SLIDING_WINDOW = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, tonumber(ARGV[3]) - tonumber(ARGV[2]))
+if redis.call('ZSCORE', KEYS[1], ARGV[4]) then return 1 end
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
 redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 """
-# Coalescing window: KEYS[1] counter; ARGV window (ms). Returns the count in the window.
+# Coalescing window: KEYS[1] hash {opener, count}; ARGV window (ms), member. Returns the
+# count in the window, or 1 to the member that opened it.
 _WINDOW = """
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-return n
+local opener = redis.call('HGET', KEYS[1], 'opener')
+if not opener then
+  redis.call('HSET', KEYS[1], 'opener', ARGV[2], 'count', 1)
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  return 1
+end
+if opener == ARGV[2] then return 1 end
+return redis.call('HINCRBY', KEYS[1], 'count', 1)
 """
 
 
@@ -88,18 +101,21 @@ class RedisState:
         return bool(self.redis.set(f"{self.prefix}seen:{key}", 1, nx=True,
                                    px=int(seconds * 1000)))
 
-    def open_window(self, key: str, seconds: float) -> int:
-        return int(self._window(keys=[f"{self.prefix}window:{key}"],
-                                args=[int(seconds * 1000)]))
+    def open_window(self, key: str, seconds: float, member: str | None = None) -> int:
+        # "coalesce:", not the former "window:" counters: a different Redis type.
+        return int(self._window(keys=[f"{self.prefix}coalesce:{key}"],
+                                args=[int(seconds * 1000), member or uuid.uuid4().hex]))
 
     def take_token(self, name: str, rate: float, burst: float) -> float:
         return float(self._bucket(keys=[f"{self.prefix}bucket:{name}"],
                                   args=[rate, burst, time.time()]))
 
-    def allow_in_window(self, name: str, limit: int, seconds: float) -> bool:
+    def allow_in_window(self, name: str, limit: int, seconds: float,
+                        member: str | None = None) -> bool:
         now_ms = int(time.time() * 1000)
         return bool(self._sliding(keys=[f"{self.prefix}limit:{name}"],
-                                  args=[limit, int(seconds * 1000), now_ms, uuid.uuid4().hex]))
+                                  args=[limit, int(seconds * 1000), now_ms,
+                                        member or uuid.uuid4().hex]))
 
     def close(self) -> None:
         self.redis.close()

@@ -11,6 +11,7 @@ import json
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,12 +48,16 @@ CREATE TRIGGER IF NOT EXISTS depth_out AFTER UPDATE OF state ON events
 CREATE TRIGGER IF NOT EXISTS depth_gone AFTER DELETE ON events
     WHEN OLD.state IN ('pending', 'running')
     BEGIN UPDATE depth SET n = n - 1; END;
-CREATE TABLE IF NOT EXISTS windows (key TEXT PRIMARY KEY, expires REAL NOT NULL,
-                                    count INTEGER NOT NULL);
+-- Coalescing windows remember the event that opened them, so its own retries still run.
+CREATE TABLE IF NOT EXISTS coalescing (key TEXT PRIMARY KEY, opener TEXT NOT NULL,
+                                       expires REAL NOT NULL, count INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS buckets (name TEXT PRIMARY KEY, tokens REAL NOT NULL,
                                     updated REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS hits (name TEXT NOT NULL, at REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS hits_by_name ON hits (name, at);
+-- Sliding-window limits; a member (e.g. one pod's deletion, however often it is retried)
+-- counts once per window.
+CREATE TABLE IF NOT EXISTS limit_hits (name TEXT NOT NULL, member TEXT NOT NULL,
+                                       at REAL NOT NULL, PRIMARY KEY (name, member));
+CREATE INDEX IF NOT EXISTS limit_hits_by_time ON limit_hits (name, at);
 """
 DROP_POLICIES = ("drop-new", "drop-oldest")
 
@@ -64,6 +69,8 @@ class Claimed:
     body: bytes
     attempts: int
     received: float
+    #: The lease this claim set; `still_ours` checks that nobody claimed the event since.
+    lease_until: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -136,8 +143,12 @@ class EventStore:
 
     # --- worker --------------------------------------------------------------------
     def claim(self, limit: int, lease_seconds: float) -> list[Claimed]:
-        """Take up to `limit` due events (or ones whose lease ran out, after a crash)."""
+        """Take up to `limit` due events (or ones whose lease ran out, after a crash).
+
+        Check each with `still_ours` just before processing it: a batch can outlive its
+        lease, and another process may meanwhile have claimed what this one has not begun."""
         now = self.clock()
+        lease_until = now + lease_seconds
         conn = self._conn()
         with _transaction(conn):
             rows = conn.execute(
@@ -147,8 +158,16 @@ class EventStore:
                 (now, now, limit)).fetchall()
             conn.executemany("UPDATE events SET state = 'running', lease_until = ?, "
                              "attempts = attempts + 1 WHERE id = ?",
-                             [(now + lease_seconds, r[0]) for r in rows])
-        return [Claimed(r[0], r[1], bytes(r[2]), r[3] + 1, r[4]) for r in rows]
+                             [(lease_until, r[0]) for r in rows])
+        return [Claimed(r[0], r[1], bytes(r[2]), r[3] + 1, r[4], lease_until) for r in rows]
+
+    def still_ours(self, item: Claimed, lease_seconds: float) -> bool:
+        """Renew a claimed event's lease unless it ran out and another worker claimed the
+        event since (or finished it); False then, and the event is theirs."""
+        return self._conn().execute(
+            "UPDATE events SET lease_until = ? WHERE id = ? AND state = 'running' "
+            "AND lease_until = ?",
+            (self.clock() + lease_seconds, item.id, item.lease_until)).rowcount == 1
 
     def renew(self, event_id: int, lease_seconds: float) -> None:
         self._conn().execute("UPDATE events SET lease_until = ? WHERE id = ?",
@@ -205,34 +224,46 @@ class EventStore:
                          "WHERE state IN ('done', 'failed') AND finished < ?)", (cutoff,))
             gone = conn.execute("DELETE FROM events WHERE state IN ('done', 'failed') "
                                 "AND finished < ?", (cutoff,)).rowcount
-            conn.execute("DELETE FROM windows WHERE expires < ?", (self.clock(),))
+            conn.execute("DELETE FROM coalescing WHERE expires < ?", (self.clock(),))
         return gone
 
     # --- local shared state (one replica; Redis replaces it across replicas) -------
-    def open_window(self, key: str, seconds: float) -> int:
-        """Count an occurrence in `key`'s window; 1 means it opened a new window."""
+    def open_window(self, key: str, seconds: float, member: str | None = None) -> int:
+        """Count an occurrence in `key`'s window; 1 means it opened a new window, or that
+        `member` is the one that opened it (a retry of the opening event)."""
         now = self.clock()
+        member = member or uuid.uuid4().hex
         conn = self._conn()
         with _transaction(conn):
-            row = conn.execute("SELECT expires, count FROM windows WHERE key = ?",
+            row = conn.execute("SELECT expires, count, opener FROM coalescing WHERE key = ?",
                                (key,)).fetchone()
             if row is None or row[0] <= now:
-                conn.execute("INSERT OR REPLACE INTO windows VALUES (?, ?, 1)",
-                             (key, now + seconds))
+                conn.execute("INSERT OR REPLACE INTO coalescing VALUES (?, ?, ?, 1)",
+                             (key, member, now + seconds))
                 return 1
-            conn.execute("UPDATE windows SET count = count + 1 WHERE key = ?", (key,))
+            if row[2] == member:
+                return 1
+            conn.execute("UPDATE coalescing SET count = count + 1 WHERE key = ?", (key,))
             return row[1] + 1
 
-    def allow_in_window(self, name: str, limit: int, seconds: float) -> bool:
-        """Sliding window log: record a hit unless `limit` hits fall in the last `seconds`."""
+    def allow_in_window(self, name: str, limit: int, seconds: float,
+                        member: str | None = None) -> bool:
+        """Sliding window log: record a hit unless `limit` hits fall in the last `seconds`.
+        A `member` already recorded in the window is allowed again without a new hit."""
         now = self.clock()
+        member = member or uuid.uuid4().hex
         conn = self._conn()
         with _transaction(conn):
-            conn.execute("DELETE FROM hits WHERE name = ? AND at <= ?", (name, now - seconds))
-            count = conn.execute("SELECT COUNT(*) FROM hits WHERE name = ?", (name,)).fetchone()
+            conn.execute("DELETE FROM limit_hits WHERE name = ? AND at <= ?",
+                         (name, now - seconds))
+            if conn.execute("SELECT 1 FROM limit_hits WHERE name = ? AND member = ?",
+                            (name, member)).fetchone():
+                return True
+            count = conn.execute("SELECT COUNT(*) FROM limit_hits WHERE name = ?",
+                                 (name,)).fetchone()
             if count[0] >= limit:
                 return False
-            conn.execute("INSERT INTO hits VALUES (?, ?)", (name, now))
+            conn.execute("INSERT INTO limit_hits VALUES (?, ?, ?)", (name, member, now))
         return True
 
     def take_token(self, name: str, rate: float, burst: float) -> float:

@@ -22,7 +22,7 @@ class Worker:
 
     def __init__(self, responder: Responder, store: EventStore, max_attempts: int = 20,
                  batch: int = 50, poll_seconds: float = 0.2, sync_seconds: float = 0.1,
-                 retention_seconds: float = 86400.0):
+                 retention_seconds: float = 86400.0, lease_seconds: float = LEASE_SECONDS):
         self.responder = responder
         self.store = store
         self.max_attempts = max_attempts
@@ -30,6 +30,7 @@ class Worker:
         self.poll_seconds = poll_seconds
         self.sync_seconds = sync_seconds
         self.retention_seconds = retention_seconds
+        self.lease_seconds = lease_seconds
         self.wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -37,8 +38,10 @@ class Worker:
     def run_pending(self) -> int:
         """Process every event that is due now; returns how many were handled."""
         handled = 0
-        while claimed := self.store.claim(self.batch, LEASE_SECONDS):
+        while claimed := self.store.claim(self.batch, self.lease_seconds):
             for item in claimed:
+                if not self.store.still_ours(item, self.lease_seconds):
+                    continue  # its lease ran out while earlier ones ran: another worker has it
                 self.process(item)
                 handled += 1
         return handled
@@ -58,10 +61,11 @@ class Worker:
             # A transient failure is not final unless this was the last try.
             if not report.result.retryable or last_try:
                 self.store.record(item.id, index, report.to_dict())
-            self.store.renew(item.id, LEASE_SECONDS)
+            self.store.renew(item.id, self.lease_seconds)
 
-        reports = self.responder.executor.execute(plan, prior, record,
-                                                  coalesce=item.attempts == 1)
+        # Coalescing on every try: a window knows the event that opened it, so a retry (or a
+        # restart after a crash) acts for the opener and stays coalesced for the others.
+        reports = self.responder.executor.execute(plan, prior, record)
         transient = [r for r in reports if r.result.retryable]
         if transient and not last_try:
             self._retry_later(item, transient[0].result.reason or "transient failure")

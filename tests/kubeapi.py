@@ -3,9 +3,12 @@ requests and injectable failures, so the real `kubernetes` client is exercised e
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -29,6 +32,8 @@ class Call:
     path: str
     content_type: str | None
     body: Any
+    #: The status answered, set once the request was handled (None while in flight).
+    status: int | None = None
 
 
 @dataclass
@@ -63,6 +68,8 @@ class KubeAPI:
         self.faults: dict[tuple[str, str], list[Fault]] = {}
         self.lock = threading.Lock()
         self._uid = 0
+        #: Seconds every request waits before it is handled, like a slow API server.
+        self.delay = 0.0
 
     # --- fixtures' helpers -----------------------------------------------------------
     def add_pod(self, namespace: str, name: str, node: str = "node-1",
@@ -160,14 +167,21 @@ def status_body(code: int, message: str) -> dict:
 class _Handler(BaseHTTPRequestHandler):
     api: KubeAPI
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes: without this, Nagle's algorithm and delayed
+    # ACKs stall every answer by ~40 ms.
+    disable_nagle_algorithm = True
 
     def _serve(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         body = json.loads(raw) if raw else None
         path = self.path.split("?", 1)[0]
-        self.api.calls.append(Call(self.command, path, self.headers.get("Content-Type"), body))
+        call = Call(self.command, path, self.headers.get("Content-Type"), body)
+        self.api.calls.append(call)
+        if self.api.delay:
+            time.sleep(self.api.delay)
         status, payload, headers = self.api.handle(self.command, path, body)
+        call.status = status
         data = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -182,16 +196,48 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args: Any) -> None:  # keep test output readable
         pass
 
+    def setup(self) -> None:
+        super().setup()
+        with self.server.open_lock:
+            self.server.open_connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.server.open_lock:
+            self.server.open_connections.discard(self.connection)
+        # The client may be gone (killed, or the server was stopped under it).
+        with contextlib.suppress(OSError):
+            super().finish()
+
+    def handle(self) -> None:
+        with contextlib.suppress(OSError):
+            super().handle()
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type) -> None:
+        self.open_connections: set[socket.socket] = set()
+        self.open_lock = threading.Lock()
+        super().__init__(address, handler)
+
+    def drop_connections(self) -> None:
+        """Cut every kept-alive connection, as a dying API server would."""
+        with self.open_lock:
+            for conn in self.open_connections:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+
 
 class KubeServer:
     """Runs a KubeAPI on 127.0.0.1 in a thread; `api_client()` gives a real client for it."""
 
     def __init__(self) -> None:
         self.api = KubeAPI()
-        handler = type("Handler", (_Handler,), {"api": self.api})
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.handler = type("Handler", (_Handler,), {"api": self.api})
+        self.httpd: _Server | None = _Server(("127.0.0.1", 0), self.handler)
+        self.port = self.httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
 
     def __enter__(self) -> KubeServer:
@@ -199,8 +245,23 @@ class KubeServer:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Go down: new connections are refused and open ones are cut."""
+        if self.httpd is None:
+            return
         self.httpd.shutdown()
         self.httpd.server_close()
+        self.httpd.drop_connections()
+        self.thread.join(5)
+        self.httpd = None
+
+    def start(self) -> None:
+        """Come back on the same port (and with the same state) after `stop`."""
+        self.httpd = _Server(("127.0.0.1", self.port), self.handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
 
     def api_client(self, retries: int | None = 0) -> client.ApiClient:
         configuration = client.Configuration(host=self.url)
