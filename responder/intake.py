@@ -42,10 +42,18 @@ class Intake:
                 logger.error("queue full (%d unfinished events): dropped event %s (policy %s)",
                              self.store.max_pending, added.dropped_key, self.store.drop_policy)
                 self.responder.metrics.intake.labels("dropped").inc()
+                self._forget(added.dropped_key)
         if status != "dropped":
             self.responder.metrics.intake.labels(status).inc()
         self.wake.set()
         return planned_body(self.responder.plan(event), status)
+
+    def _forget(self, key: str) -> None:
+        try:
+            self.shared.forget(key)
+        except Exception as exc:  # noqa: BLE001 - only costs a missed resend, say so
+            logger.warning("cannot forget dropped event %s in the shared state (%s)", key,
+                           type(exc).__name__)
 
     def _first_seen(self, key: str) -> bool:
         try:

@@ -14,6 +14,9 @@ class SharedState(Protocol):
     def first_seen(self, key: str, seconds: float) -> bool:
         """True the first time `key` is seen within `seconds`, across everyone sharing."""
 
+    def forget(self, key: str) -> None:
+        """Undo `first_seen` for an event this replica had to drop, so a resend counts."""
+
     def open_window(self, key: str, seconds: float, member: str | None = None) -> int:
         """Count an occurrence; 1 means this one opened a new window of `seconds`, or that
         `member` (an event's idempotency key) is the one that opened it: a retried event
@@ -36,6 +39,9 @@ class LocalState:
 
     def first_seen(self, key: str, seconds: float) -> bool:
         return True  # the store's unique key already deduplicates on this replica
+
+    def forget(self, key: str) -> None:
+        pass  # a dropped event never reached the store's unique key
 
     def open_window(self, key: str, seconds: float, member: str | None = None) -> int:
         return self.store.open_window(key, seconds, member)
@@ -100,6 +106,9 @@ class RedisState:
     def first_seen(self, key: str, seconds: float) -> bool:
         return bool(self.redis.set(f"{self.prefix}seen:{key}", 1, nx=True,
                                    px=int(seconds * 1000)))
+
+    def forget(self, key: str) -> None:
+        self.redis.delete(f"{self.prefix}seen:{key}")
 
     def open_window(self, key: str, seconds: float, member: str | None = None) -> int:
         # "coalesce:", not the former "window:" counters: a different Redis type.

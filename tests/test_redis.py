@@ -263,3 +263,14 @@ def test_replicas_share_the_kubernetes_rate_limit(kube, replicas, redis_url):
     # Separate buckets would serve all 14 from their bursts at once; one shared bucket
     # makes the last 4 wait for tokens at 5 per second.
     assert time.monotonic() - started >= 0.6
+
+
+def test_an_event_dropped_by_a_full_replica_is_accepted_when_resent(kube, make_table,
+                                                                     make_app, redis_url):
+    table = make_table(DELETE_ONLY % 10)
+    full = make_app(table, api_client=kube.api_client(), redis_url=redis_url, max_pending=1)
+    roomy = make_app(table, api_client=kube.api_client(), redis_url=redis_url)
+    assert post_split([full], [netcat_event("first")]) == ["queued"]
+    assert post_split([full], [netcat_event("resent")]) == ["dropped"]
+    # Had the uuid stayed "seen" in Redis, every replica would now call it a duplicate.
+    assert post_split([roomy], [netcat_event("resent")]) == ["queued"]
