@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid as uuidlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,6 +16,10 @@ from .errors import EventError
 # Values Falco uses for "could not extract": current Falco sends null, older
 # extractors the string "<NA>", some the empty string.
 MISSING_VALUES = (None, "", "<NA>")
+# A Falco event is 3 levels deep (event, output_fields, a list value); far deeper input
+# would only make later json.dumps calls (logs, Slack, the journal) hit the recursion limit.
+MAX_DEPTH = 100
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 class Priority(IntEnum):
@@ -92,10 +97,44 @@ def parse_event(body: bytes, content_type: str = "application/json") -> Event:
             hint = " (Falco sends text when json_output is false; set json_output: true)"
         raise EventError(f"body is not valid JSON: {exc.msg} at line {exc.lineno} "
                          f"column {exc.colno}{hint}") from None
+    except RecursionError:
+        raise EventError(f"body is nested more than {MAX_DEPTH} levels deep") from None
+    except ValueError as exc:  # an integer longer than Python's digit limit (4300)
+        raise EventError(f"body is not usable JSON: {str(exc).split(':')[0]}") from None
+    _check_decoded(text, data)
     if content_type.startswith("application/cloudevents+json") and isinstance(data, dict):
         # CloudEvents structured mode wraps the Falco payload in `data`.
         data = data.get("data")
     return event_from_dict(data)
+
+
+def _check_decoded(text: str, data: Any) -> None:
+    """Refuse what decodes but breaks later: deep nesting (recursion in json.dumps, logs,
+    Slack) and lone surrogate escapes such as "\\ud800" (not encodable as UTF-8, so not
+    storable in the journal)."""
+    # A document with fewer brackets than the limit cannot be nested deeper than it.
+    if text.count("{") + text.count("[") > MAX_DEPTH and _depth_exceeds(data, MAX_DEPTH):
+        raise EventError(f"body is nested more than {MAX_DEPTH} levels deep")
+    if _SURROGATE_ESCAPE.search(text):
+        try:
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise EventError("body has a lone UTF-16 surrogate escape (\\ud800-\\udfff): "
+                             "strings must be valid Unicode") from None
+
+
+def _depth_exceeds(data: Any, limit: int) -> bool:
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            value = value.values()
+        elif not isinstance(value, list):
+            continue
+        if depth > limit:
+            return True
+        stack.extend((item, depth + 1) for item in value)
+    return False
 
 
 def event_from_dict(data: Any) -> Event:

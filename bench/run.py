@@ -1,0 +1,600 @@
+"""Benchmark of falco-responder on this machine: intake throughput and latency against a bare
+Flask baseline, a 10,000-event storm against an armed table, and memory over 100,000 events.
+
+    python bench/run.py            # the full run (about 5 minutes on 2 cores)
+    python bench/run.py --quick    # a smoke run of a few seconds per section
+
+Loopback only; every loop is bounded in count and time; every server it starts is stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import multiprocessing
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the responder and the stand-ins in tests/, without install
+
+EVENT = json.loads((ROOT / "tests/data/recorded-events.jsonl").read_text().splitlines()[0])
+UUID_MARK = "@@UUID@@"
+ECHO_APP, RESPONDER_APP = "bench.echo_app:create_app()", "responder.app:create_app()"
+TARGETS = {"ratio": 0.70, "p99_ms": 5.0}
+STORM_TABLE = """\
+defaults:
+  dry_run: false
+  protected_namespaces: [kube-system]
+  coalesce_seconds: 300
+rules:
+  - name: kill-shells
+    match: {{rules: ["{rule}"]}}
+    actions:
+      - action: delete-pod
+        params: {{grace_period_seconds: 0}}
+"""
+KUBECONFIG = """\
+apiVersion: v1
+kind: Config
+clusters: [{{name: bench, cluster: {{server: "{url}"}}}}]
+users: [{{name: bench, user: {{token: bench-token}}}}]
+contexts: [{{name: bench, context: {{cluster: bench, user: bench}}}}]
+current-context: bench
+"""
+
+
+@dataclass(frozen=True)
+class Profile:
+    seconds: int  # one measured load run
+    warmup: int  # load before the measured runs, per server
+    storm_events: int
+    slack_window: float
+    memory_marks: tuple[int, ...]  # events posted in total at each RSS reading
+    drain_timeout: float
+
+
+FULL = Profile(10, 2, 10_000, 5.0, (5_000, 50_000, 100_000), 300.0)
+QUICK = Profile(1, 0, 200, 0.5, (200, 500, 1_000), 30.0)
+
+
+# --- servers --------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This environment without any RESPONDER_* or KUBECONFIG of the caller's, plus `extra`."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("RESPONDER_") and k != "KUBECONFIG"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return {**env, "RESPONDER_KUBE_CONFIG": "none", **extra}
+
+
+class Server:
+    """gunicorn with the responder's own options (gthread, RESPONDER_WORKERS x _THREADS),
+    serving `app` on a free loopback port; its log goes to a file, not a pipe."""
+
+    def __init__(self, name: str, app: str, workdir: Path, env: dict[str, str]):
+        self.name = name
+        self.port = free_port()
+        self.state_dir = workdir / f"{name}-state"
+        self.log_path = workdir / f"{name}.log"
+        env = clean_env(RESPONDER_HOST="127.0.0.1", RESPONDER_PORT=str(self.port),
+                        RESPONDER_STATE_DIR=str(self.state_dir), **env)
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gunicorn", "--config", "python:responder.gunicorn_conf",
+                 app], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited:\n{self.log_tail()}")
+            try:
+                if self.get("/healthz")[0] == 200:
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"{self.name} did not answer /healthz in {timeout:g} s")
+
+    def get(self, path: str) -> tuple[int, str]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            conn.request("GET", path)
+            reply = conn.getresponse()
+            return reply.status, reply.read().decode()
+        finally:
+            conn.close()
+
+    def metric(self, name: str) -> float:
+        """One unlabelled sample from /metrics."""
+        text = self.get("/metrics")[1]
+        found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+        return float(found.group(1)) if found else float("nan")
+
+    def worker_pids(self) -> list[int]:
+        return children(self.proc.pid)
+
+    def measure(self, run) -> Load:
+        """`run()`'s load, with the CPU time the workers spent on it."""
+        pids = self.worker_pids()
+        before = cpu_seconds(pids)
+        load = run()
+        load.cpu_seconds = cpu_seconds(pids) - before
+        return load
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, graceful: bool = False) -> None:
+        """SIGTERM: gunicorn's graceful stop (the responder sends what Slack is owed), else
+        SIGQUIT, its quick one; SIGKILL if either hangs."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM if graceful else signal.SIGQUIT)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@contextmanager
+def serving(workdir: Path, *specs: tuple[str, str, dict[str, str]]) -> Iterator[list[Server]]:
+    """Start servers (name, app, env) side by side, so their start-up times overlap; an
+    idle responder costs a few wake-ups a second (worker poll, journal sync)."""
+    servers: list[Server] = []
+    try:
+        for name, app, env in specs:
+            servers.append(Server(name, app, workdir, env))
+        for server in servers:
+            server.wait_ready()
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    if path.exists():
+        return [int(p) for p in path.read_text().split()]
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time used so far by these processes (all their threads)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak) of one process, in KiB."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(value.split()[0])
+    return out
+
+
+# --- load generation ------------------------------------------------------------------
+
+@dataclass
+class Load:
+    requests: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    statuses: Counter
+    cpu_seconds: float = float("nan")  # server side, when measured
+
+    @property
+    def cpu_ms(self) -> float:
+        """Server CPU per request (all threads: intake, worker, journal sync)."""
+        return self.cpu_seconds / self.requests * 1000 if self.requests else float("nan")
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    @property
+    def errors(self) -> int:
+        return sum(n for status, n in self.statuses.items() if not 200 <= status < 300)
+
+
+def event_body() -> tuple[bytes, bytes]:
+    """The recorded event around a uuid slot: (before, after)."""
+    text = json.dumps(dict(EVENT, uuid=UUID_MARK), separators=(",", ":"))
+    before, after = text.split(UUID_MARK)
+    return before.encode(), after.encode()
+
+
+def make_uuid(run: int, client: int, index: int) -> str:
+    return f"{run:08x}-{client:04x}-4000-8000-{index:012x}"
+
+
+def _client(port: int, run: int, client: int, count: int, deadline: float
+            ) -> tuple[list[float], Counter]:
+    """One keep-alive connection posting distinct events until `count` or `deadline`."""
+    before, after = event_body()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    headers = {"Content-Type": "application/json"}
+    latencies, statuses, index = [], Counter(), 0
+    while index < count and time.monotonic() < deadline:
+        body = before + make_uuid(run, client, index).encode() + after
+        started = time.perf_counter()
+        conn.request("POST", "/", body, headers)
+        reply = conn.getresponse()
+        reply.read()
+        latencies.append(time.perf_counter() - started)
+        statuses[reply.status] += 1
+        index += 1
+    conn.close()
+    return latencies, statuses
+
+
+def python_load(port: int, run: int, concurrency: int, seconds: float = 3600.0,
+                total: int | None = None) -> Load:
+    """`concurrency` processes (no shared GIL), each with one persistent connection."""
+    counts = [10**12] * concurrency if total is None else [
+        total // concurrency + (i < total % concurrency) for i in range(concurrency)]
+    started = time.monotonic()
+    args = [(port, run, i, counts[i], started + seconds) for i in range(concurrency)]
+    with multiprocessing.get_context("fork").Pool(concurrency) as pool:
+        results = pool.starmap(_client, args)
+    elapsed = time.monotonic() - started
+    latencies = sorted(x for lat, _ in results for x in lat)
+    statuses = sum((s for _, s in results), Counter())
+    return Load(len(latencies), elapsed, percentile(latencies, 0.50) * 1000,
+                percentile(latencies, 0.99) * 1000, statuses)
+
+
+def percentile(values: list[float], q: float) -> float:
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
+WRK_SCRIPT = """\
+local before = [==[{before}]==]
+local after = [==[{after}]==]
+local headers = {{["Content-Type"] = "application/json"}}
+local count = 0
+local next_id = 0
+function setup(thread)
+  thread:set("tid", next_id)
+  next_id = next_id + 1
+end
+function request()
+  count = count + 1
+  local id = string.format("%08x-%04x-4000-8000-%012x", {run}, tid, count)
+  return wrk.format("POST", "/", headers, before .. id .. after)
+end
+"""
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+
+
+def wrk_load(port: int, run: int, concurrency: int, seconds: int, workdir: Path) -> Load:
+    """wrk with a Lua script that gives every request a new uuid."""
+    before, after = event_body()
+    script = workdir / f"post-{run}.lua"
+    script.write_text(WRK_SCRIPT.format(before=before.decode(), after=after.decode(), run=run))
+    threads = min(concurrency, os.cpu_count() or 1)
+    out = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{seconds}s", "--latency", "-s",
+         str(script), f"http://127.0.0.1:{port}/"],
+        capture_output=True, text=True, timeout=seconds + 30, check=True).stdout
+    return parse_wrk(out, seconds)
+
+
+def parse_wrk(out: str, seconds: float) -> Load:
+    def latency(pct: str) -> float:
+        found = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.M)
+        return float(found.group(1)) * _UNITS[found.group(2)] if found else float("nan")
+
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
+                       out)
+    statuses = Counter({200: requests})
+    if bad:
+        statuses[0] += int(bad.group(1))
+        statuses[200] -= int(bad.group(1))
+    if errors:
+        statuses[-1] += sum(int(n) for n in errors.groups())
+    return Load(requests, requests / rate if rate else seconds, latency("50"), latency("99"),
+                statuses)
+
+
+class Generator:
+    """wrk when installed (C, no GIL), else the Python keep-alive client in processes."""
+
+    def __init__(self, workdir: Path, force_python: bool):
+        self.workdir = workdir
+        self.wrk = None if force_python else shutil.which("wrk")
+        self._run = int(time.time()) % 0xFFFF * 0x1000  # uuids differ between bench runs
+
+    def describe(self) -> str:
+        if self.wrk:
+            version = subprocess.run([self.wrk, "-v"], capture_output=True, text=True).stdout
+            return f"wrk ({version.split(' [')[0].strip() or 'wrk'}), Lua script, keep-alive"
+        return ("Python http.client, one keep-alive connection per process "
+                "(wrk not found: `apt-get install -y wrk` for lower client overhead)")
+
+    def timed(self, port: int, concurrency: int, seconds: int) -> Load:
+        self._run += 1
+        if self.wrk:
+            return wrk_load(port, self._run, concurrency, seconds, self.workdir)
+        return python_load(port, self._run, concurrency, seconds=seconds)
+
+    def counted(self, port: int, total: int, concurrency: int = 4) -> Load:
+        self._run += 1
+        return python_load(port, self._run, concurrency, total=total)
+
+
+# --- output ---------------------------------------------------------------------------
+
+def header(title: str) -> None:
+    print(f"\n== {title} ==", flush=True)
+
+
+def table(columns: list[str], rows: list[list[object]]) -> None:
+    cells = [[str(c) for c in columns]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    for n, row in enumerate(cells):
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+        if n == 0:
+            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    sys.stdout.flush()
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def machine() -> str:
+    model = next((line.split(":", 1)[1].strip() for line in
+                  Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.machine())
+    return f"{os.cpu_count()} CPU(s), {model}; Linux {platform.release()}"
+
+
+# --- 1. throughput and latency --------------------------------------------------------
+
+def section_throughput(profile: Profile, gen: Generator, workdir: Path) -> None:
+    header("1. Intake throughput and latency (POST / with a recorded event, distinct uuids)")
+    print(f"gunicorn gthread, 1 worker x 4 threads (the responder's defaults) for both; "
+          f"{profile.warmup} s warm-up, then {profile.seconds} s per run; the responder runs "
+          "the packaged table (dry-run), no cluster, its worker thread on")
+    results: dict[tuple[str, int], Load] = {}
+    base, intake = "echo baseline (bare Flask + gunicorn)", "responder intake (queued, 202)"
+    with serving(workdir, ("echo", ECHO_APP, {}), ("responder", RESPONDER_APP, {})) as servers:
+        for label, server in zip((base, intake), servers, strict=True):
+            if profile.warmup:
+                gen.timed(server.port, 8, profile.warmup)
+            for concurrency in (1, 8):
+                results[(label, concurrency)] = server.measure(
+                    lambda s=server, c=concurrency: gen.timed(s.port, c, profile.seconds))
+    table(["server", "concurrency", "req/s", "p50 ms", "p99 ms", "server CPU ms/req",
+           "non-2xx"],
+          [[label, c, f"{r.rate:,.0f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", f"{r.cpu_ms:.2f}",
+            r.errors] for (label, c), r in results.items()])
+    for concurrency in (1, 8):
+        ratio = results[(intake, concurrency)].rate / results[(base, concurrency)].rate
+        print(f"responder intake = {ratio:.0%} of baseline at concurrency {concurrency} "
+              f"(target >= {TARGETS['ratio']:.0%}: {verdict(ratio >= TARGETS['ratio'])})")
+    p99 = results[(intake, 1)].p99_ms
+    print(f"p99 intake latency at concurrency 1 = {p99:.2f} ms "
+          f"(target < {TARGETS['p99_ms']:g} ms: {verdict(p99 < TARGETS['p99_ms'])})")
+
+
+# --- 2. storm -------------------------------------------------------------------------
+
+def storm_env(kube_url: str, slack, mode: str, workdir: Path, window: float) -> dict[str, str]:
+    kubeconfig = workdir / f"kubeconfig-{mode}"
+    kubeconfig.write_text(KUBECONFIG.format(url=kube_url))
+    actions = workdir / "storm-actions.yaml"
+    actions.write_text(STORM_TABLE.format(rule=EVENT["rule"]))
+    env = {"RESPONDER_KUBE_CONFIG": "kubeconfig", "KUBECONFIG": str(kubeconfig),
+           "RESPONDER_ACTIONS_FILE": str(actions), "RESPONDER_SLACK_WINDOW_SECONDS": f"{window:g}"}
+    if mode == "web-api":
+        env.update(RESPONDER_SLACK_TOKEN="xoxb-bench", RESPONDER_SLACK_CHANNEL="C1",
+                   RESPONDER_SLACK_API_URL=slack.api_url)
+    else:
+        env.update(RESPONDER_SLACK_WEBHOOK_URL=slack.webhook_url)
+    return env
+
+
+def wait_drained(server: Server, timeout: float) -> tuple[float, float]:
+    """Poll responder_queue_depth until 0; (seconds waited, depth left)."""
+    started = time.monotonic()
+    depth = server.metric("responder_queue_depth")
+    while depth > 0 and time.monotonic() - started < timeout:
+        time.sleep(0.2)
+        depth = server.metric("responder_queue_depth")
+    return time.monotonic() - started, depth
+
+
+def slack_counts(slack) -> Counter:
+    with slack.state.lock:
+        paths = [r.path for r in slack.state.requests if r.status == 200]
+    names = {"/api/chat.postMessage": "chat.postMessage", "/api/chat.update": "chat.update"}
+    return Counter(names.get(p, "webhook post" if p.startswith("/services/") else p)
+                   for p in paths)
+
+
+def wait_slack_settled(slack, window: float, timeout: float) -> Counter:
+    """Wait until Slack has seen nothing new for a window and a bit (the summary's due)."""
+    quiet_for, deadline = window + 1.0, time.monotonic() + timeout
+    last, since = slack_counts(slack), time.monotonic()
+    while time.monotonic() - since < quiet_for and time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = slack_counts(slack)
+        if now != last:
+            last, since = now, time.monotonic()
+    return last
+
+
+def stand_ins(stack: ExitStack) -> tuple:
+    """A Kubernetes API with the event's pod on one of two nodes, and a Slack."""
+    from tests.kubeapi import KubeServer
+    from tests.slackserver import SlackServer
+
+    kube = stack.enter_context(KubeServer())
+    slack = stack.enter_context(SlackServer())
+    for stand_in in (kube, slack):
+        # The stand-ins write headers and body apart; without TCP_NODELAY every call
+        # waits ~40 ms for a delayed ACK, which would be the stand-in's cost, not ours.
+        stand_in.httpd.RequestHandlerClass.disable_nagle_algorithm = True
+    kube.api.add_node("node-1")
+    kube.api.add_node("node-2")
+    container = EVENT["output_fields"]["container.id"]
+    kube.api.add_pod(EVENT["output_fields"]["k8s.ns.name"], EVENT["output_fields"]["k8s.pod.name"],
+                     node="node-1", container_ids=(container + "0" * (64 - len(container)),))
+    return kube, slack
+
+
+def run_storm(profile: Profile, gen: Generator, server: Server, kube, slack) -> dict:
+    posted = gen.counted(server.port, profile.storm_events)
+    drained, left = wait_drained(server, profile.drain_timeout)
+    settled = wait_slack_settled(slack, profile.slack_window, 60.0)
+    server.stop(graceful=True)  # the notifier sends what it still owes
+    return {"posted": posted, "drained": drained, "left": left, "slack": settled,
+            "slack_after_stop": slack_counts(slack),
+            "kube": Counter((c.method, c.path) for c in kube.api.calls)}
+
+
+def section_storm(profile: Profile, gen: Generator, workdir: Path) -> None:
+    n = profile.storm_events
+    header(f"2. Storm: {n:,} identical events for one pod, armed delete-pod")
+    print(f"rule {EVENT['rule']!r}, pod {EVENT['output_fields']['k8s.ns.name']}/"
+          f"{EVENT['output_fields']['k8s.pod.name']}, distinct uuids, 4 keep-alive "
+          f"connections; coalesce_seconds 300, RESPONDER_SLACK_WINDOW_SECONDS "
+          f"{profile.slack_window:g}, RESPONDER_KUBE_QPS/BURST at their defaults (5/10); "
+          "the Kubernetes API (2 nodes) and Slack are the local stand-ins from tests/")
+    modes = ("web-api", "webhook")
+    with ExitStack() as stack:
+        parts = {mode: stand_ins(stack) for mode in modes}
+        specs = [(f"storm-{mode}", RESPONDER_APP,
+                  storm_env(kube.url, slack, mode, workdir, profile.slack_window))
+                 for mode, (kube, slack) in parts.items()]
+        servers = stack.enter_context(serving(workdir, *specs))
+        for mode, server in zip(modes, servers, strict=True):
+            print_storm(mode, run_storm(profile, gen, server, *parts[mode]), n)
+
+
+def print_storm(mode: str, r: dict, n: int) -> None:
+    posted: Load = r["posted"]
+    print(f"\n-- Slack {mode} mode --")
+    print(f"posted {posted.requests:,} in {posted.seconds:.1f} s ({posted.rate:,.0f}/s), "
+          f"statuses {dict(posted.statuses)}; queue drained {r['drained']:.1f} s later"
+          + (f" -- NOT drained, {r['left']:.0f} left" if r["left"] > 0 else ""))
+    calls = r["kube"]
+    table(["Kubernetes API call", "count"],
+          [[f"{method} {path}", count] for (method, path), count in sorted(calls.items())])
+    deletes = sum(c for (method, _), c in calls.items() if method == "DELETE")
+    total = sum(calls.values())
+    print(f"DELETE calls: {deletes} (target 1: {verdict(deletes == 1)}); all API calls: "
+          f"{total:,} ({total / n:.4f} per event)")
+    slack, after = r["slack"], r["slack_after_stop"]
+    shown = ", ".join(f"{k} {v}" for k, v in sorted(slack.items())) or "none"
+    extra = after - slack
+    print(f"Slack requests once settled: {shown}"
+          + (f"; at shutdown: +{dict(extra)}" if extra else ""))
+    if mode == "web-api":
+        posts = slack.get("chat.postMessage", 0)
+        print(f"Slack messages posted: {posts} (target 1: {verdict(posts == 1)}), "
+              f"chat.update calls: {slack.get('chat.update', 0)}")
+    else:
+        print(f"Slack messages posted: {slack.get('webhook post', 0)} (a webhook cannot edit: "
+              "the first message, then one summary per window that saw more events)")
+
+
+# --- 3. memory ------------------------------------------------------------------------
+
+def section_memory(profile: Profile, gen: Generator, workdir: Path) -> None:
+    header("3. Memory: RSS of the gunicorn worker while events accumulate")
+    print("packaged default table (dry-run), no cluster, Slack off; each reading is taken "
+          "once the queue has drained")
+    rows = []
+    with serving(workdir, ("memory", RESPONDER_APP, {})) as (server,):
+        sent, started = 0, time.monotonic()
+        for mark in profile.memory_marks:
+            load = gen.counted(server.port, mark - sent)
+            sent = mark
+            _, left = wait_drained(server, profile.drain_timeout)
+            rows.append(memory_row(server, sent, load, left, time.monotonic() - started))
+    table(["events posted", "worker RSS MiB", "worker peak MiB", "master RSS MiB",
+           "journal MiB", "non-2xx", "queue left", "elapsed s"], rows)
+    first, last = rows[0][1], rows[-1][1]
+    print(f"worker RSS change from {profile.memory_marks[0]:,} to "
+          f"{profile.memory_marks[-1]:,} events: {float(last) - float(first):+.1f} MiB")
+
+
+def memory_row(server: Server, sent: int, load: Load, left: float, elapsed: float) -> list:
+    workers = [memory_kib(pid) for pid in server.worker_pids()]
+    master = memory_kib(server.proc.pid)
+    journal = sum(p.stat().st_size for p in server.state_dir.glob("events.sqlite3*"))
+    return [f"{sent:,}", f"{sum(w['VmRSS'] for w in workers) / 1024:.1f}",
+            f"{sum(w['VmHWM'] for w in workers) / 1024:.1f}", f"{master['VmRSS'] / 1024:.1f}",
+            f"{journal / 2**20:.1f}", load.errors, f"{left:.0f}", f"{elapsed:.0f}"]
+
+
+# --- main -----------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument("--python-client", action="store_true",
+                        help="use the Python load generator even when wrk is installed")
+    args = parser.parse_args(argv)
+    profile = QUICK if args.quick else FULL
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="responder-bench-") as tmp:
+        workdir = Path(tmp)
+        gen = Generator(workdir, args.python_client)
+        print(f"falco-responder benchmark{' (--quick)' if args.quick else ''}, "
+              f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
+        print(f"machine: {machine()}; Python {platform.python_version()}")
+        print(f"load generator: {gen.describe()}; everything on 127.0.0.1, "
+              f"generator and servers share the CPUs")
+        took = []
+        for section in (section_throughput, section_storm, section_memory):
+            begun = time.monotonic()
+            section(profile, gen, workdir)
+            took.append(f"{time.monotonic() - begun:.0f} s")
+    print(f"\ndone in {time.monotonic() - started:.0f} s (sections: {', '.join(took)})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
