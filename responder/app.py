@@ -71,7 +71,7 @@ def create_app(settings: Settings | None = None, *, table: Table | None = None,
     intake = None
     if settings.intake == "queue":
         intake = Intake(responder, store, shared, worker.wake, settings.retention_seconds)
-        if start_worker:
+        if start_worker and settings.worker == "thread":
             worker.start()
     _add_auth(app, settings, responder.metrics)
     _add_routes(app, responder, intake)

@@ -41,6 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--actions", help="action table file (RESPONDER_ACTIONS_FILE)")
     serve.set_defaults(run=_serve)
 
+    work = sub.add_parser("work", help="run the queue worker alone (for RESPONDER_WORKER=off)")
+    work.add_argument("--metrics-port", type=int, default=2802,
+                      help="serve this process's /metrics here (0: don't)")
+    work.set_defaults(run=_work)
+
     check = sub.add_parser("check", help="validate action table files; exit 1 on any error")
     check.add_argument("files", nargs="+", help="action table YAML files")
     check.set_defaults(run=_check)
@@ -62,6 +67,12 @@ def _serve(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("RESPONDER_HOST", args.host), ("RESPONDER_PORT", args.port),
                                    ("RESPONDER_ACTIONS_FILE", args.actions)) if v is not None}
     return run_server(overrides)
+
+
+def _work(args: argparse.Namespace) -> int:
+    from .server import run_worker
+
+    return run_worker(args.metrics_port)
 
 
 def _check(args: argparse.Namespace) -> int:

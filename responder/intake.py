@@ -8,7 +8,7 @@ import threading
 from typing import Any
 
 from .events import parse_event
-from .service import Responder, planned_body
+from .service import Responder, queued_body
 from .shared import SharedState
 from .store import EventStore
 
@@ -46,7 +46,7 @@ class Intake:
         if status != "dropped":
             self.responder.metrics.intake.labels(status).inc()
         self.wake.set()
-        return planned_body(self.responder.plan(event), status)
+        return queued_body(event, status)
 
     def _forget(self, key: str) -> None:
         try:

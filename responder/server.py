@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import ssl
 from collections.abc import Mapping
@@ -45,9 +46,16 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         # The control socket would be written under $HOME: not there on a read-only root.
         "control_socket_disable": True,
         "worker_exit": _worker_exit,
+        "post_worker_init": _post_worker_init,
         # /dev/shm keeps the worker heartbeat off a read-only root filesystem.
         "worker_tmp_dir": "/dev/shm" if os.path.isdir("/dev/shm") else None,
     }
+
+
+def _post_worker_init(worker: Any) -> None:
+    """The app is built: move its long-lived objects (the Kubernetes client's models, the
+    table) out of the collector's way, so full collections stop pausing requests."""
+    gc.freeze()
 
 
 def _worker_exit(server: Any, worker: Any) -> None:
@@ -78,4 +86,30 @@ def run_server(overrides: Mapping[str, Any]) -> int:
     # Fail here, with every table error listed, rather than in each gunicorn worker.
     load_table(settings.actions_file, default_registry())
     ResponderServer(settings, gunicorn_options(settings)).run()
+    return 0
+
+
+def run_worker(metrics_port: int) -> int:
+    """`responder work`: the queue worker in a process of its own, beside intake-only
+    servers (RESPONDER_WORKER=off) sharing RESPONDER_STATE_DIR, until SIGTERM or SIGINT."""
+    import dataclasses
+    import signal
+    import threading
+
+    from prometheus_client import start_http_server
+
+    from .app import create_app, shutdown
+
+    settings = dataclasses.replace(Settings.from_env(), worker="thread", intake="queue")
+    app = create_app(settings)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    if metrics_port:
+        # Action outcomes, Slack sends and limit trips are counted here, not by the servers.
+        start_http_server(metrics_port, addr=settings.host,
+                          registry=app.extensions["responder"].metrics.registry)
+    gc.freeze()
+    stop.wait()
+    shutdown(app)
     return 0

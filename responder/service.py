@@ -8,7 +8,7 @@ from typing import Any
 
 from kubernetes.client import ApiClient, CoreV1Api
 
-from .actions import Outcome, Registry
+from .actions import Registry
 from .audit import EventRecorder
 from .decisions import Plan, plan_response
 from .events import Event
@@ -83,6 +83,7 @@ class Responder:
     def respond(self, event: Event) -> dict[str, Any]:
         """Inline intake: plan, act, and return the reply body for the event."""
         self.count_received(event)
+        log_received(event)
         plan = self.plan(event)
         reports = self.executor.execute(plan)
         self.after_actions(plan, reports)
@@ -90,7 +91,6 @@ class Responder:
 
     def count_received(self, event: Event) -> None:
         self.metrics.events.labels(event.rule, event.priority.label, event.source).inc()
-        log_received(event)
 
     def after_actions(self, plan: Plan, reports: list[ActionReport]) -> None:
         """Tell people (Slack) and the cluster (Events) what was done. Never raises."""
@@ -139,18 +139,12 @@ def reply_body(plan: Plan, reports: list[ActionReport]) -> dict[str, Any]:
     return {**event_summary(plan), "decisions": [decision_dict(r) for r in reports]}
 
 
-def planned_body(plan: Plan, status: str) -> dict[str, Any]:
-    """The JSON answer to a queued event: what the table plans, before anything runs."""
-    decisions = []
-    for d in plan.decisions:
-        outcome = (Outcome.SKIPPED if d.skip_reason else
-                   Outcome.WOULD_RUN if d.dry_run else "pending")
-        entry = {"table_rule": d.table_rule, "dry_run": d.dry_run, "action": d.action,
-                 "target": d.target.describe(d.target_keys), "outcome": str(outcome)}
-        if d.skip_reason:
-            entry["reason"] = d.skip_reason
-        decisions.append(entry)
-    return {**event_summary(plan), "status": status, "decisions": decisions}
+def queued_body(event: Event, status: str) -> dict[str, Any]:
+    """The JSON answer to a queued event. Planning waits for the worker: the request path
+    stays as short as Falcosidekick's one-at-a-time sending needs; the decisions are at
+    `status_url` once made."""
+    return {"uuid": event.uuid, "rule": event.rule, "priority": event.priority.label,
+            "status": status, "status_url": f"/events/{event.uuid}"}
 
 
 def decision_dict(report: ActionReport) -> dict[str, Any]:

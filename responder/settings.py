@@ -14,6 +14,7 @@ SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/
 KUBE_MODES = ("auto", "in-cluster", "kubeconfig", "none")
 LOG_FORMATS = ("text", "json")
 INTAKES = ("queue", "inline")
+WORKER_MODES = ("thread", "off")
 DROP_POLICIES = ("drop-new", "drop-oldest")
 
 
@@ -60,6 +61,9 @@ class Settings:
     intake: str = _env("RESPONDER_INTAKE",
                        "queue: record durably, reply 202, act in a worker; inline: act before "
                        "replying 200 (simple, but a slow API stalls Falcosidekick)", "queue")
+    worker: str = _env("RESPONDER_WORKER",
+                       "thread: this process also runs the queue; off: intake only, with "
+                       "`responder work` running the queue in its own process", "thread")
     state_dir: str = _env("RESPONDER_STATE_DIR", "directory of the durable event journal",
                           "~/.local/state/falco-responder")
     max_pending: int = _env("RESPONDER_MAX_PENDING",
@@ -107,6 +111,7 @@ class Settings:
         for env, value, allowed in (("RESPONDER_LOG_FORMAT", self.log_format, LOG_FORMATS),
                                     ("RESPONDER_KUBE_CONFIG", self.kube_mode, KUBE_MODES),
                                     ("RESPONDER_INTAKE", self.intake, INTAKES),
+                                    ("RESPONDER_WORKER", self.worker, WORKER_MODES),
                                     ("RESPONDER_DROP_POLICY", self.drop_policy, DROP_POLICIES)):
             if value not in allowed:
                 raise ConfigError(f"{env}: must be one of {', '.join(allowed)}")
@@ -173,7 +178,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "workers": _parse_positive_int, "threads": _parse_positive_int,
     "auth_token": str.strip, "auth_token_file": str, "tls_cert_file": str, "tls_key_file": str,
     "tls_client_ca_file": str, "reload_seconds": _parse_non_negative_float,
-    "intake": str.lower, "state_dir": str, "max_pending": _parse_positive_int,
+    "intake": str.lower, "worker": str.lower, "state_dir": str, "max_pending": _parse_positive_int,
     "drop_policy": str.lower, "sync_seconds": _parse_positive_float,
     "max_attempts": _parse_positive_int, "retention_seconds": _parse_positive_float,
     "lease_seconds": _parse_positive_float,

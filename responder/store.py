@@ -94,6 +94,9 @@ class EventStore:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        # One writer at a time inside this process: threads queue on a lock that wakes them
+        # at once, instead of SQLite's busy handler, which sleeps in 1-100 ms steps.
+        self._write_lock = threading.Lock()
         self._conn().executescript(SCHEMA)
 
     def _conn(self) -> sqlite3.Connection:
@@ -110,6 +113,9 @@ class EventStore:
                 self._connections.append(conn)
         return conn
 
+    def _tx(self, conn: sqlite3.Connection | None = None) -> _transaction:
+        return _transaction(conn or self._conn(), self._write_lock)
+
     def close(self) -> None:
         with self._lock:
             for conn in self._connections:
@@ -121,7 +127,7 @@ class EventStore:
     def add(self, key: str, body: bytes) -> Added:
         """Record an event durably unless its key is known; honour the cap's drop policy."""
         conn = self._conn()
-        with _transaction(conn):
+        with self._tx(conn):
             if conn.execute("SELECT 1 FROM events WHERE key = ?", (key,)).fetchone():
                 return Added("duplicate")
             dropped = None
@@ -150,7 +156,7 @@ class EventStore:
         now = self.clock()
         lease_until = now + lease_seconds
         conn = self._conn()
-        with _transaction(conn):
+        with self._tx(conn):
             rows = conn.execute(
                 "SELECT id, key, body, attempts, received FROM events "
                 "WHERE (state = 'pending' AND not_before <= ?) "
@@ -164,34 +170,49 @@ class EventStore:
     def still_ours(self, item: Claimed, lease_seconds: float) -> bool:
         """Renew a claimed event's lease unless it ran out and another worker claimed the
         event since (or finished it); False then, and the event is theirs."""
-        return self._conn().execute(
-            "UPDATE events SET lease_until = ? WHERE id = ? AND state = 'running' "
-            "AND lease_until = ?",
-            (self.clock() + lease_seconds, item.id, item.lease_until)).rowcount == 1
+        with self._tx() as conn:
+            return conn.execute(
+                "UPDATE events SET lease_until = ? WHERE id = ? AND state = 'running' "
+                "AND lease_until = ?",
+                (self.clock() + lease_seconds, item.id, item.lease_until)).rowcount == 1
 
     def renew(self, event_id: int, lease_seconds: float) -> None:
-        self._conn().execute("UPDATE events SET lease_until = ? WHERE id = ?",
-                             (self.clock() + lease_seconds, event_id))
+        with self._tx() as conn:
+            conn.execute("UPDATE events SET lease_until = ? WHERE id = ?",
+                         (self.clock() + lease_seconds, event_id))
 
-    def record(self, event_id: int, index: int, report: dict[str, Any]) -> None:
-        """Remember one action's outcome as soon as it is known."""
-        self._conn().execute("INSERT OR REPLACE INTO outcomes VALUES (?, ?, ?)",
-                             (event_id, index, json.dumps(report)))
+    def record(self, event_id: int, index: int, report: dict[str, Any],
+               lease_seconds: float | None = None) -> None:
+        """Remember one action's outcome as soon as it is known (renewing the lease in the
+        same commit when `lease_seconds` is given)."""
+        with self._tx() as conn:
+            conn.execute("INSERT OR REPLACE INTO outcomes VALUES (?, ?, ?)",
+                         (event_id, index, json.dumps(report)))
+            if lease_seconds is not None:
+                conn.execute("UPDATE events SET lease_until = ? WHERE id = ?",
+                             (self.clock() + lease_seconds, event_id))
 
     def recorded(self, event_id: int) -> dict[int, dict[str, Any]]:
         rows = self._conn().execute("SELECT idx, report FROM outcomes WHERE event_id = ?",
                                     (event_id,)).fetchall()
         return {idx: json.loads(report) for idx, report in rows}
 
-    def finish(self, event_id: int, state: str = "done", error: str | None = None) -> None:
-        self._conn().execute("UPDATE events SET state = ?, finished = ?, error = ?, "
-                             "lease_until = NULL WHERE id = ?",
-                             (state, self.clock(), error, event_id))
+    def finish(self, event_id: int, state: str = "done", error: str | None = None,
+               outcomes: dict[int, dict[str, Any]] | None = None) -> None:
+        """Close an event, writing in the same commit the outcomes not yet recorded (those
+        that touched no cluster, so nothing is lost if they are computed again)."""
+        with self._tx() as conn:
+            conn.executemany("INSERT OR REPLACE INTO outcomes VALUES (?, ?, ?)",
+                             [(event_id, i, json.dumps(r)) for i, r in (outcomes or {}).items()])
+            conn.execute("UPDATE events SET state = ?, finished = ?, error = ?, "
+                         "lease_until = NULL WHERE id = ?",
+                         (state, self.clock(), error, event_id))
 
     def retry_later(self, event_id: int, delay: float, error: str) -> None:
-        self._conn().execute("UPDATE events SET state = 'pending', not_before = ?, error = ?, "
-                             "lease_until = NULL WHERE id = ?",
-                             (self.clock() + delay, error, event_id))
+        with self._tx() as conn:
+            conn.execute("UPDATE events SET state = 'pending', not_before = ?, error = ?, "
+                         "lease_until = NULL WHERE id = ?",
+                         (self.clock() + delay, error, event_id))
 
     # --- inspection and housekeeping ----------------------------------------------
     def pending(self) -> int:
@@ -219,7 +240,7 @@ class EventStore:
         """Forget finished events older than `keep_seconds` (their keys stop deduplicating)."""
         conn = self._conn()
         cutoff = self.clock() - keep_seconds
-        with _transaction(conn):
+        with self._tx(conn):
             conn.execute("DELETE FROM outcomes WHERE event_id IN (SELECT id FROM events "
                          "WHERE state IN ('done', 'failed') AND finished < ?)", (cutoff,))
             gone = conn.execute("DELETE FROM events WHERE state IN ('done', 'failed') "
@@ -234,7 +255,7 @@ class EventStore:
         now = self.clock()
         member = member or uuid.uuid4().hex
         conn = self._conn()
-        with _transaction(conn):
+        with self._tx(conn):
             row = conn.execute("SELECT expires, count, opener FROM coalescing WHERE key = ?",
                                (key,)).fetchone()
             if row is None or row[0] <= now:
@@ -253,7 +274,7 @@ class EventStore:
         now = self.clock()
         member = member or uuid.uuid4().hex
         conn = self._conn()
-        with _transaction(conn):
+        with self._tx(conn):
             conn.execute("DELETE FROM limit_hits WHERE name = ? AND at <= ?",
                          (name, now - seconds))
             if conn.execute("SELECT 1 FROM limit_hits WHERE name = ? AND member = ?",
@@ -270,7 +291,7 @@ class EventStore:
         """Token bucket: 0 when a token was taken, else seconds until one is available."""
         now = self.clock()
         conn = self._conn()
-        with _transaction(conn):
+        with self._tx(conn):
             row = conn.execute("SELECT tokens, updated FROM buckets WHERE name = ?",
                                (name,)).fetchone()
             tokens = burst if row is None else min(burst, row[0] + (now - row[1]) * rate)
@@ -284,12 +305,21 @@ class EventStore:
 class _transaction:
     """BEGIN IMMEDIATE ... COMMIT (or ROLLBACK): writers queue instead of failing mid-way."""
 
-    def __init__(self, conn: sqlite3.Connection):
+    def __init__(self, conn: sqlite3.Connection, lock: threading.Lock):
         self.conn = conn
+        self.lock = lock
 
     def __enter__(self) -> sqlite3.Connection:
-        self.conn.execute("BEGIN IMMEDIATE")
+        self.lock.acquire()
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self.lock.release()
+            raise
         return self.conn
 
     def __exit__(self, exc_type, *exc: Any) -> None:
-        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        try:
+            self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        finally:
+            self.lock.release()

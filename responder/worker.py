@@ -10,11 +10,19 @@ from .actions import Outcome, Result
 from .errors import EventError
 from .events import parse_event
 from .executor import ActionReport
-from .service import Responder
+from .service import Responder, log_received
 from .store import Claimed, EventStore
 
 logger = logging.getLogger(__name__)
 LEASE_SECONDS = 60.0
+
+
+def touched_cluster(report: ActionReport) -> bool:
+    """Whether an outcome came from a live action (as opposed to dry-run, a plan-time skip
+    or coalescing, which the same table and event reproduce exactly)."""
+    decision, outcome = report.decision, report.result.outcome
+    return not (decision.dry_run or decision.skip_reason
+                or outcome in (Outcome.WOULD_RUN, Outcome.COALESCED))
 
 
 class Worker:
@@ -52,16 +60,22 @@ class Worker:
         except EventError as exc:  # validated at intake; only a corrupted row gets here
             self.store.finish(item.id, "failed", f"unreadable event: {exc}")
             return
+        if item.attempts == 1:
+            log_received(event)  # the audit record, once, as the event leaves the queue
         plan = self.responder.plan(event)
         prior = {i: Result(Outcome(d["outcome"]), d.get("reason"))
                  for i, d in self.store.recorded(item.id).items()}
         last_try = item.attempts >= self.max_attempts
+        deferred: dict[int, dict] = {}
 
         def record(index: int, report: ActionReport) -> None:
-            # A transient failure is not final unless this was the last try.
-            if not report.result.retryable or last_try:
-                self.store.record(item.id, index, report.to_dict())
-            self.store.renew(item.id, self.lease_seconds)
+            if report.result.retryable and not last_try:
+                return  # a transient failure is not final unless this was the last try
+            if touched_cluster(report):
+                # Durable at once: after a crash this action must not run again.
+                self.store.record(item.id, index, report.to_dict(), self.lease_seconds)
+            else:
+                deferred[index] = report.to_dict()  # recomputed identically if lost
 
         # Coalescing on every try: a window knows the event that opened it, so a retry (or a
         # restart after a crash) acts for the opener and stays coalesced for the others.
@@ -71,7 +85,7 @@ class Worker:
             self._retry_later(item, transient[0].result.reason or "transient failure")
             return
         failed = any(r.result.outcome is Outcome.FAILED for r in reports)
-        self.store.finish(item.id, "failed" if failed else "done")
+        self.store.finish(item.id, "failed" if failed else "done", outcomes=deferred)
         self.responder.after_actions(plan, reports)
 
     def _retry_later(self, item: Claimed, reason: str) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from responder.app import create_app
+from responder.app import create_app, shutdown
 from responder.settings import Settings
 
 from .conftest import recorded_events
@@ -56,8 +56,11 @@ def mount(tmp_path):
 
 
 @pytest.fixture
-def app(mount):
-    return create_app(Settings(actions_file=mount.path, reload_seconds=0), api_client=None)
+def app(mount, tmp_path):
+    app = create_app(Settings(actions_file=mount.path, reload_seconds=0, intake="inline",
+                              state_dir=str(tmp_path / "state")), api_client=None, slack=None)
+    yield app
+    shutdown(app)
 
 
 def matched(app):
@@ -99,7 +102,8 @@ def test_invalid_new_table_keeps_the_last_good_one_and_says_why(capsys, app, mou
 def test_background_thread_reloads_without_help(mount):
     import time
 
-    app = create_app(Settings(actions_file=mount.path, reload_seconds=0.05), api_client=None)
+    app = create_app(Settings(actions_file=mount.path, reload_seconds=0.05, intake="inline",
+                              state_dir=str(mount.root / "..state")), api_client=None, slack=None)
     try:
         mount.update(V2)
         deadline = time.monotonic() + 5
@@ -107,4 +111,4 @@ def test_background_thread_reloads_without_help(mount):
             time.sleep(0.05)
         assert matched(app) == ["second"]
     finally:
-        app.extensions["reloader"].stop()
+        shutdown(app)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, ClassVar
 
@@ -24,8 +24,7 @@ class Target:
 
     def describe(self, keys: Iterable[str]) -> dict[str, str]:
         """The named parts that are known, for output and logs."""
-        known = asdict(self)
-        return {k: known[k] for k in keys if known.get(k)}
+        return {k: v for k in keys if (v := getattr(self, k))}
 
 
 class Outcome(StrEnum):
