@@ -151,7 +151,7 @@ def event_from_dict(data: Any) -> Event:
     if not isinstance(fields, dict):
         raise EventError(f"'output_fields' must be an object, got {_json_type(fields)}")
     return Event(
-        uuid=_optional_string(top, "uuid") or content_id(data),
+        uuid=(_optional_string(top, "uuid") or "").strip() or content_id(data),
         rule=rule,
         priority=priority,
         source=_source(top, fields),

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -11,7 +13,7 @@ from typing import Any
 
 from .actions import Action, Outcome, Result, Target, api_failure
 from .decisions import Decision, Plan
-from .guardrails import Guardrails, PodFacts, read_pod
+from .guardrails import Guardrails, PodFacts, container_mismatch, read_pod
 from .metrics import Metrics
 from .retry import RetryPolicy, is_retryable
 from .shared import SharedState
@@ -47,6 +49,8 @@ class _Run:
     pod: PodFacts | None = None
     pod_error: BaseException | None = None
     coalesced: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: Windows this event opened, by table rule: closed again if the rule did nothing.
+    opened: dict[str, str] = dataclasses.field(default_factory=dict)
     gone: set = dataclasses.field(default_factory=set)
 
 
@@ -64,14 +68,17 @@ class Executor:
         self.shared = shared
         self.retry = retry or RetryPolicy()
         self.coalesce_seconds = coalesce_seconds
+        self._cordon_lock = threading.Lock()
 
     def execute(self, plan: Plan, prior: Mapping[int, Result] | None = None,
                 record: Callable[[int, ActionReport], None] | None = None,
-                coalesce: bool = True) -> list[ActionReport]:
+                coalesce: bool = True,
+                heartbeat: Callable[[], None] | None = None) -> list[ActionReport]:
         """Outcomes in plan order; never raises for a failed Kubernetes call.
 
         `prior` holds outcomes recorded by an earlier, interrupted attempt: those actions are
-        not run again. `record` is told each new outcome as soon as it is known."""
+        not run again. `record` is told each new outcome as soon as it is known;
+        `heartbeat` is called before each live action (the worker renews its lease)."""
         prior = prior or {}
         run = _Run(plan)
         # Coalesce first: a storm's coalesced events must not spend API requests (and the
@@ -84,6 +91,8 @@ class Executor:
             if index in prior:
                 reports.append(ActionReport(decision, self._target(run, decision), prior[index]))
                 continue
+            if heartbeat and not decision.dry_run and not decision.skip_reason:
+                heartbeat()
             report = self._decide(run, decision)
             reports.append(report)
             log_decision(plan, decision, report.target, report.result)
@@ -91,6 +100,7 @@ class Executor:
                 self.metrics.outcomes.labels(decision.action, str(report.result.outcome)).inc()
             if record:
                 record(index, report)
+        self._close_idle_windows(run, reports)
         return reports
 
     def _decide(self, run: _Run, decision: Decision) -> ActionReport:
@@ -98,9 +108,11 @@ class Executor:
         return ActionReport(decision, target, self._run_one(run, decision, target))
 
     def _target(self, run: _Run, decision: Decision) -> Target:
-        if run.pod and run.pod.node:
-            return dataclasses.replace(decision.target, node=run.pod.node)
-        return decision.target
+        pod, target = run.pod, decision.target
+        if pod and pod.exists and not container_mismatch(pod, target.container_id):
+            # Only a pod proven to be the event's own names the node and the uid to act on.
+            return dataclasses.replace(target, node=pod.node or target.node, pod_uid=pod.uid)
+        return target
 
     def _run_one(self, run: _Run, decision: Decision, target: Target) -> Result:
         if decision.skip_reason:
@@ -124,15 +136,18 @@ class Executor:
         action = self.actions[decision.action]
         if "pod" in action.needs and (target.namespace, target.pod) in run.gone:
             return Result(Outcome.SKIPPED, "pod was deleted by an earlier action")
-        try:
-            reason = self.guardrails.check(decision, target, run.pod, target.container_id) \
-                if self.guardrails else None
-        except Exception as exc:  # noqa: BLE001 - e.g. listing nodes failed
-            return Result(Outcome.FAILED, f"guardrail check failed: {api_failure(exc)}",
-                          retryable=is_retryable(exc))
-        if reason:
-            return Result(Outcome.SKIPPED, reason)
-        result = self._call(action, decision, target)
+        # Check and act under one lock for cordons: two threads must not both see room for
+        # "one more" cordon (nor both leave the last schedulable node).
+        with self._cordon_lock if decision.action == "cordon-node" else contextlib.nullcontext():
+            try:
+                reason = self.guardrails.check(decision, target, run.pod, target.container_id) \
+                    if self.guardrails else None
+            except Exception as exc:  # noqa: BLE001 - e.g. listing nodes failed
+                return Result(Outcome.FAILED, f"guardrail check failed: {api_failure(exc)}",
+                              retryable=is_retryable(exc))
+            if reason:
+                return Result(Outcome.SKIPPED, reason)
+            result = self._call(action, decision, target)
         if not action.object_survives and result.outcome in (Outcome.DONE, Outcome.ALREADY_DONE):
             run.gone.add((target.namespace, target.pod))
         return result
@@ -175,14 +190,37 @@ class Executor:
         seconds = self.coalesce_seconds()
         for index, decision in enumerate(run.plan.decisions):
             rule = decision.table_rule
-            if decision.skip_reason or rule in run.coalesced or seconds <= 0 or index in prior:
+            # Dry-run and idle decisions open no window: they must not hide a real response.
+            if (decision.skip_reason or decision.dry_run or self.actions is None
+                    or rule in run.coalesced or seconds <= 0 or index in prior):
                 continue
             t = decision.target
             key = f"{rule}|{t.namespace}|{t.pod or t.node}"
-            count = self.shared.open_window(key, seconds, run.plan.event.uuid)
+            try:
+                count = self.shared.open_window(key, seconds, run.plan.event.uuid)
+            except Exception as exc:  # noqa: BLE001 - e.g. Redis down: act rather than drop
+                logger.warning("coalescing unavailable (%s); acting on event %s",
+                               type(exc).__name__, run.plan.event.uuid)
+                count = 1
             run.coalesced[rule] = count
+            if count == 1:
+                run.opened[rule] = key
         # Only rules whose window was already open are coalesced; count 1 means "run".
         run.coalesced = {rule: n for rule, n in run.coalesced.items() if n > 1}
+
+    def _close_idle_windows(self, run: _Run, reports: list[ActionReport]) -> None:
+        """A window whose opener did nothing (every action skipped or finally failed, e.g. a
+        stale or forged event whose container is not in the pod) must not swallow the
+        genuine events after it."""
+        for rule, key in run.opened.items():
+            results = [r.result for r in reports if r.decision.table_rule == rule]
+            if all(r.outcome is Outcome.SKIPPED or (r.outcome is Outcome.FAILED
+                                                    and not r.retryable) for r in results):
+                try:
+                    self.shared.close_window(key, run.plan.event.uuid)
+                except Exception as exc:  # noqa: BLE001 - the window then just runs out
+                    logger.warning("cannot close coalescing window %s: %s", key,
+                                   type(exc).__name__)
 
 
 def log_decision(plan: Plan, decision: Decision, target: Target, result: Result) -> None:

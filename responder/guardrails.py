@@ -50,6 +50,13 @@ def read_pod(core: CoreV1Api, target: Target, timeout: float) -> PodFacts:
     )
 
 
+def container_mismatch(pod: PodFacts, container_id: str | None) -> bool:
+    """True when the event names a container that is not one of this pod's: the name now
+    belongs to another pod (recreated), or the event is stale or forged."""
+    return bool(container_id) and container_id != "host" and not any(
+        c.startswith(container_id) for c in pod.container_ids)
+
+
 class Guardrails:
     """Decides whether an action may run now; a reason string means skip it."""
 
@@ -71,6 +78,9 @@ class Guardrails:
             reason = self._pod_reason(decision, target, pod, container_id)
             if reason:
                 return reason
+        elif pod is not None and pod.exists and container_mismatch(pod, container_id):
+            # A node taken from a pod that is not the event's would be the wrong node.
+            return f"container not in pod (container.id {container_id} is not one of its own)"
         if decision.action == "delete-pod":
             return self._deletion_limit(target, pod)
         if decision.action == "cordon-node":
@@ -79,11 +89,12 @@ class Guardrails:
 
     def _pod_reason(self, decision: Decision, target: Target, pod: PodFacts | None,
                     container_id: str | None) -> str | None:
-        if (target.namespace, target.pod) == self.own_pod:
+        own_namespace, own_name = self.own_pod
+        if own_name and target.pod == own_name and own_namespace in (None, target.namespace):
             return "the responder's own pod"
         if pod is None or not pod.exists:
             return None  # the action itself reports "already gone" / "no longer exists"
-        if container_id and not any(c.startswith(container_id) for c in pod.container_ids):
+        if container_mismatch(pod, container_id):
             # A recreated pod with the same name, or a forged event: never act on it.
             return f"container not in pod (container.id {container_id} is not one of its own)"
         if (decision.action == "delete-pod" and "DaemonSet" in pod.owner_kinds

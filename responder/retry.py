@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+import redis
 import tenacity
 import urllib3
 from kubernetes.client.exceptions import ApiException
@@ -19,7 +20,9 @@ def is_retryable(exc: BaseException) -> bool:
     """Conflicts, throttling, server errors and connection failures pass; 4xx refusals don't."""
     if isinstance(exc, ApiException):
         return (exc.status or 0) in RETRYABLE_STATUSES
-    return isinstance(exc, urllib3.exceptions.HTTPError | OSError)
+    # Redis (shared limits, the request throttle) being unreachable is an outage, too.
+    return isinstance(exc, urllib3.exceptions.HTTPError | OSError | redis.exceptions.ConnectionError
+                      | redis.exceptions.TimeoutError)
 
 
 def retry_after(exc: BaseException | None) -> float | None:

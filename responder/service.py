@@ -23,6 +23,7 @@ from .store import EventStore
 from .table import Table
 
 logger = logging.getLogger(__name__)
+MAX_RULE_LABELS = 500  # Falco's default rules number about 80; plugins add a few dozen
 
 
 class Responder:
@@ -35,6 +36,7 @@ class Responder:
         self.settings = settings
         self.registry = registry
         self.metrics = metrics or Metrics()
+        self._rule_labels: set[str] = set()
         self.table = table
         self.store = store
         self.shared = shared
@@ -90,7 +92,16 @@ class Responder:
         return reply_body(plan, reports)
 
     def count_received(self, event: Event) -> None:
-        self.metrics.events.labels(event.rule, event.priority.label, event.source).inc()
+        self.metrics.events.labels(self._rule_label(event.rule), event.priority.label,
+                                   event.source[:32]).inc()
+
+    def _rule_label(self, rule: str) -> str:
+        # Rule names come from the sender: past a bound, new ones share one series, so
+        # nobody can grow the metrics without limit.
+        if rule in self._rule_labels or len(self._rule_labels) < MAX_RULE_LABELS:
+            self._rule_labels.add(rule)
+            return rule
+        return "other"
 
     def after_actions(self, plan: Plan, reports: list[ActionReport]) -> None:
         """Tell people (Slack) and the cluster (Events) what was done. Never raises."""

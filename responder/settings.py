@@ -13,6 +13,7 @@ from .errors import ConfigError
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 KUBE_MODES = ("auto", "in-cluster", "kubeconfig", "none")
 LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 INTAKES = ("queue", "inline")
 WORKER_MODES = ("thread", "off")
 DROP_POLICIES = ("drop-new", "drop-oldest")
@@ -110,11 +111,17 @@ class Settings:
     def validate(self) -> None:
         for env, value, allowed in (("RESPONDER_LOG_FORMAT", self.log_format, LOG_FORMATS),
                                     ("RESPONDER_KUBE_CONFIG", self.kube_mode, KUBE_MODES),
+                                    ("RESPONDER_LOG_LEVEL", self.log_level, LOG_LEVELS),
                                     ("RESPONDER_INTAKE", self.intake, INTAKES),
                                     ("RESPONDER_WORKER", self.worker, WORKER_MODES),
                                     ("RESPONDER_DROP_POLICY", self.drop_policy, DROP_POLICIES)):
             if value not in allowed:
                 raise ConfigError(f"{env}: must be one of {', '.join(allowed)}")
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://",
+                                                             "unix://")):
+            # The URL may hold a password: never echo it.
+            raise ConfigError("RESPONDER_REDIS_URL: must start with redis://, rediss:// or "
+                              "unix://")
         if not 0 < self.port < 65536:
             raise ConfigError("RESPONDER_PORT: must be between 1 and 65535")
         if self.max_body_bytes < 1024:
@@ -207,6 +214,8 @@ def _read_secret(env: str, path: str) -> str:
         value = Path(path).read_text("utf-8").strip()
     except OSError as exc:
         raise ConfigError(f"{env}: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{env}: {path} is not UTF-8 text") from None
     if not value:
         raise ConfigError(f"{env}: {path} is empty")
     return value

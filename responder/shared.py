@@ -22,6 +22,9 @@ class SharedState(Protocol):
         `member` (an event's idempotency key) is the one that opened it: a retried event
         is never coalesced into its own window."""
 
+    def close_window(self, key: str, member: str) -> None:
+        """End `key`'s window early if `member` opened it (its response did nothing)."""
+
     def take_token(self, name: str, rate: float, burst: float) -> float:
         """0 when a token was taken from the bucket, else seconds to wait for one."""
 
@@ -45,6 +48,9 @@ class LocalState:
 
     def open_window(self, key: str, seconds: float, member: str | None = None) -> int:
         return self.store.open_window(key, seconds, member)
+
+    def close_window(self, key: str, member: str) -> None:
+        self.store.close_window(key, member)
 
     def take_token(self, name: str, rate: float, burst: float) -> float:
         return self.store.take_token(name, rate, burst)
@@ -91,6 +97,13 @@ return redis.call('HINCRBY', KEYS[1], 'count', 1)
 """
 
 
+# KEYS[1] coalescing hash; ARGV[1] member: delete the window only if that member opened it.
+_CLOSE_WINDOW = """
+if redis.call('HGET', KEYS[1], 'opener') == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
 class RedisState:
     """Every replica pointing at the same Redis acts once per key/window/bucket."""
 
@@ -102,6 +115,7 @@ class RedisState:
         self._bucket = self.redis.register_script(_TOKEN_BUCKET)
         self._sliding = self.redis.register_script(_SLIDING_WINDOW)
         self._window = self.redis.register_script(_WINDOW)
+        self._close = self.redis.register_script(_CLOSE_WINDOW)
 
     def first_seen(self, key: str, seconds: float) -> bool:
         return bool(self.redis.set(f"{self.prefix}seen:{key}", 1, nx=True,
@@ -109,6 +123,9 @@ class RedisState:
 
     def forget(self, key: str) -> None:
         self.redis.delete(f"{self.prefix}seen:{key}")
+
+    def close_window(self, key: str, member: str) -> None:
+        self._close(keys=[f"{self.prefix}coalesce:{key}"], args=[member])
 
     def open_window(self, key: str, seconds: float, member: str | None = None) -> int:
         # "coalesce:", not the former "window:" counters: a different Redis type.

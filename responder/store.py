@@ -60,7 +60,6 @@ CREATE TABLE IF NOT EXISTS limit_hits (name TEXT NOT NULL, member TEXT NOT NULL,
                                        at REAL NOT NULL, PRIMARY KEY (name, member));
 CREATE INDEX IF NOT EXISTS limit_hits_by_time ON limit_hits (name, at);
 """
-DROP_POLICIES = ("drop-new", "drop-oldest")
 _DUE = ("SELECT id FROM events WHERE (state = 'pending' AND not_before <= ?) "
         "OR (state = 'running' AND lease_until < ?)")
 # Waits for the write lock, in seconds: SQLite's own busy handler sleeps 1, 2, 5, 10 ... ms,
@@ -278,6 +277,10 @@ class EventStore:
                 return 1
             conn.execute("UPDATE coalescing SET count = count + 1 WHERE key = ?", (key,))
             return row[1] + 1
+
+    def close_window(self, key: str, member: str) -> None:
+        with self._tx() as conn:
+            conn.execute("DELETE FROM coalescing WHERE key = ? AND opener = ?", (key, member))
 
     def allow_in_window(self, name: str, limit: int, seconds: float,
                         member: str | None = None) -> bool:

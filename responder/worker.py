@@ -17,6 +17,30 @@ logger = logging.getLogger(__name__)
 LEASE_SECONDS = 60.0
 
 
+def decision_slots(plan) -> list[str]:
+    """A name for each decision that survives a table reload between two tries: table rule,
+    action, and which of that rule's uses of the action it is (not its place in the plan)."""
+    seen: dict[tuple[str, str], int] = {}
+    slots = []
+    for decision in plan.decisions:
+        key = (decision.table_rule, decision.action)
+        seen[key] = seen.get(key, 0) + 1
+        slots.append(f"{decision.table_rule}:{decision.action}#{seen[key]}")
+    return slots
+
+
+def prior_results(plan, recorded) -> dict[int, Result]:
+    """Outcomes of an earlier try, placed by slot: an action the current table no longer
+    asks for is dropped, one it now asks for in another place is still not repeated."""
+    index_of = {slot: i for i, slot in enumerate(decision_slots(plan))}
+    prior = {}
+    for stored in recorded:
+        index = index_of.get(stored.get("slot"))
+        if index is not None:
+            prior[index] = Result(Outcome(stored["outcome"]), stored.get("reason"))
+    return prior
+
+
 def touched_cluster(report: ActionReport) -> bool:
     """Whether an outcome came from a live action (as opposed to dry-run, a plan-time skip
     or coalescing, which the same table and event reproduce exactly)."""
@@ -50,7 +74,11 @@ class Worker:
             for item in claimed:
                 if not self.store.still_ours(item, self.lease_seconds):
                     continue  # its lease ran out while earlier ones ran: another worker has it
-                self.process(item)
+                try:
+                    self.process(item)
+                except Exception as exc:  # noqa: BLE001 - one event must not stall the batch
+                    logger.exception("event %s: processing failed", item.key)
+                    self._give_back(item, f"{type(exc).__name__} while processing")
                 handled += 1
         return handled
 
@@ -63,23 +91,25 @@ class Worker:
         if item.attempts == 1:
             log_received(event)  # the audit record, once, as the event leaves the queue
         plan = self.responder.plan(event)
-        prior = {i: Result(Outcome(d["outcome"]), d.get("reason"))
-                 for i, d in self.store.recorded(item.id).items()}
+        prior = prior_results(plan, self.store.recorded(item.id).values())
         last_try = item.attempts >= self.max_attempts
         deferred: dict[int, dict] = {}
 
         def record(index: int, report: ActionReport) -> None:
             if report.result.retryable and not last_try:
                 return  # a transient failure is not final unless this was the last try
+            stored = {**report.to_dict(), "slot": slots[index]}
             if touched_cluster(report):
                 # Durable at once: after a crash this action must not run again.
-                self.store.record(item.id, index, report.to_dict(), self.lease_seconds)
+                self.store.record(item.id, index, stored, self.lease_seconds)
             else:
-                deferred[index] = report.to_dict()  # recomputed identically if lost
+                deferred[index] = stored  # recomputed identically if lost
 
         # Coalescing on every try: a window knows the event that opened it, so a retry (or a
         # restart after a crash) acts for the opener and stays coalesced for the others.
-        reports = self.responder.executor.execute(plan, prior, record)
+        slots = decision_slots(plan)
+        reports = self.responder.executor.execute(
+            plan, prior, record, heartbeat=lambda: self.store.renew(item.id, self.lease_seconds))
         transient = [r for r in reports if r.result.retryable]
         if transient and not last_try:
             self._retry_later(item, transient[0].result.reason or "transient failure")
@@ -87,6 +117,14 @@ class Worker:
         failed = any(r.result.outcome is Outcome.FAILED for r in reports)
         self.store.finish(item.id, "failed" if failed else "done", outcomes=deferred)
         self.responder.after_actions(plan, reports)
+
+    def _give_back(self, item: Claimed, reason: str) -> None:
+        """After an unexpected error: retry later, or fail for good on the last attempt, so
+        RESPONDER_MAX_ATTEMPTS bounds even a bug's retries."""
+        if item.attempts >= self.max_attempts:
+            self.store.finish(item.id, "failed", reason)
+        else:
+            self._retry_later(item, reason)
 
     def _retry_later(self, item: Claimed, reason: str) -> None:
         delay = random.uniform(0.5, 1.0) * min(60.0, 2.0 ** (item.attempts - 1))

@@ -155,6 +155,11 @@ class KubeAPI:
             store[key] = merge_patch(store[key], body)
             return 200, store[key], {}
         if method == "DELETE":
+            wanted = ((body or {}).get("preconditions") or {}).get("uid")
+            if wanted and wanted != store[key]["metadata"].get("uid"):
+                return 409, status_body(409, f"Precondition failed: UID in precondition: "
+                                        f"{wanted}, UID in object meta: "
+                                        f"{store[key]['metadata'].get('uid')}"), {}
             return 200, store.pop(key), {}
         return 405, status_body(405, "method not allowed"), {}
 

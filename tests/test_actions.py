@@ -52,13 +52,14 @@ def outcomes(reply):
 
 
 def test_armed_rule_labels_deletes_and_cordons_with_exact_requests(kube, armed):
+    pod_uid = kube.api.pods[("shop", "web")]["metadata"]["uid"]
     reply = post(armed, netcat_event())
     assert outcomes(reply) == [("label-pod", "done", None), ("delete-pod", "done", None),
                                ("cordon-node", "done", None)]
     actions = [m for m in kube.api.mutations() if not m[1].endswith("/events")]
     assert actions == [
         ("PATCH", POD, {"metadata": {"labels": {"quarantine": "true"}}}),
-        ("DELETE", POD, {"gracePeriodSeconds": 0}),
+        ("DELETE", POD, {"gracePeriodSeconds": 0, "preconditions": {"uid": pod_uid}}),
         ("PATCH", NODE, {"spec": {"unschedulable": True}}),
     ]
     patches = [c for c in kube.api.calls if c.method == "PATCH"]

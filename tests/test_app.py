@@ -29,10 +29,11 @@ def app_client(app):
 
 
 def comparable(decisions):
-    """HTTP decisions in replay's shape: no table_rule/dry_run keys, no would-run reason."""
+    """HTTP decisions in replay's shape: no table_rule/dry_run/slot keys, no would-run
+    reason."""
     out = []
     for d in decisions:
-        d = {k: v for k, v in d.items() if k not in ("table_rule", "dry_run")}
+        d = {k: v for k, v in d.items() if k not in ("table_rule", "dry_run", "slot")}
         if d["outcome"] == "would-run":
             d.pop("reason", None)
         out.append(d)

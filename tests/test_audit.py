@@ -48,6 +48,10 @@ def recorder(core):
     return EventRecorder(core, timeout=5, instance="responder-7d9f-abcde", now=lambda: NOW)
 
 
+# The pod's own container, as the runtime reports it: Falco's "abc123" is its prefix.
+OWN_CONTAINER = "abc123" + "0" * 58
+
+
 @pytest.fixture
 def respond(kube, core, make_table, registry):
     """Run the armed table against the test server and return the action reports."""
@@ -67,7 +71,7 @@ def report(outcome, dry_run=False, involved=None, reason=None):
 
 
 def test_deleted_pod_gets_an_event_with_its_uid(kube, recorder, respond):
-    pod = kube.api.add_pod("prod", "web-1", node="node-1")
+    pod = kube.api.add_pod("prod", "web-1", node="node-1", container_ids=(OWN_CONTAINER,))
     event = shell_event()
     delete, _cordon = respond(event)
     assert recorder.record(event, delete) is True
@@ -95,7 +99,7 @@ def test_deleted_pod_gets_an_event_with_its_uid(kube, recorder, respond):
 
 
 def test_cordoned_node_gets_an_event_in_the_default_namespace(kube, recorder, respond):
-    kube.api.add_pod("prod", "web-1", node="node-1")
+    kube.api.add_pod("prod", "web-1", node="node-1", container_ids=(OWN_CONTAINER,))
     node_uid = kube.api.nodes["node-1"]["metadata"]["uid"]
     event = shell_event()
     _delete, cordon = respond(event)
@@ -153,7 +157,7 @@ def test_unreachable_api_is_logged_and_never_raises(caplog, monkeypatch):
 
 
 def test_record_all_counts_the_events_created(kube, recorder, respond):
-    kube.api.add_pod("prod", "web-1", node="node-1")
+    kube.api.add_pod("prod", "web-1", node="node-1", container_ids=(OWN_CONTAINER,))
     event = shell_event()
     assert recorder.record_all(event, respond(event)) == 2
     assert [e["action"] for e in kube.api.events] == ["delete-pod", "cordon-node"]

@@ -21,6 +21,8 @@ class Target:
     pod: str | None = None
     node: str | None = None
     container_id: str | None = None
+    #: The uid of the pod verified to be the event's, when it was read before acting.
+    pod_uid: str | None = None
 
     def describe(self, keys: Iterable[str]) -> dict[str, str]:
         """The named parts that are known, for output and logs."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from kubernetes.client import V1DeleteOptions
+from kubernetes.client import V1DeleteOptions, V1Preconditions
 from kubernetes.client.exceptions import ApiException
 
 from .base import Action, Outcome, Param, Rbac, Result, Target, object_ref
@@ -35,7 +35,11 @@ class DeletePod(Action):
     object_survives = False
 
     def run(self, target: Target, params: Mapping[str, Any]) -> Result:
-        body = V1DeleteOptions(grace_period_seconds=params.get("grace_period_seconds"))
+        # With the uid of the pod the guardrails verified, a pod recreated under the same name
+        # in the meantime (a StatefulSet's, say) is never the one deleted.
+        preconditions = V1Preconditions(uid=target.pod_uid) if target.pod_uid else None
+        body = V1DeleteOptions(grace_period_seconds=params.get("grace_period_seconds"),
+                               preconditions=preconditions)
         try:
             pod = self.core.delete_namespaced_pod(
                 target.pod, target.namespace, body=body,
@@ -43,6 +47,8 @@ class DeletePod(Action):
         except ApiException as exc:
             if exc.status == 404:
                 return Result(Outcome.ALREADY_DONE, "already gone")
+            if exc.status == 409 and "precondition" in (exc.body or "").lower():
+                return Result(Outcome.SKIPPED, "pod was replaced since the event (uid changed)")
             raise
         return Result(Outcome.DONE, involved=object_ref(pod))
 
