@@ -7,6 +7,9 @@ import time
 import pytest
 from kubernetes import client
 
+from .netcat import FULL_CID
+from .netcat import netcat_event as base_netcat_event
+
 ARMED = """
 defaults: {dry_run: false, protected_namespaces: [kube-system]}
 rules:
@@ -19,17 +22,12 @@ rules:
         params: {grace_period_seconds: 0}
       - action: cordon-node
 """
-CID = "0123456789ab"
-FULL_CID = CID + "cd" * 26
 POD = "/api/v1/namespaces/shop/pods/web"
 NODE = "/api/v1/nodes/node-a"
 
 
 def netcat_event(**fields):
-    return {"uuid": "u-1", "rule": "Netcat Remote Code Execution in Container",
-            "priority": "Warning", "source": "syscall", "hostname": "falco-host",
-            "output_fields": {"k8s.ns.name": "shop", "k8s.pod.name": "web",
-                              "container.id": CID, **fields}}
+    return base_netcat_event(hostname="falco-host", **fields)
 
 
 @pytest.fixture

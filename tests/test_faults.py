@@ -18,27 +18,11 @@ import requests
 
 from responder.notify import SlackConfig
 
+from .netcat import FULL_CID, delete_pod_table, netcat_event
 from .serving import free_port
 from .slackserver import SlackServer
 
-CID = "0123456789ab"
-FULL_CID = CID + "cd" * 26
-DELETE_POD = """
-defaults: {dry_run: false, max_pod_deletions_per_minute: 1000}
-rules:
-  - name: kill-reverse-shells
-    match: {rules: ["Netcat Remote Code Execution in Container"]}
-    actions:
-      - action: delete-pod
-        params: {grace_period_seconds: 0}
-"""
 FINISHED = ("done", "failed")
-
-
-def netcat_event(uuid: str, pod: str) -> dict:
-    return {"uuid": uuid, "rule": "Netcat Remote Code Execution in Container",
-            "priority": "Warning", "source": "syscall", "hostname": "node-a",
-            "output_fields": {"k8s.ns.name": "shop", "k8s.pod.name": pod, "container.id": CID}}
 
 
 def pod_path(pod: str) -> str:
@@ -103,7 +87,7 @@ def metric(app, line_start: str) -> float:
 
 @pytest.fixture
 def table(make_table):
-    return make_table(DELETE_POD)
+    return make_table(delete_pod_table())
 
 
 # --- the Kubernetes API down, then back -----------------------------------------------------
@@ -179,7 +163,7 @@ def test_retries_do_not_use_up_the_pod_deletion_limit(kube, make_table, make_app
     pods = add_pods(kube, 3)
     for pod in pods:  # every DELETE of the first attempt fails; the second attempt succeeds
         kube.api.fail("DELETE", pod_path(pod), 503, "etcd leader election", times=4)
-    table = make_table(DELETE_POD.replace("1000", "3"))
+    table = make_table(delete_pod_table(3))
     app = make_app(table, api_client=kube.api_client(), namespace="falco-responder")
     uuids = post_events(app.test_client(), pods)
 
@@ -262,7 +246,7 @@ def test_worker_killed_mid_queue_resumes_on_restart_without_acting_twice(kube, t
     pods = add_pods(kube, 50)
     kube.api.delay = 0.04  # a slow API server, so the queue is still full at the kill
     table = tmp_path / "actions.yaml"
-    table.write_text(DELETE_POD)
+    table.write_text(delete_pod_table())
     env = {"RESPONDER_STATE_DIR": str(tmp_path / "state"), "RESPONDER_ACTIONS_FILE": str(table),
            "RESPONDER_KUBE_CONFIG": "kubeconfig",
            "KUBECONFIG": str(kubeconfig(tmp_path / "kubeconfig", kube.url)),

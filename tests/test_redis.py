@@ -12,19 +12,8 @@ import pytest
 
 from responder.shared import RedisState
 
+from .netcat import FULL_CID, delete_pod_table, netcat_event
 from .redisserver import RedisServer
-
-CID = "0123456789ab"
-FULL_CID = CID + "cd" * 26
-DELETE_ONLY = """
-defaults: {dry_run: false, max_pod_deletions_per_minute: %d}
-rules:
-  - name: kill-reverse-shells
-    match: {rules: ["Netcat Remote Code Execution in Container"]}
-    actions:
-      - action: delete-pod
-        params: {grace_period_seconds: 0}
-"""
 
 
 @pytest.fixture(scope="module")
@@ -159,13 +148,6 @@ def test_prefix_keeps_deployments_apart(redis_url):
 
 
 # --- two replicas behind one Service --------------------------------------------------------
-def netcat_event(uuid, pod="web", namespace="shop"):
-    return {"uuid": uuid, "rule": "Netcat Remote Code Execution in Container",
-            "priority": "Warning", "source": "syscall", "hostname": "node-a",
-            "output_fields": {"k8s.ns.name": namespace, "k8s.pod.name": pod,
-                              "container.id": CID}}
-
-
 @pytest.fixture
 def replicas(kube, make_table, make_app, redis_url):
     """Two apps, each with its own journal and API client, sharing one Redis."""
@@ -173,7 +155,7 @@ def replicas(kube, make_table, make_app, redis_url):
     kube.api.add_node("node-b")
 
     def make(deletions_per_minute=10):
-        table = make_table(DELETE_ONLY % deletions_per_minute)
+        table = make_table(delete_pod_table(deletions_per_minute))
         return [make_app(table, api_client=kube.api_client(), redis_url=redis_url,
                          namespace="falco-responder") for _ in range(2)]
     return make
@@ -267,7 +249,7 @@ def test_replicas_share_the_kubernetes_rate_limit(kube, replicas, redis_url):
 
 def test_an_event_dropped_by_a_full_replica_is_accepted_when_resent(kube, make_table,
                                                                      make_app, redis_url):
-    table = make_table(DELETE_ONLY % 10)
+    table = make_table(delete_pod_table(10))
     full = make_app(table, api_client=kube.api_client(), redis_url=redis_url, max_pending=1)
     roomy = make_app(table, api_client=kube.api_client(), redis_url=redis_url)
     assert post_split([full], [netcat_event("first")]) == ["queued"]
