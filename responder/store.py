@@ -136,13 +136,16 @@ class EventStore:
         """Record an event durably unless its key is known; honour the cap's drop policy."""
         conn = self._conn()
         with self._tx(conn):
+            # The common case in one statement: a new key, with room in the queue.
+            if conn.execute("INSERT OR IGNORE INTO events (key, body, received) SELECT ?, ?, ? "
+                            "WHERE (SELECT n FROM depth) < ?",
+                            (key, body, self.clock(), self.max_pending)).rowcount:
+                return Added("queued")
             if conn.execute("SELECT 1 FROM events WHERE key = ?", (key,)).fetchone():
                 return Added("duplicate")
-            dropped = None
-            if self.pending() >= self.max_pending:
-                if self.drop_policy == "drop-new":
-                    return Added("dropped", key)
-                dropped = self._drop_oldest(conn)
+            if self.drop_policy == "drop-new":
+                return Added("dropped", key)
+            dropped = self._drop_oldest(conn)
             conn.execute("INSERT INTO events (key, body, received) VALUES (?, ?, ?)",
                          (key, body, self.clock()))
         return Added("queued", dropped)
