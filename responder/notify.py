@@ -11,7 +11,6 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any, Protocol
 from urllib.error import URLError
 
@@ -30,6 +29,7 @@ from .decisions import resolve_target
 from .errors import ConfigError
 from .events import Event, Priority
 from .executor import ActionReport
+from .settings import read_secret_file
 from .table import Table
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,6 @@ MASK = "***"
 ACTED = frozenset({Outcome.DONE, Outcome.ALREADY_DONE, Outcome.FAILED})
 # Coalesced events notify too, so a storm's message can carry its count.
 NOTIFIABLE = ACTED | {Outcome.COALESCED}
-SEND_RESULTS = ("sent", "updated", "failed", "dropped", "aggregated")
 
 
 # --- configuration ---------------------------------------------------------------------
@@ -157,14 +156,7 @@ def read_secret(env: Mapping[str, str], name: str) -> str | None:
         raise ConfigError(f"{name} and {name}_FILE: set one, not both")
     if path is None:
         return value.strip() if value is not None else None
-    try:
-        text = Path(path).read_text("utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise ConfigError(f"{name}_FILE: cannot read {path}: {reason}") from None
-    if not text:
-        raise ConfigError(f"{name}_FILE: {path} is empty")
-    return text
+    return read_secret_file(f"{name}_FILE", path)
 
 
 def _value(env: Mapping[str, str], name: str) -> str | None:

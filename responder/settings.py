@@ -139,7 +139,7 @@ class Settings:
     def token(self) -> str | None:
         """The bearer token, from the variable or the file; None when token auth is off."""
         if self.auth_token_file:
-            return _read_secret("RESPONDER_AUTH_TOKEN_FILE", self.auth_token_file)
+            return read_secret_file("RESPONDER_AUTH_TOKEN_FILE", self.auth_token_file)
         return self.auth_token
 
     def describe(self) -> dict[str, Any]:
@@ -209,7 +209,8 @@ def _check_readable(settings: Settings, name: str) -> None:
         raise ConfigError(f"{env}: cannot read {path}")
 
 
-def _read_secret(env: str, path: str) -> str:
+def read_secret_file(env: str, path: str) -> str:
+    """The stripped text of a mounted secret file; ConfigError (naming `env`) otherwise."""
     try:
         value = Path(path).read_text("utf-8").strip()
     except OSError as exc:
