@@ -24,6 +24,7 @@ from .reload import TableReloader
 from .service import Responder
 from .settings import Settings
 from .shared import LocalState, RedisState
+from .spool import SpoolWriter
 from .store import EventStore
 from .table import Table, load_table
 from .worker import Worker
@@ -58,21 +59,29 @@ def create_app(settings: Settings | None = None, *, table: Table | None = None,
         if slack else None
     responder = Responder(settings, table, registry, api_client, metrics=metrics, store=store,
                           shared=shared, notifier=notifier)
+    spool_dir = store.path.parent / "spool"
     worker = Worker(responder, store, settings.max_attempts, sync_seconds=settings.sync_seconds,
                     retention_seconds=settings.retention_seconds,
-                    lease_seconds=settings.lease_seconds)
-    metrics.watch_queue(store.pending, store.oldest_pending_age)
+                    lease_seconds=settings.lease_seconds, spool_dir=spool_dir)
     log_startup(responder, where, slack_status(slack))
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.extensions.update(responder=responder, worker=worker, store=store,
+    app.extensions.update(responder=responder, worker=worker, store=store, spool=None,
                           reloader=_start_reloader(settings, responder))
+    metrics.watch_queue(store.pending, store.oldest_pending_age)
     intake = None
     if settings.intake == "queue":
-        intake = Intake(responder, store, shared, worker.wake, settings.retention_seconds)
-        if start_worker and settings.worker == "thread":
-            worker.start()
+        spool = app.extensions["spool"] = SpoolWriter(spool_dir)
+        intake = Intake(responder, store, spool, shared, worker.wake,
+                        settings.retention_seconds)
+        # Depth counts what this process spooled and the worker has not yet taken in.
+        metrics.watch_queue(lambda: store.pending() + spool.backlog(store.spooled_records),
+                            store.oldest_pending_age)
+        if start_worker:
+            spool.start_sync(settings.sync_seconds)
+            if settings.worker == "thread":
+                worker.start()
     _add_auth(app, settings, responder.metrics)
     _add_routes(app, responder, intake)
     _add_health_routes(app, responder)
@@ -83,6 +92,8 @@ def create_app(settings: Settings | None = None, *, table: Table | None = None,
 def shutdown(app: Flask, timeout: float = 10.0) -> None:
     """Stop background threads, send what Slack still owes, close the journal."""
     ext = app.extensions
+    if ext["spool"]:
+        ext["spool"].close()  # flushed: what was answered 202 is on disk
     ext["worker"].stop(timeout)
     if ext["reloader"]:
         ext["reloader"].stop()
@@ -147,6 +158,10 @@ def _add_routes(app: Flask, responder: Responder, intake: Intake | None) -> None
     @app.get("/events/<uuid>", endpoint="event_status")
     def event_status(uuid: str) -> tuple[Response, int]:
         status = responder.store.status(uuid)
+        if status is None and intake is not None and intake.known(uuid):
+            # Spooled, not yet taken into the queue by the worker.
+            status = {"uuid": uuid, "state": "received", "attempts": 0, "error": None,
+                      "decisions": []}
         if status is None:
             return jsonify({"error": f"no event {uuid} (never received, or past retention)"}), 404
         return jsonify(status), 200

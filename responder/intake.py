@@ -1,52 +1,93 @@
-"""The request path of the queued intake: validate, record durably, answer 202. No actions."""
+"""The request path of the queued intake: validate, append to the spool, answer 202."""
 
 from __future__ import annotations
 
 import json
 import logging
 import threading
+import time
+from collections import OrderedDict
 from typing import Any
 
 from .events import parse_event
 from .service import Responder, queued_body
 from .shared import SharedState
+from .spool import SpoolWriter
 from .store import EventStore
 
 logger = logging.getLogger(__name__)
+RECENT_KEYS = 10_000
+# How stale the queue depth behind the cap check may be; near the cap it is read afresh.
+DEPTH_CHECK_SECONDS = 0.25
 
 
 class Intake:
     """Falcosidekick drops an event on any answer but 2xx and never retries, so nothing here
-    answers 429/503 for load: past the cap the drop policy applies, counted and logged."""
+    answers 429/503 for load: past the cap the drop policy applies, counted and logged.
 
-    def __init__(self, responder: Responder, store: EventStore, shared: SharedState,
-                 wake: threading.Event, dedupe_seconds: float):
+    The event is durable once appended to the spool (a process crash cannot lose it); the
+    worker takes it into the journal, where its key is deduplicated for good."""
+
+    def __init__(self, responder: Responder, store: EventStore, spool: SpoolWriter,
+                 shared: SharedState, wake: threading.Event, dedupe_seconds: float):
         self.responder = responder
         self.store = store
+        self.spool = spool
         self.shared = shared
         self.wake = wake
         self.dedupe_seconds = dedupe_seconds
+        self._lock = threading.Lock()
+        # Keys accepted here lately: a resend is answered "duplicate", and its status is
+        # known before the worker has taken it in.
+        self._recent: OrderedDict[str, None] = OrderedDict()
+        self._depth = 0  # journal depth plus our spool backlog, when last read
+        self._depth_read = float("-inf")
+        self._since_read = 0  # events spooled since then
 
     def accept(self, body: bytes, content_type: str) -> dict[str, Any]:
-        """Record one event (EventError on bad input) and say what the table plans for it."""
+        """Spool one event (EventError on bad input) and say what happened to it."""
         event = parse_event(body, content_type)
         self.responder.count_received(event)
         if content_type.startswith("application/cloudevents+json"):
             body = json.dumps(event.raw).encode("utf-8")  # store the unwrapped event
-        if not self._first_seen(event.uuid):
-            status = "duplicate"  # another replica already has it
+        if self.known(event.uuid) or not self._first_seen(event.uuid):
+            status = "duplicate"  # here lately, or another replica already has it
+        elif self._full():
+            status = "dropped"
+            logger.error("queue full (%d unfinished events): dropped event %s (policy "
+                         "drop-new)", self.store.max_pending, event.uuid)
+            self._forget(event.uuid)
         else:
-            added = self.store.add(event.uuid, body)
-            status = added.status
-            if added.status == "dropped" or added.dropped_key:
-                logger.error("queue full (%d unfinished events): dropped event %s (policy %s)",
-                             self.store.max_pending, added.dropped_key, self.store.drop_policy)
-                self.responder.metrics.intake.labels("dropped").inc()
-                self._forget(added.dropped_key)
-        if status != "dropped":
-            self.responder.metrics.intake.labels(status).inc()
-        self.wake.set()
+            self.spool.append(event.uuid, body)
+            status = "queued"
+            self._remember(event.uuid)
+            self.wake.set()
+        self.responder.metrics.intake.labels(status).inc()
         return queued_body(event, status)
+
+    def known(self, key: str) -> bool:
+        with self._lock:
+            return key in self._recent
+
+    def _remember(self, key: str) -> None:
+        with self._lock:
+            self._recent[key] = None
+            self._since_read += 1
+            if len(self._recent) > RECENT_KEYS:
+                self._recent.popitem(last=False)
+
+    def _full(self) -> bool:
+        """drop-new only: drop-oldest makes room when the worker takes the event in."""
+        if self.store.drop_policy != "drop-new":
+            return False
+        now = time.monotonic()
+        if now - self._depth_read < DEPTH_CHECK_SECONDS and \
+                self._depth + self._since_read < self.store.max_pending:
+            return False
+        depth = self.store.pending() + self.spool.backlog(self.store.spooled_records)
+        with self._lock:
+            self._depth, self._depth_read, self._since_read = depth, now, 0
+        return depth >= self.store.max_pending
 
     def _forget(self, key: str) -> None:
         try:

@@ -59,6 +59,9 @@ CREATE TABLE IF NOT EXISTS buckets (name TEXT PRIMARY KEY, tokens REAL NOT NULL,
 CREATE TABLE IF NOT EXISTS limit_hits (name TEXT NOT NULL, member TEXT NOT NULL,
                                        at REAL NOT NULL, PRIMARY KEY (name, member));
 CREATE INDEX IF NOT EXISTS limit_hits_by_time ON limit_hits (name, at);
+-- How far each intake spool segment has been taken in, in the same commit as its events.
+CREATE TABLE IF NOT EXISTS spool_offsets (segment TEXT PRIMARY KEY, offset INTEGER NOT NULL,
+                                          records INTEGER NOT NULL);
 """
 # Due: pending and not deferred, or leased by a worker whose lease ran out (it died).
 _DUE = ("WHERE (state = 'pending' AND not_before <= ?) "
@@ -137,19 +140,54 @@ class EventStore:
         """Record an event durably unless its key is known; honour the cap's drop policy."""
         conn = self._conn()
         with self._tx(conn):
-            # The common case in one statement: a new key, with room in the queue.
-            if conn.execute("INSERT OR IGNORE INTO events (key, body, received) SELECT ?, ?, ? "
-                            "WHERE (SELECT n FROM depth) < ?",
-                            (key, body, self.clock(), self.max_pending)).rowcount:
-                return Added("queued")
-            if conn.execute("SELECT 1 FROM events WHERE key = ?", (key,)).fetchone():
-                return Added("duplicate")
-            if self.drop_policy == "drop-new":
-                return Added("dropped", key)
-            dropped = self._drop_oldest(conn)
-            conn.execute("INSERT INTO events (key, body, received) VALUES (?, ?, ?)",
-                         (key, body, self.clock()))
+            return self._insert(conn, key, body)
+
+    def _insert(self, conn: sqlite3.Connection, key: str, body: bytes) -> Added:
+        # The common case in one statement: a new key, with room in the queue.
+        if conn.execute("INSERT OR IGNORE INTO events (key, body, received) SELECT ?, ?, ? "
+                        "WHERE (SELECT n FROM depth) < ?",
+                        (key, body, self.clock(), self.max_pending)).rowcount:
+            return Added("queued")
+        if conn.execute("SELECT 1 FROM events WHERE key = ?", (key,)).fetchone():
+            return Added("duplicate")
+        if self.drop_policy == "drop-new":
+            return Added("dropped", key)
+        dropped = self._drop_oldest(conn)
+        conn.execute("INSERT INTO events (key, body, received) VALUES (?, ?, ?)",
+                     (key, body, self.clock()))
         return Added("queued", dropped)
+
+    # --- the intake spool ------------------------------------------------------------
+    def spool_offset(self, segment: str) -> int:
+        row = self._conn().execute("SELECT offset FROM spool_offsets WHERE segment = ?",
+                                   (segment,)).fetchone()
+        return row[0] if row else 0
+
+    def take_in(self, segment: str, start: int, end: int,
+                records: list[tuple[str, bytes]]) -> list[Added] | None:
+        """Insert a segment's records read from byte `start` and move its offset to `end`,
+        in one commit; None if another process took them in first."""
+        with self._tx() as conn:
+            row = conn.execute("SELECT offset FROM spool_offsets WHERE segment = ?",
+                               (segment,)).fetchone()
+            if (row[0] if row else 0) != start:
+                return None
+            added = [self._insert(conn, key, body) for key, body in records]
+            conn.execute("INSERT INTO spool_offsets VALUES (?, ?, ?) ON CONFLICT (segment) "
+                         "DO UPDATE SET offset = excluded.offset, "
+                         "records = records + excluded.records", (segment, end, len(records)))
+        return added
+
+    def spooled_records(self, segments: list[str]) -> dict[str, int]:
+        """How many records of each named segment are in the journal."""
+        marks = ",".join("?" * len(segments))
+        return dict(self._conn().execute(
+            f"SELECT segment, records FROM spool_offsets WHERE segment IN ({marks})",
+            segments).fetchall()) if segments else {}
+
+    def forget_segment(self, segment: str) -> None:
+        with self._tx() as conn:
+            conn.execute("DELETE FROM spool_offsets WHERE segment = ?", (segment,))
 
     def _drop_oldest(self, conn: sqlite3.Connection) -> str | None:
         row = conn.execute("SELECT id, key FROM events WHERE state = 'pending' "

@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 import random
 import threading
+from pathlib import Path
 
 from .actions import Outcome, Result
 from .errors import EventError
 from .events import parse_event
 from .executor import ActionReport
 from .service import Responder, log_received
-from .store import Claimed, EventStore
+from .spool import read_segment, segments, writer_gone
+from .store import Added, Claimed, EventStore
 
 logger = logging.getLogger(__name__)
 LEASE_SECONDS = 60.0
@@ -54,9 +56,11 @@ class Worker:
 
     def __init__(self, responder: Responder, store: EventStore, max_attempts: int = 20,
                  batch: int = 50, poll_seconds: float = 0.2, sync_seconds: float = 0.1,
-                 retention_seconds: float = 86400.0, lease_seconds: float = LEASE_SECONDS):
+                 retention_seconds: float = 86400.0, lease_seconds: float = LEASE_SECONDS,
+                 spool_dir: Path | None = None):
         self.responder = responder
         self.store = store
+        self.spool_dir = spool_dir
         self.max_attempts = max_attempts
         self.batch = batch
         self.poll_seconds = poll_seconds
@@ -68,8 +72,10 @@ class Worker:
         self._threads: list[threading.Thread] = []
 
     def run_pending(self) -> int:
-        """Process every event that is due now; returns how many were handled."""
+        """Take in what the intake spooled, then process every event that is due now;
+        returns how many were handled."""
         handled = 0
+        self.ingest()
         while claimed := self.store.claim(self.batch, self.lease_seconds):
             for item in claimed:
                 if not self.store.still_ours(item, self.lease_seconds):
@@ -80,7 +86,53 @@ class Worker:
                     logger.exception("event %s: processing failed", item.key)
                     self._give_back(item, f"{type(exc).__name__} while processing")
                 handled += 1
+            self.ingest()  # what arrived meanwhile joins the queue behind older events
         return handled
+
+    def ingest(self) -> int:
+        """Move spooled events into the journal (deduplicated, capped); returns how many
+        were new. Several processes may do this at once: each batch and its segment's
+        offset commit together, and a batch another process took first is skipped."""
+        if self.spool_dir is None:
+            return 0
+        new = 0
+        for path in segments(self.spool_dir):
+            final = writer_gone(path)  # asked first: a writer gone now wrote its last
+            while True:
+                start = self.store.spool_offset(path.name)
+                seg = read_segment(path, start, final, self.batch * 20)
+                if seg.end == start:
+                    break
+                added = self.store.take_in(seg.name, start, seg.end, seg.records)
+                if added is None:
+                    break  # another process is taking this segment in
+                new += self._count_taken(added)
+                if seg.at_eof:
+                    break
+            if final and self.store.spool_offset(path.name) >= _size(path):
+                path.unlink(missing_ok=True)
+                self.store.forget_segment(path.name)
+        return new
+
+    def _count_taken(self, added: list[Added]) -> int:
+        metrics = self.responder.metrics
+        for result in added:
+            if result.status == "dropped" or result.dropped_key:
+                logger.error("queue full (%d unfinished events): dropped event %s (policy %s)",
+                             self.store.max_pending, result.dropped_key, self.store.drop_policy)
+                metrics.intake.labels("dropped").inc()
+                self._forget(result.dropped_key)
+        return sum(result.status == "queued" for result in added)
+
+    def _forget(self, key: str | None) -> None:
+        """Let a resend of a dropped event count as new across replicas."""
+        if key is None or self.responder.shared is None:
+            return
+        try:
+            self.responder.shared.forget(key)
+        except Exception as exc:  # noqa: BLE001 - only costs a missed resend, say so
+            logger.warning("cannot forget dropped event %s in the shared state (%s)", key,
+                           type(exc).__name__)
 
     def process(self, item: Claimed) -> None:
         try:
@@ -167,3 +219,10 @@ class Worker:
                     self.store.prune(self.retention_seconds)
             except Exception:  # noqa: BLE001
                 logger.exception("journal housekeeping failed")
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0  # another process finished and removed it

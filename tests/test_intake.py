@@ -3,6 +3,7 @@
 import json
 import socket
 
+from responder.spool import read_segment, segments
 from responder.store import EventStore
 
 from .conftest import recorded_events
@@ -20,12 +21,19 @@ def post(app, body, **headers):
                                                             **headers})
 
 
-def test_event_is_committed_to_the_journal_before_the_202(make_app, make_table, tmp_path):
+def test_event_is_on_disk_before_the_202_and_queued_once_taken_in(make_app, make_table,
+                                                                   tmp_path):
     app = make_app(make_table(TABLE), state_dir=str(tmp_path / "j"))
     reply = post(app, event(1))
     assert reply.status_code == 202 and reply.get_json()["status"] == "queued"
-    # A second, independent connection (another process would do the same) sees the row.
-    other = EventStore(tmp_path / "j")
+    # Read from the file, as another process would: the record is whole.
+    (path,) = segments(tmp_path / "j" / "spool")
+    found = read_segment(path, 0, final=False)
+    assert [key for key, _ in found.records] == ["uuid-1"] and found.at_eof
+    assert json.loads(found.records[0][1])["uuid"] == "uuid-1"
+    assert app.test_client().get("/events/uuid-1").get_json()["state"] == "received"
+    assert app.extensions["worker"].ingest() == 1
+    other = EventStore(tmp_path / "j")  # a second, independent connection sees the row
     try:
         assert other.status("uuid-1")["state"] == "pending"
     finally:
@@ -50,6 +58,7 @@ def test_drop_new_policy_keeps_the_first_events_and_still_answers_202(make_app, 
     app = make_app(make_table(TABLE), max_pending=2, drop_policy="drop-new")
     statuses = [post(app, event(n)).get_json()["status"] for n in range(4)]
     assert statuses == ["queued", "queued", "dropped", "dropped"]
+    app.extensions["worker"].ingest()
     store = app.extensions["store"]
     assert store.status("uuid-0") and store.status("uuid-2") is None
     metrics = app.test_client().get("/metrics").get_data(as_text=True)
@@ -60,6 +69,7 @@ def test_drop_oldest_policy_gives_up_the_oldest_pending_event(make_app, make_tab
     app = make_app(make_table(TABLE), max_pending=2, drop_policy="drop-oldest")
     statuses = [post(app, event(n)).get_json()["status"] for n in range(3)]
     assert statuses == ["queued", "queued", "queued"]
+    app.extensions["worker"].ingest()  # the cap is applied as events join the queue
     store = app.extensions["store"]
     assert store.status("uuid-0")["state"] == "failed"
     assert store.status("uuid-0")["error"] == "dropped: queue full"
