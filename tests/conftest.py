@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,15 @@ def no_real_cluster(monkeypatch, tmp_path):
             monkeypatch.delenv(name)
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-such-kubeconfig"))
     monkeypatch.setenv("HOME", str(tmp_path))
+
+
+@pytest.fixture
+def logs(caplog, monkeypatch):
+    """caplog for the responder's records, which the app's log set-up otherwise keeps at
+    its own handler."""
+    monkeypatch.setattr(logging.getLogger("responder"), "propagate", True)
+    caplog.set_level(logging.DEBUG)
+    return caplog
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import re
 import socket
 import threading
@@ -139,14 +138,6 @@ def make_notifier(slack, results):
     yield make
     for notifier in notifiers:
         notifier.close(5)
-
-
-@pytest.fixture
-def logs(caplog, monkeypatch):
-    # The app's log set-up stops "responder" records at its own handler; let caplog see them.
-    monkeypatch.setattr(logging.getLogger("responder"), "propagate", True)
-    caplog.set_level(logging.DEBUG)
-    return caplog
 
 
 # --- the message -----------------------------------------------------------------------

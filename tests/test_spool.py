@@ -47,7 +47,7 @@ def test_a_segment_is_finished_only_once_its_writer_lets_go(tmp_path):
     assert writer_gone(second)
 
 
-def test_a_torn_tail_waits_for_a_live_writer_and_is_dropped_once_it_is_gone(tmp_path, caplog):
+def test_a_torn_tail_waits_for_a_live_writer_and_is_dropped_once_it_is_gone(tmp_path, logs):
     spool = SpoolWriter(tmp_path)
     spool.append("whole", b'{"a": 1}')
     (path,) = segments(tmp_path)
@@ -59,11 +59,11 @@ def test_a_torn_tail_waits_for_a_live_writer_and_is_dropped_once_it_is_gone(tmp_
     gone = read_segment(path, 0, final=True)
     assert [k for k, _ in gone.records] == ["whole"] and gone.at_eof
     assert gone.end == path.stat().st_size and gone.discarded == HEADER.size + 4
-    assert "cut short by a crash" in caplog.text
+    assert "cut short by a crash" in logs.text
     spool.close()
 
 
-def test_zeroed_blocks_after_a_power_loss_are_given_up_with_an_error(tmp_path, caplog):
+def test_zeroed_blocks_after_a_power_loss_are_given_up_with_an_error(tmp_path, logs):
     spool = SpoolWriter(tmp_path)
     spool.append("a", b"1")
     spool.append("b", b"2")
@@ -75,10 +75,10 @@ def test_zeroed_blocks_after_a_power_loss_are_given_up_with_an_error(tmp_path, c
         f.write(b"\0" * (size - size // 2))
     found = read_segment(path, 0, final=True)
     assert [k for k, _ in found.records] == ["a"] and found.at_eof and found.end == size
-    assert "no record header" in caplog.text
+    assert "no record header" in logs.text
 
 
-def test_a_changed_byte_fails_the_checksum(tmp_path, caplog):
+def test_a_changed_byte_fails_the_checksum(tmp_path, logs):
     spool = SpoolWriter(tmp_path)
     spool.append("a", b"payload")
     spool.close()
@@ -87,7 +87,7 @@ def test_a_changed_byte_fails_the_checksum(tmp_path, caplog):
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
     assert read_segment(path, 0, final=True).records == []
-    assert "checksum mismatch" in caplog.text
+    assert "checksum mismatch" in logs.text
 
 
 def test_two_workers_take_every_spooled_event_in_exactly_once(make_app, make_table, tmp_path):
