@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, request
 from kubernetes.client import ApiClient
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import HTTPException
 
 from . import kube
@@ -80,7 +80,9 @@ def create_app(settings: Settings | None = None, *, table: Table | None = None,
                             store.oldest_pending_age)
         if start_worker:
             spool.start_sync(settings.sync_seconds)
-            if settings.worker == "thread":
+            # "process" is `responder serve`'s to honour (it runs its server with "off");
+            # served any other way, this process runs the queue itself.
+            if settings.worker != "off":
                 worker.start()
     _add_auth(app, settings, responder.metrics)
     _add_routes(app, responder, intake)
@@ -174,8 +176,7 @@ def _add_health_routes(app: Flask, responder: Responder) -> None:
 
     @app.get("/metrics")
     def metrics() -> Response:
-        return Response(generate_latest(responder.metrics.registry),
-                        mimetype=CONTENT_TYPE_LATEST)
+        return Response(responder.metrics.exposition(), mimetype=CONTENT_TYPE_LATEST)
 
     @app.get("/readyz")
     def readyz() -> tuple[Response, int]:

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+# Set by `responder serve` for its server and worker processes: prometheus-client then
+# keeps every value in files there, and a scrape of any process adds them all up.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class Metrics:
@@ -12,6 +20,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
+        self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
         r = self.registry
         self.events = Counter("responder_events_received", "Falco events accepted",
                               ["rule", "priority", "source"], registry=r)
@@ -24,10 +33,11 @@ class Metrics:
                                         registry=r)
         self.slack = Counter("responder_slack_notifications", "Slack notifications by outcome",
                              ["outcome"], registry=r)
+        # Across processes: 0 if any live process failed its last reload.
         self.table_valid = Gauge("responder_action_table_valid",
                                  "1 when the table file on disk loaded, 0 when the last "
                                  "reload failed (the last good table stays in use)",
-                                 registry=r)
+                                 registry=r, multiprocess_mode="livemin")
         self.table_reload_errors = Counter("responder_action_table_reload_errors",
                                            "Reloads refused because the new table is invalid",
                                            registry=r)
@@ -36,17 +46,38 @@ class Metrics:
         self.limit_trips = Counter("responder_guardrail_trips",
                                    "Actions skipped because a blast-radius limit tripped",
                                    ["limit"], registry=r)
-        self.queue_depth = Gauge("responder_queue_depth", "Events recorded but not finished",
-                                 registry=r)
-        self.queue_oldest = Gauge("responder_queue_oldest_pending_seconds",
-                                  "Age of the oldest unfinished event", registry=r)
+        self.queue = QueueCollector()
+        r.register(self.queue)
         self.retries = Counter("responder_event_retries",
                                "Events put back in the queue after a transient failure",
                                registry=r)
         self.table_rules = Gauge("responder_action_table_rules", "Rules in the table in use",
-                                 registry=r)
+                                 registry=r, multiprocess_mode="livemax")
 
     def watch_queue(self, depth: Callable[[], float], oldest: Callable[[], float]) -> None:
         """Read the queue's depth and age when scraped, not on every event."""
-        self.queue_depth.set_function(depth)
-        self.queue_oldest.set_function(oldest)
+        self.queue.depth, self.queue.oldest = depth, oldest
+
+    def exposition(self) -> bytes:
+        """The text a scrape of /metrics gets: this process's metrics, or under
+        `responder serve` those of the server and worker processes together."""
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        registry.register(self.queue)  # read from the shared journal, not from files
+        return generate_latest(registry)
+
+
+class QueueCollector(Collector):
+    """Queue depth and oldest-pending age, read from the journal at scrape time."""
+
+    def __init__(self) -> None:
+        self.depth: Callable[[], float] = lambda: 0.0
+        self.oldest: Callable[[], float] = lambda: 0.0
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily("responder_queue_depth", "Events recorded but not finished",
+                                value=self.depth())
+        yield GaugeMetricFamily("responder_queue_oldest_pending_seconds",
+                                "Age of the oldest unfinished event", value=self.oldest())
