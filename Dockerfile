@@ -21,15 +21,12 @@ COPY --from=builder /opt/venv /opt/venv
 # Numeric, so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
 USER 10001
 EXPOSE 2801
-# --config python:responder.gunicorn_conf: the settings `responder serve` derives from the
-# RESPONDER_* variables (TLS and mutual TLS from RESPONDER_TLS_*, among others); the flags
-# after it take precedence and pin what the image promises.
-# gthread workers: Falcosidekick posts one event at a time per output, Slack and the
-# Kubernetes API are I/O; threads are enough. One worker keeps in-process state single.
-# --worker-tmp-dir /dev/shm: the worker heartbeat file must not need a writable root FS.
-# --no-control-socket: gunicorn would otherwise create $HOME/.gunicorn/gunicorn.ctl, which
-# fails on a read-only root filesystem and is not needed in a container.
-ENTRYPOINT ["gunicorn", "--config", "python:responder.gunicorn_conf", \
-            "--worker-class", "gthread", "--workers", "1", "--threads", "4", \
-            "--bind", "0.0.0.0:2801", "--worker-tmp-dir", "/dev/shm", "--no-control-socket", \
-            "responder.app:create_app()"]
+# `responder serve` runs two processes under one parent: gunicorn (gthread, 1 worker x 4
+# threads, on 0.0.0.0:2801 unless RESPONDER_HOST/PORT say otherwise; heartbeat in /dev/shm
+# and no control socket, so a read-only root filesystem is enough) taking events in, and the
+# queue worker acting on them, on its own core rather than sharing the server's GIL. The
+# parent stops both on SIGTERM and restarts a worker that dies. TLS and mutual TLS come
+# from RESPONDER_TLS_*. The same gunicorn options serve `gunicorn --config
+# python:responder.gunicorn_conf 'responder.app:create_app()'`, which runs the queue in a
+# thread of the serving process instead.
+ENTRYPOINT ["responder", "serve"]

@@ -11,6 +11,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 
 from .actions import default_registry
+from .metrics import MULTIPROC_ENV
 from .settings import Settings
 from .table import load_table
 
@@ -47,6 +48,7 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "control_socket_disable": True,
         "worker_exit": _worker_exit,
         "post_worker_init": _post_worker_init,
+        "child_exit": _child_exit,
         # /dev/shm keeps the worker heartbeat off a read-only root filesystem.
         "worker_tmp_dir": "/dev/shm" if os.path.isdir("/dev/shm") else None,
     }
@@ -56,6 +58,14 @@ def _post_worker_init(worker: Any) -> None:
     """The app is built: move its long-lived objects (the Kubernetes client's models, the
     table) out of the collector's way, so full collections stop pausing requests."""
     gc.freeze()
+
+
+def _child_exit(server: Any, worker: Any) -> None:
+    """In the master: a dead worker's live gauges must stop counting in the sum."""
+    if os.environ.get(MULTIPROC_ENV):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
 
 
 def _worker_exit(server: Any, worker: Any) -> None:
@@ -85,6 +95,10 @@ def run_server(overrides: Mapping[str, Any]) -> int:
     settings = Settings.from_env(env)
     # Fail here, with every table error listed, rather than in each gunicorn worker.
     load_table(settings.actions_file, default_registry())
+    if settings.worker == "process":
+        from .supervise import Supervisor
+
+        return Supervisor(settings, env).run()
     ResponderServer(settings, gunicorn_options(settings)).run()
     return 0
 

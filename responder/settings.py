@@ -15,7 +15,7 @@ KUBE_MODES = ("auto", "in-cluster", "kubeconfig", "none")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 INTAKES = ("queue", "inline")
-WORKER_MODES = ("thread", "off")
+WORKER_MODES = ("process", "thread", "off")
 DROP_POLICIES = ("drop-new", "drop-oldest")
 
 
@@ -63,8 +63,9 @@ class Settings:
                        "queue: record durably, reply 202, act in a worker; inline: act before "
                        "replying 200 (simple, but a slow API stalls Falcosidekick)", "queue")
     worker: str = _env("RESPONDER_WORKER",
-                       "thread: this process also runs the queue; off: intake only, with "
-                       "`responder work` running the queue in its own process", "thread")
+                       "process: `responder serve` runs the queue in a process of its own "
+                       "beside the server; thread: in the serving process; off: intake only "
+                       "(run `responder work` yourself)", "process")
     state_dir: str = _env("RESPONDER_STATE_DIR", "directory of the durable event journal",
                           "~/.local/state/falco-responder")
     max_pending: int = _env("RESPONDER_MAX_PENDING",

@@ -31,6 +31,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from responder.server import gunicorn_options
+from responder.settings import Settings
+
 from .conftest import recorded_events
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -145,14 +148,16 @@ def test_final_stage_runs_as_a_numeric_non_root_user(final):
     assert not gid or gid.isdigit(), users[-1]
 
 
-def test_entrypoint_is_gunicorn_gthread_in_exec_form(final):
+def test_entrypoint_is_responder_serve_in_exec_form(final):
     argv = entrypoint_argv(final)
-    assert argv[0] == "gunicorn"
-    assert argv[-1] == APP_SPEC
-    assert option(argv, "--worker-class") == "gthread"
-    assert option(argv, "--worker-tmp-dir") == "/dev/shm"
-    assert option(argv, "--bind") == "0.0.0.0:2801"
+    assert argv == ["responder", "serve"]
     assert final.args("EXPOSE") == ["2801"]
+
+
+def test_the_entrypoints_server_is_gunicorn_gthread_on_2801_with_no_writes_to_root():
+    options = gunicorn_options(Settings.from_env({}))
+    assert options["worker_class"] == "gthread" and options["bind"] == "0.0.0.0:2801"
+    assert options["worker_tmp_dir"] == "/dev/shm" and options["control_socket_disable"]
 
 
 def test_python_writes_no_bytecode_and_no_buffered_output(final):
@@ -215,15 +220,8 @@ class Image:
 
     def argv(self, port: int) -> list[str]:
         """The Dockerfile's argv from the venv's bin, listening on `port` instead of 2801."""
-        argv = entrypoint_argv(self.final)
-        bind = argv.index("--bind") + 1
-        host, _, _ = argv[bind].rpartition(":")
-        argv[bind] = f"{host}:{port}"
-        program = self.venv / "bin" / argv[0]
-        if program.exists():
-            return [str(program), *argv[1:]]
-        # gunicorn came from the parent environment, so it has no script in this venv's bin.
-        return [str(self.venv / "bin" / "python"), "-m", argv[0], *argv[1:]]
+        argv = [*entrypoint_argv(self.final), "--port", str(port)]
+        return [str(self.venv / "bin" / argv[0]), *argv[1:]]
 
     def env(self, home: Path, extra: dict[str, str]) -> dict[str, str]:
         env = {
@@ -275,6 +273,7 @@ class Served:
     home: Path
     workdir: Path
     log: Path
+    pid: int = 0
     venv_before: set[str] = field(default_factory=set)
 
 
@@ -289,7 +288,7 @@ def serving(image: Image, tmp: Path, extra_env: dict[str, str], scheme: str = "h
     with log.open("w") as out:
         process = subprocess.Popen(image.argv(port), cwd=workdir, env=image.env(home, extra_env),
                                    stdout=out, stderr=subprocess.STDOUT)
-    served = Served(f"{scheme}://localhost:{port}", port, home, workdir, log)
+    served = Served(f"{scheme}://localhost:{port}", port, home, workdir, log, process.pid)
     try:
         wait_until_healthy(served, process, context)
         yield served
@@ -356,12 +355,49 @@ def test_entrypoint_answers_a_recorded_event_with_json(served):
     reply = json.loads(body)
     assert reply["rule"] == recorded_events()[0]["rule"]
     # The image's worker processes it; no cluster is configured, so nothing changed.
-    deadline = time.monotonic() + 10
-    while (done := json.loads(get(served.url + reply["status_url"])[1]))["state"] != "done":
-        assert time.monotonic() < deadline, done
-        time.sleep(0.1)
+    done = wait_done(served, reply["status_url"])
     assert done["decisions"] and all(d["outcome"] in ("would-run", "skipped")
                                      for d in done["decisions"])
+
+
+def wait_done(served: Served, status_url: str, timeout: float = 10.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while (done := json.loads(get(served.url + status_url)[1]))["state"] != "done":
+        assert time.monotonic() < deadline, done
+        time.sleep(0.1)
+    return done
+
+
+def test_the_servers_metrics_add_up_both_processes(served):
+    """Events are counted by the server, outcomes by the queue worker; one scrape has both."""
+    status, body = post_event(served)
+    wait_done(served, json.loads(body)["status_url"])
+    text = get(served.url + "/metrics")[1].decode()
+    assert re.search(r'^responder_events_received_total\{[^}]*\} [1-9]', text, re.M), text
+    assert re.search(r'^responder_action_outcomes_total\{action="[^"]+",outcome="would-run"\} '
+                     r'[1-9]', text, re.M), text
+    assert re.search(r"^responder_queue_depth 0\.0$", text, re.M), text
+
+
+def test_a_killed_queue_worker_is_restarted_and_takes_what_waited(image, tmp_path):
+    with serving(image, tmp_path, {}) as served:
+        (worker,) = [pid for pid in children(served.pid) if b"work" in cmdline(pid)]
+        os.kill(worker, signal.SIGKILL)
+        status, body = post_event(served)
+        assert status in ACCEPTED, body
+        wait_done(served, json.loads(body)["status_url"], timeout=30)
+        now = children(served.pid)
+        assert len(now) == 2 and worker not in now
+    # SIGTERM to the parent stopped both children before it exited.
+    assert not any(Path(f"/proc/{pid}").exists() for pid in now)
+
+
+def children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def cmdline(pid: int) -> bytes:
+    return Path(f"/proc/{pid}/cmdline").read_bytes()
 
 
 def test_entrypoint_writes_nothing_but_its_tmpfs(image, served):

@@ -1,0 +1,86 @@
+"""`responder serve` with RESPONDER_WORKER=process (the default): the gunicorn server and
+the queue worker as two child processes of this one.
+
+The worker costs about as much CPU per event as the intake does per request; in the
+serving process it would share the GIL and halve the rate Falcosidekick can post at. As a
+process of its own it runs on another core, and this parent stops both together, restarts
+a worker that dies, and points both at one directory for their Prometheus values, so a
+scrape of the server's /metrics includes the worker's action outcomes.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from .logs import configure_logging
+from .metrics import MULTIPROC_ENV
+from .settings import Settings
+
+logger = logging.getLogger(__name__)
+STOP_SECONDS = 30.0
+RESTART_PAUSE = (1.0, 30.0)  # first and longest wait before restarting a dead worker
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, env: dict[str, str]):
+        self.settings = settings
+        metrics_dir = Path(settings.state_dir).expanduser() / "metrics"
+        self.env = {**env, "RESPONDER_WORKER": "off", MULTIPROC_ENV: str(metrics_dir)}
+        self.metrics_dir = metrics_dir
+        self._stop = threading.Event()
+
+    def run(self) -> int:
+        configure_logging(self.settings.log_format, self.settings.log_level)
+        # Values of an earlier run's processes must not be added to this run's.
+        shutil.rmtree(self.metrics_dir, ignore_errors=True)
+        self.metrics_dir.mkdir(parents=True)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: self._stop.set())
+        server = self._spawn("serve")
+        worker = self._spawn("work", "--metrics-port", "0")
+        pause = RESTART_PAUSE[0]
+        while not self._stop.wait(0.5):
+            if server.poll() is not None:
+                logger.error("server exited with status %s; stopping", server.returncode)
+                break
+            if worker.poll() is not None:
+                worker, pause = self._restart(worker, pause)
+        _stop_child(server, "server")  # first: no event is accepted that nobody would take
+        _stop_child(worker, "worker")
+        if self._stop.is_set():
+            return server.returncode or 0
+        return server.returncode or 1  # the server died on its own: say so to whoever runs us
+
+    def _spawn(self, *command: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "responder.cli", *command],
+                                env=self.env)
+
+    def _restart(self, dead: subprocess.Popen, pause: float) -> tuple[subprocess.Popen, float]:
+        """Events wait in the spool and journal meanwhile; nothing is lost."""
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(dead.pid, str(self.metrics_dir))
+        logger.error("queue worker exited with status %s; restarting it in %.0f s",
+                     dead.returncode, pause)
+        if self._stop.wait(pause):
+            return dead, pause
+        return self._spawn("work", "--metrics-port", "0"), min(pause * 2, RESTART_PAUSE[1])
+
+
+def _stop_child(proc: subprocess.Popen, name: str) -> None:
+    """SIGTERM (a graceful stop: the action in hand finishes, Slack gets what it is owed),
+    then SIGKILL if it hangs."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            logger.error("%s did not stop in %.0f s; killing it", name, STOP_SECONDS)
+            proc.kill()
+            proc.wait()
