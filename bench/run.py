@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))  # the responder and the stand-ins in tests/, with
 EVENT = json.loads((ROOT / "tests/data/recorded-events.jsonl").read_text().splitlines()[0])
 UUID_MARK = "@@UUID@@"
 ECHO_APP, RESPONDER_APP = "bench.echo_app:create_app()", "responder.app:create_app()"
+SERVE = "responder serve"  # the default: gunicorn and the queue worker under one parent
 TARGETS = {"ratio": 0.70, "p99_ms": 5.0}
 STORM_TABLE = """\
 defaults:
@@ -90,7 +91,8 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 class Server:
     """gunicorn with the responder's own options (gthread, RESPONDER_WORKERS x _THREADS),
-    serving `app` on a free loopback port; its log goes to a file, not a pipe."""
+    serving `app` on a free loopback port, or with `app` SERVE, `responder serve` (the same
+    gunicorn plus a queue worker process); its log goes to a file, not a pipe."""
 
     def __init__(self, name: str, app: str, workdir: Path, env: dict[str, str]):
         self.name = name
@@ -99,10 +101,12 @@ class Server:
         self.log_path = workdir / f"{name}.log"
         env = clean_env(RESPONDER_HOST="127.0.0.1", RESPONDER_PORT=str(self.port),
                         RESPONDER_STATE_DIR=str(self.state_dir), **env)
+        argv = [sys.executable, "-m", "responder.cli", "serve"] if app == SERVE else [
+            sys.executable, "-m", "gunicorn", "--config", "python:responder.gunicorn_conf", app]
+        self.supervised = app == SERVE
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "--config", "python:responder.gunicorn_conf",
-                 app], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log,
+                                         stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -132,7 +136,21 @@ class Server:
         return float(found.group(1)) if found else float("nan")
 
     def worker_pids(self) -> list[int]:
-        return children(self.proc.pid)
+        """Every process doing the work: gunicorn's workers, and the queue worker if any."""
+        return [pid for _, pid in self.roles()]
+
+    def roles(self) -> list[tuple[str, int]]:
+        """(role, pid) of each working process: "intake" (a gunicorn worker) or "queue"
+        (the queue worker process of `responder serve`)."""
+        if not self.supervised:
+            return [("intake", pid) for pid in children(self.proc.pid)]
+        found = []
+        for pid in children(self.proc.pid):
+            if b"work" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(("queue", pid))
+            else:  # the gunicorn master, whose children serve
+                found.extend(("intake", worker) for worker in children(pid))
+        return found
 
     def measure(self, run) -> Load:
         """`run()`'s load, with the CPU time the workers spent on it."""
@@ -149,31 +167,14 @@ class Server:
         """SIGTERM: gunicorn's graceful stop (the responder sends what Slack is owed), else
         SIGQUIT, its quick one; SIGKILL if either hangs."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM if graceful else signal.SIGQUIT)
+            # `responder serve` stops its children on SIGTERM only.
+            quick = signal.SIGTERM if self.supervised else signal.SIGQUIT
+            self.proc.send_signal(signal.SIGTERM if graceful else quick)
             try:
-                self.proc.wait(20)
+                self.proc.wait(70 if self.supervised else 20)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
-
-
-@contextmanager
-def separate_worker(server: Server) -> Iterator[subprocess.Popen]:
-    """`responder work` on `server`'s journal, as a second container would run it."""
-    env = clean_env(RESPONDER_STATE_DIR=str(server.state_dir))
-    with open(server.log_path.with_name("worker.log"), "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "responder.cli", "work",
-                                 "--metrics-port", "0"], cwd=ROOT, env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 @contextmanager
@@ -411,16 +412,18 @@ def machine() -> str:
 
 def section_throughput(profile: Profile, gen: Generator, workdir: Path) -> None:
     header("1. Intake throughput and latency (POST / with a recorded event, distinct uuids)")
-    print(f"gunicorn gthread, 1 worker x 4 threads (the responder's defaults) for both; "
+    print(f"gunicorn gthread, 1 worker x 4 threads (the responder's defaults) for all; "
           f"{profile.warmup} s warm-up, then {profile.seconds} s per run; the responder runs "
-          "the packaged table (dry-run), no cluster, its worker thread on")
+          "the packaged table (dry-run), no cluster, and acts on every event while it is "
+          "measured; server CPU counts every process of the server, the queue worker's too")
     results: dict[tuple[str, int], Load] = {}
-    base, intake = "echo baseline (bare Flask + gunicorn)", "responder intake (queued, 202)"
-    split = "responder intake, worker in own process"
-    specs = (("echo", ECHO_APP, {}), ("responder", RESPONDER_APP, {}),
-             ("split", RESPONDER_APP, {"RESPONDER_WORKER": "off"}))
-    with serving(workdir, *specs) as servers, separate_worker(servers[2]):
-        for label, server in zip((base, intake, split), servers, strict=True):
+    base = "echo baseline (bare Flask + gunicorn)"
+    default = "responder serve (default: queue worker process)"
+    thread = "responder, queue worker thread (RESPONDER_WORKER=thread)"
+    specs = (("echo", ECHO_APP, {}), ("responder", SERVE, {}),
+             ("thread", RESPONDER_APP, {"RESPONDER_WORKER": "thread"}))
+    with serving(workdir, *specs) as servers:
+        for label, server in zip((base, default, thread), servers, strict=True):
             if profile.warmup:
                 gen.timed(server.port, 8, profile.warmup)
             for concurrency in (1, 8):
@@ -430,7 +433,7 @@ def section_throughput(profile: Profile, gen: Generator, workdir: Path) -> None:
            "non-2xx"],
           [[label, c, f"{r.rate:,.0f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", f"{r.cpu_ms:.2f}",
             r.errors] for (label, c), r in results.items()])
-    for label in (intake, split):
+    for label in (default, thread):
         for concurrency in (1, 8):
             ratio = results[(label, concurrency)].rate / results[(base, concurrency)].rate
             print(f"{label} = {ratio:.0%} of baseline at concurrency {concurrency} "
@@ -527,7 +530,7 @@ def section_storm(profile: Profile, gen: Generator, workdir: Path) -> None:
     modes = ("web-api", "webhook")
     with ExitStack() as stack:
         parts = {mode: stand_ins(stack) for mode in modes}
-        specs = [(f"storm-{mode}", RESPONDER_APP,
+        specs = [(f"storm-{mode}", SERVE,
                   storm_env(kube.url, slack, mode, workdir, profile.slack_window))
                  for mode, (kube, slack) in parts.items()]
         servers = stack.enter_context(serving(workdir, *specs))
@@ -565,31 +568,35 @@ def print_storm(mode: str, r: dict, n: int) -> None:
 # --- 3. memory ------------------------------------------------------------------------
 
 def section_memory(profile: Profile, gen: Generator, workdir: Path) -> None:
-    header("3. Memory: RSS of the gunicorn worker while events accumulate")
+    header("3. Memory: RSS of `responder serve`'s processes while events accumulate")
     print("packaged default table (dry-run), no cluster, Slack off; each reading is taken "
           "once the queue has drained")
     rows = []
-    with serving(workdir, ("memory", RESPONDER_APP, {})) as (server,):
+    with serving(workdir, ("memory", SERVE, {})) as (server,):
         sent, started = 0, time.monotonic()
         for mark in profile.memory_marks:
             load = gen.counted(server.port, mark - sent)
             sent = mark
             _, left = wait_drained(server, profile.drain_timeout)
             rows.append(memory_row(server, sent, load, left, time.monotonic() - started))
-    table(["events posted", "worker RSS MiB", "worker peak MiB", "master RSS MiB",
-           "journal MiB", "non-2xx", "queue left", "elapsed s"], rows)
-    first, last = rows[0][1], rows[-1][1]
-    print(f"worker RSS change from {profile.memory_marks[0]:,} to "
-          f"{profile.memory_marks[-1]:,} events: {float(last) - float(first):+.1f} MiB")
+    table(["events posted", "intake RSS MiB", "intake peak MiB", "queue worker RSS MiB",
+           "queue worker peak MiB", "journal MiB", "non-2xx", "queue left", "elapsed s"], rows)
+    for column, role in ((1, "intake"), (3, "queue worker")):
+        first, last = float(rows[0][column]), float(rows[-1][column])
+        print(f"{role} RSS change from {profile.memory_marks[0]:,} to "
+              f"{profile.memory_marks[-1]:,} events: {last - first:+.1f} MiB")
 
 
 def memory_row(server: Server, sent: int, load: Load, left: float, elapsed: float) -> list:
-    workers = [memory_kib(pid) for pid in server.worker_pids()]
-    master = memory_kib(server.proc.pid)
-    journal = sum(p.stat().st_size for p in server.state_dir.glob("events.sqlite3*"))
-    return [f"{sent:,}", f"{sum(w['VmRSS'] for w in workers) / 1024:.1f}",
-            f"{sum(w['VmHWM'] for w in workers) / 1024:.1f}", f"{master['VmRSS'] / 1024:.1f}",
-            f"{journal / 2**20:.1f}", load.errors, f"{left:.0f}", f"{elapsed:.0f}"]
+    cells = []
+    for role in ("intake", "queue"):
+        used = [memory_kib(pid) for name, pid in server.roles() if name == role]
+        cells += [f"{sum(m['VmRSS'] for m in used) / 1024:.1f}",
+                  f"{sum(m['VmHWM'] for m in used) / 1024:.1f}"]
+    journal = sum(p.stat().st_size for p in server.state_dir.rglob("*")
+                  if p.name.startswith("events.sqlite3") or p.suffix == ".spool")
+    return [f"{sent:,}", *cells, f"{journal / 2**20:.1f}", load.errors, f"{left:.0f}",
+            f"{elapsed:.0f}"]
 
 
 # --- main -----------------------------------------------------------------------------
