@@ -222,6 +222,11 @@ class EventStore:
     def still_ours(self, item: Claimed, lease_seconds: float) -> bool:
         """Renew a claimed event's lease unless it ran out and another worker claimed the
         event since (or finished it); False then, and the event is theirs."""
+        if self.clock() < item.lease_until - lease_seconds / 2:
+            # Claimed moments ago: nobody can have taken it (only expired leases are
+            # claimed), and half a lease is left, renewed by heartbeats in a long action.
+            # This saves a commit per event in a busy batch.
+            return True
         with self._tx() as conn:
             return conn.execute(
                 "UPDATE events SET lease_until = ? WHERE id = ? AND state = 'running' "

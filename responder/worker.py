@@ -55,7 +55,7 @@ class Worker:
     """Processes due events. One per process; several processes share the journal safely."""
 
     def __init__(self, responder: Responder, store: EventStore, max_attempts: int = 20,
-                 batch: int = 50, poll_seconds: float = 0.2, sync_seconds: float = 0.1,
+                 batch: int = 50, poll_seconds: float = 0.05, sync_seconds: float = 0.1,
                  retention_seconds: float = 86400.0, lease_seconds: float = LEASE_SECONDS,
                  spool_dir: Path | None = None):
         self.responder = responder
@@ -204,7 +204,9 @@ class Worker:
                 self.run_pending()
             except Exception:  # noqa: BLE001 - the worker must survive; the row stays leased
                 logger.exception("worker loop failed; retrying")
-            # Woken at once by our own intake; the poll catches other processes' events.
+            # Woken at once by our own intake; the poll catches other processes' events
+            # (the spool's in `responder serve`), so it is short: an idle poll only lists a
+            # directory and reads the journal, taking no write lock.
             self.wake.wait(self.poll_seconds)
             self.wake.clear()
 
