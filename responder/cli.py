@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Iterator
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from .actions import default_registry
-from .decisions import plan_response
 from .errors import ConfigError, EventError, TableError
-from .events import event_from_dict
-from .executor import Executor
 from .logs import configure_cli_logging
-from .service import replay_line
 from .settings import Settings
-from .table import Table, load_table
+
+if TYPE_CHECKING:
+    from .table import Table
+
+# The rest is imported by the command that needs it: `responder serve`'s parent process
+# only supervises, and stays small (about 25 MiB instead of 85) without the Kubernetes
+# client and Flask.
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,11 +64,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    overrides = {k: str(v) for k, v in (("RESPONDER_HOST", args.host),
+                                        ("RESPONDER_PORT", args.port),
+                                        ("RESPONDER_ACTIONS_FILE", args.actions))
+                 if v is not None}
+    env = {**os.environ, **overrides}
+    settings = Settings.from_env(env)
+    if settings.worker == "process":
+        from .supervise import Supervisor
+
+        # The children check the table and the rest; a server that cannot start stops both.
+        return Supervisor(settings, env).run()
     from .server import run_server
 
-    overrides = {k: v for k, v in (("RESPONDER_HOST", args.host), ("RESPONDER_PORT", args.port),
-                                   ("RESPONDER_ACTIONS_FILE", args.actions)) if v is not None}
-    return run_server(overrides)
+    return run_server(env)
 
 
 def _work(args: argparse.Namespace) -> int:
@@ -76,6 +87,9 @@ def _work(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from .actions import default_registry
+    from .table import load_table
+
     configure_cli_logging()
     registry = default_registry()
     status = 0
@@ -97,6 +111,9 @@ def _replay(args: argparse.Namespace) -> int:
         if args.to:
             from .replay_remote import post_events
             return post_events(stream, args.to, args.token, sys.stdout)
+        from .actions import default_registry
+        from .table import load_table
+
         registry = default_registry()
         table = load_table(args.actions, registry)
         lines = replay_events(stream, table)
@@ -111,6 +128,12 @@ def _replay(args: argparse.Namespace) -> int:
 def replay_events(stream: TextIO, table: Table, settings: Settings | None = None
                   ) -> Iterator[dict[str, Any]]:
     """One replay object per input line; bad lines give {"line": n, "error": ...} and go on."""
+    from .actions import default_registry
+    from .decisions import plan_response
+    from .events import event_from_dict
+    from .executor import Executor
+    from .service import replay_line
+
     settings = settings or Settings()
     registry = default_registry()
     executor = Executor(actions=None)  # replay never touches a cluster

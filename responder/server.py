@@ -89,16 +89,11 @@ def _tls_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
-def run_server(overrides: Mapping[str, Any]) -> int:
-    """Start serving; environment variables first, command-line flags on top."""
-    env = {**os.environ, **{k: str(v) for k, v in overrides.items()}}
+def run_server(env: Mapping[str, str]) -> int:
+    """Serve in this process (gunicorn's master) with the settings in `env`."""
     settings = Settings.from_env(env)
     # Fail here, with every table error listed, rather than in each gunicorn worker.
     load_table(settings.actions_file, default_registry())
-    if settings.worker == "process":
-        from .supervise import Supervisor
-
-        return Supervisor(settings, env).run()
     ResponderServer(settings, gunicorn_options(settings)).run()
     return 0
 

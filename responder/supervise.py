@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -43,6 +44,10 @@ class Supervisor:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: self._stop.set())
         server = self._spawn("serve")
+        # The worker starts once the server listens: a bad table or setting then stops
+        # the server alone, with its errors printed once, and its exit status is ours.
+        if not self._wait_listening(server):
+            return server.returncode if server.returncode is not None else 0
         worker = self._spawn("work", "--metrics-port", "0")
         pause = RESTART_PAUSE[0]
         while not self._stop.wait(0.5):
@@ -56,6 +61,22 @@ class Supervisor:
         if self._stop.is_set():
             return server.returncode or 0
         return server.returncode or 1  # the server died on its own: say so to whoever runs us
+
+    def _wait_listening(self, server: subprocess.Popen) -> bool:
+        """True once the server accepts connections; False if it exited or we were told
+        to stop first (then it is stopped)."""
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(
+            self.settings.host, self.settings.host)
+        while not self._stop.is_set():
+            if server.poll() is not None:
+                return False
+            try:
+                socket.create_connection((host, self.settings.port), timeout=1).close()
+                return True
+            except OSError:
+                self._stop.wait(0.1)
+        _stop_child(server, "server")
+        return False
 
     def _spawn(self, *command: str) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", "responder.cli", *command],
