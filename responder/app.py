@@ -14,7 +14,7 @@ from werkzeug.exceptions import HTTPException
 from . import kube
 from .actions import Registry, default_registry
 from .auth import TokenAuth
-from .errors import EventError
+from .errors import EventError, StorageError
 from .events import parse_event
 from .intake import Intake
 from .logs import configure_logging
@@ -92,11 +92,13 @@ def create_app(settings: Settings | None = None, *, table: Table | None = None,
 
 
 def shutdown(app: Flask, timeout: float = 10.0) -> None:
-    """Stop background threads, send what Slack still owes, close the journal."""
+    """Stop background threads, act on what is due, send what Slack still owes, close the
+    journal."""
     ext = app.extensions
     if ext["spool"]:
         ext["spool"].close()  # flushed: what was answered 202 is on disk
     ext["worker"].stop(timeout)
+    ext["worker"].drain(timeout)
     if ext["reloader"]:
         ext["reloader"].stop()
     responder = ext["responder"]
@@ -199,6 +201,13 @@ def _add_error_handlers(app: Flask, metrics: Metrics) -> None:
     def bad_event(exc: EventError) -> tuple[Response, int]:
         metrics.rejected.labels("400").inc()
         return jsonify({"error": str(exc)}), 400
+
+    @app.errorhandler(StorageError)
+    def no_room(exc: StorageError) -> tuple[Response, int]:
+        # Not the sender's fault and not a bug: say what is wrong with our disk.
+        logger.error("event not accepted: %s", exc)
+        metrics.rejected.labels("507").inc()
+        return jsonify({"error": str(exc)}), 507
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> tuple[Response, int]:

@@ -70,7 +70,7 @@ def _serve(args: argparse.Namespace) -> int:
                  if v is not None}
     env = {**os.environ, **overrides}
     settings = Settings.from_env(env)
-    if settings.worker == "process":
+    if settings.worker == "process" and settings.intake == "queue":
         from .supervise import Supervisor
 
         # The children check the table and the rest; a server that cannot start stops both.
@@ -81,9 +81,17 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _work(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    # Before the slow imports: a SIGTERM while starting must still drain what waits, not
+    # kill the process with events in the spool.
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
     from .server import run_worker
 
-    return run_worker(args.metrics_port)
+    return run_worker(args.metrics_port, stop)
 
 
 def _check(args: argparse.Namespace) -> int:

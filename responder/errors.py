@@ -11,6 +11,10 @@ class EventError(ResponderError):
     """A request body that is not a usable Falco event (answered with HTTP 400)."""
 
 
+class StorageError(ResponderError):
+    """The state directory cannot take an event (full, read-only): HTTP 507, never a 500."""
+
+
 class ConfigError(ResponderError):
     """A setting that cannot be used; the message names the variable or file."""
 

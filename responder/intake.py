@@ -9,6 +9,7 @@ import time
 from collections import OrderedDict
 from typing import Any
 
+from .errors import StorageError
 from .events import parse_event
 from .service import Responder, queued_body
 from .shared import SharedState
@@ -54,11 +55,15 @@ class Intake:
             status = "duplicate"  # here lately, or another replica already has it
         elif self._full():
             status = "dropped"
-            logger.error("queue full (%d unfinished events): dropped event %s (policy "
-                         "drop-new)", self.store.max_pending, event.uuid)
+            logger.error("queue full (%d unfinished events): dropped event %s (policy %s)",
+                         self.store.max_pending, event.uuid, self.store.drop_policy)
             self._forget(event.uuid)
         else:
-            self.spool.append(event.uuid, body)
+            try:
+                self.spool.append(event.uuid, body)
+            except StorageError:
+                self._forget(event.uuid)  # a resend, once there is room, must count as new
+                raise
             status = "queued"
             self._remember(event.uuid)
             self.wake.set()
@@ -77,17 +82,20 @@ class Intake:
                 self._recent.popitem(last=False)
 
     def _full(self) -> bool:
-        """drop-new only: drop-oldest makes room when the worker takes the event in."""
-        if self.store.drop_policy != "drop-new":
-            return False
+        """Whether a new event must be dropped: with drop-new, once the queue (journal and
+        our spool) is at the cap. drop-oldest makes room as the worker takes events in, so
+        it drops here only when our spool alone is at the cap (the worker is not taking
+        anything in): the disk must not fill up meanwhile."""
+        cap = self.store.max_pending
         now = time.monotonic()
-        if now - self._depth_read < DEPTH_CHECK_SECONDS and \
-                self._depth + self._since_read < self.store.max_pending:
+        if now - self._depth_read < DEPTH_CHECK_SECONDS and self._depth + self._since_read < cap:
             return False
-        depth = self.store.pending() + self.spool.backlog(self.store.spooled_records)
+        backlog = self.spool.backlog(self.store.spooled_records)
+        depth = backlog if self.store.drop_policy != "drop-new" else \
+            self.store.pending() + backlog
         with self._lock:
             self._depth, self._depth_read, self._since_read = depth, now, 0
-        return depth >= self.store.max_pending
+        return depth >= cap
 
     def _forget(self, key: str) -> None:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import ssl
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -98,12 +99,13 @@ def run_server(env: Mapping[str, str]) -> int:
     return 0
 
 
-def run_worker(metrics_port: int) -> int:
+DRAIN_SECONDS = 20.0
+
+
+def run_worker(metrics_port: int, stop: threading.Event) -> int:
     """`responder work`: the queue worker in a process of its own, beside intake-only
-    servers (RESPONDER_WORKER=off) sharing RESPONDER_STATE_DIR, until SIGTERM or SIGINT."""
+    servers (RESPONDER_WORKER=off) sharing RESPONDER_STATE_DIR, until `stop` is set."""
     import dataclasses
-    import signal
-    import threading
 
     from prometheus_client import start_http_server
 
@@ -111,14 +113,12 @@ def run_worker(metrics_port: int) -> int:
 
     settings = dataclasses.replace(Settings.from_env(), worker="thread", intake="queue")
     app = create_app(settings)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
     if metrics_port:
         # Action outcomes, Slack sends and limit trips are counted here, not by the servers.
         start_http_server(metrics_port, addr=settings.host,
                           registry=app.extensions["responder"].metrics.registry)
     gc.freeze()
     stop.wait()
-    shutdown(app)
+    # The servers stopped first (responder serve does that): what they took in is acted on.
+    shutdown(app, timeout=DRAIN_SECONDS)
     return 0

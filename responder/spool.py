@@ -24,11 +24,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import StorageError
+
 logger = logging.getLogger(__name__)
 
 # magic, payload crc32, key length, body length; the payload is key + body.
-HEADER = struct.Struct("<4sIHI")
-MAGIC = b"FRS1"
+HEADER = struct.Struct("<4sIII")
+MAGIC = b"FRS2"
 SUFFIX = ".spool"
 SEGMENT_BYTES = 32 * 2**20
 
@@ -68,13 +70,18 @@ class SpoolWriter:
         payload = raw_key + body
         record = HEADER.pack(MAGIC, zlib.crc32(payload), len(raw_key), len(body)) + payload
         with self._lock:
-            if self._fd is None or self._pid != os.getpid() or self._size >= self.segment_bytes:
-                self._open_segment()
-            written = os.write(self._fd, record)
+            try:
+                if self._fd is None or self._pid != os.getpid() or \
+                        self._size >= self.segment_bytes:
+                    self._open_segment()
+                written = os.write(self._fd, record)
+            except OSError as exc:
+                raise StorageError(f"cannot write to the spool in {self.directory}: "
+                                   f"{exc.strerror}") from None
             if written != len(record):  # a full disk: take the torn record back, then fail
                 os.ftruncate(self._fd, self._size)
-                raise OSError(f"spool {self.name}: short write ({written} of {len(record)} "
-                              "bytes); is the state directory full?")
+                raise StorageError(f"cannot write to the spool in {self.directory}: short "
+                                   f"write ({written} of {len(record)} bytes); full?")
             self._size += written
             self.written[self.name] = self.written.get(self.name, 0) + 1
 
@@ -133,14 +140,31 @@ class SpoolWriter:
             self._close()
         # Named by creation time first: the reader takes segments roughly in arrival order.
         name = f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}{SUFFIX}"
-        fd = os.open(self.directory / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)  # held while this process may still write here
+        # Locked under a name the reader ignores, then renamed: a reader must never see
+        # a segment without its lock and take it for one whose writer is gone.
+        creating = self.directory / (name + ".new")
+        fd = os.open(creating, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # held while this process may still write here
+            os.rename(creating, self.directory / name)
+            _fsync_directory(self.directory)  # the name survives a power loss too
+        except BaseException:
+            os.close(fd)
+            raise
         self._fd, self._pid, self._size, self.name = fd, os.getpid(), 0, name
 
     def _close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)  # in a forked child this only drops the child's copy
             self._fd = None
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def segments(directory: str | Path) -> list[Path]:

@@ -59,9 +59,11 @@ CREATE TABLE IF NOT EXISTS buckets (name TEXT PRIMARY KEY, tokens REAL NOT NULL,
 CREATE TABLE IF NOT EXISTS limit_hits (name TEXT NOT NULL, member TEXT NOT NULL,
                                        at REAL NOT NULL, PRIMARY KEY (name, member));
 CREATE INDEX IF NOT EXISTS limit_hits_by_time ON limit_hits (name, at);
--- How far each intake spool segment has been taken in, in the same commit as its events.
+-- How far each intake spool segment has been taken in, in the same commit as its events;
+-- offset -1 once it is read to its end and removed (kept a while, so a reader that was
+-- late cannot take it in again).
 CREATE TABLE IF NOT EXISTS spool_offsets (segment TEXT PRIMARY KEY, offset INTEGER NOT NULL,
-                                          records INTEGER NOT NULL);
+                                          records INTEGER NOT NULL, finished REAL);
 """
 # Due: pending and not deferred, or leased by a worker whose lease ran out (it died).
 _DUE = ("WHERE (state = 'pending' AND not_before <= ?) "
@@ -142,7 +144,8 @@ class EventStore:
         with self._tx(conn):
             return self._insert(conn, key, body)
 
-    def _insert(self, conn: sqlite3.Connection, key: str, body: bytes) -> Added:
+    def _insert(self, conn: sqlite3.Connection, key: str, body: bytes,
+                keep_dropped: bool = False) -> Added:
         # The common case in one statement: a new key, with room in the queue.
         if conn.execute("INSERT OR IGNORE INTO events (key, body, received) SELECT ?, ?, ? "
                         "WHERE (SELECT n FROM depth) < ?",
@@ -151,6 +154,11 @@ class EventStore:
         if conn.execute("SELECT 1 FROM events WHERE key = ?", (key,)).fetchone():
             return Added("duplicate")
         if self.drop_policy == "drop-new":
+            if keep_dropped:  # answered "queued" already: its status must say what became of it
+                conn.execute("INSERT INTO events (key, body, received) VALUES (?, ?, ?)",
+                             (key, body, self.clock()))
+                conn.execute("UPDATE events SET state = 'failed', finished = ?, error = ? "
+                             "WHERE key = ?", (self.clock(), "dropped: queue full", key))
             return Added("dropped", key)
         dropped = self._drop_oldest(conn)
         conn.execute("INSERT INTO events (key, body, received) VALUES (?, ?, ?)",
@@ -172,8 +180,8 @@ class EventStore:
                                (segment,)).fetchone()
             if (row[0] if row else 0) != start:
                 return None
-            added = [self._insert(conn, key, body) for key, body in records]
-            conn.execute("INSERT INTO spool_offsets VALUES (?, ?, ?) ON CONFLICT (segment) "
+            added = [self._insert(conn, key, body, keep_dropped=True) for key, body in records]
+            conn.execute("INSERT INTO spool_offsets VALUES (?, ?, ?, NULL) ON CONFLICT (segment) "
                          "DO UPDATE SET offset = excluded.offset, "
                          "records = records + excluded.records", (segment, end, len(records)))
         return added
@@ -185,9 +193,18 @@ class EventStore:
             f"SELECT segment, records FROM spool_offsets WHERE segment IN ({marks})",
             segments).fetchall()) if segments else {}
 
-    def forget_segment(self, segment: str) -> None:
-        with self._tx() as conn:
-            conn.execute("DELETE FROM spool_offsets WHERE segment = ?", (segment,))
+    def finish_segment(self, segment: str) -> None:
+        """Mark a segment read to its end, durably (the caller deletes the file next: its
+        events must be on disk in the journal first, not only in the page cache)."""
+        conn = self._conn()
+        conn.execute("PRAGMA synchronous=FULL")  # this commit fsyncs the WAL, and all before
+        try:
+            with self._tx(conn):
+                conn.execute("INSERT INTO spool_offsets VALUES (?, -1, 0, ?) ON CONFLICT "
+                             "(segment) DO UPDATE SET offset = -1, finished = excluded.finished",
+                             (segment, self.clock()))
+        finally:
+            conn.execute("PRAGMA synchronous=NORMAL")
 
     def _drop_oldest(self, conn: sqlite3.Connection) -> str | None:
         row = conn.execute("SELECT id, key FROM events WHERE state = 'pending' "
@@ -303,6 +320,7 @@ class EventStore:
             gone = conn.execute("DELETE FROM events WHERE state IN ('done', 'failed') "
                                 "AND finished < ?", (cutoff,)).rowcount
             conn.execute("DELETE FROM coalescing WHERE expires < ?", (self.clock(),))
+            conn.execute("DELETE FROM spool_offsets WHERE finished < ?", (cutoff,))
         return gone
 
     # --- local shared state (one replica; Redis replaces it across replicas) -------

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from .logs import configure_logging
@@ -24,7 +25,9 @@ from .metrics import MULTIPROC_ENV
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
-STOP_SECONDS = 30.0
+# Both children stop within this (the Deployment's grace period is 60 s): the server
+# finishes its requests, then the worker acts on what is due (up to 20 s) and tells Slack.
+STOP_SECONDS = 50.0
 RESTART_PAUSE = (1.0, 30.0)  # first and longest wait before restarting a dead worker
 
 
@@ -56,8 +59,10 @@ class Supervisor:
                 break
             if worker.poll() is not None:
                 worker, pause = self._restart(worker, pause)
-        _stop_child(server, "server")  # first: no event is accepted that nobody would take
-        _stop_child(worker, "worker")
+        # The server first, so the worker, last to go, acts on everything it took in.
+        deadline = time.monotonic() + STOP_SECONDS
+        _stop_child(server, "server", deadline)
+        _stop_child(worker, "worker", deadline)
         if self._stop.is_set():
             return server.returncode or 0
         return server.returncode or 1  # the server died on its own: say so to whoever runs us
@@ -75,7 +80,7 @@ class Supervisor:
                 return True
             except OSError:
                 self._stop.wait(0.1)
-        _stop_child(server, "server")
+        _stop_child(server, "server", time.monotonic() + STOP_SECONDS)
         return False
 
     def _spawn(self, *command: str) -> subprocess.Popen:
@@ -94,14 +99,14 @@ class Supervisor:
         return self._spawn("work", "--metrics-port", "0"), min(pause * 2, RESTART_PAUSE[1])
 
 
-def _stop_child(proc: subprocess.Popen, name: str) -> None:
+def _stop_child(proc: subprocess.Popen, name: str, deadline: float) -> None:
     """SIGTERM (a graceful stop: the action in hand finishes, Slack gets what it is owed),
-    then SIGKILL if it hangs."""
+    then SIGKILL if it is still there at `deadline`."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(STOP_SECONDS)
+            proc.wait(max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            logger.error("%s did not stop in %.0f s; killing it", name, STOP_SECONDS)
+            logger.error("%s did not stop in time; killing it", name)
             proc.kill()
             proc.wait()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from pathlib import Path
 
 from .actions import Outcome, Result
@@ -71,12 +72,14 @@ class Worker:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
-    def run_pending(self) -> int:
-        """Take in what the intake spooled, then process every event that is due now;
-        returns how many were handled."""
+    def run_pending(self, deadline: float | None = None) -> int:
+        """Take in what the intake spooled, then process every event that is due now (no
+        new batch past `deadline`, a time.monotonic() value); returns how many were
+        handled."""
         handled = 0
-        self.ingest()
-        while claimed := self.store.claim(self.batch, self.lease_seconds):
+        self._ingest_safely()
+        while (deadline is None or time.monotonic() < deadline) and \
+                (claimed := self.store.claim(self.batch, self.lease_seconds)):
             for item in claimed:
                 if not self.store.still_ours(item, self.lease_seconds):
                     continue  # its lease ran out while earlier ones ran: another worker has it
@@ -86,8 +89,15 @@ class Worker:
                     logger.exception("event %s: processing failed", item.key)
                     self._give_back(item, f"{type(exc).__name__} while processing")
                 handled += 1
-            self.ingest()  # what arrived meanwhile joins the queue behind older events
+            self._ingest_safely()  # what arrived meanwhile joins the queue behind older ones
         return handled
+
+    def _ingest_safely(self) -> None:
+        """Events already in the journal are processed even when taking more in fails."""
+        try:
+            self.ingest()
+        except Exception:  # noqa: BLE001 - e.g. the journal's disk full: say so, go on
+            logger.exception("cannot take spooled events into the journal; retrying")
 
     def ingest(self) -> int:
         """Move spooled events into the journal (deduplicated, capped); returns how many
@@ -97,21 +107,34 @@ class Worker:
             return 0
         new = 0
         for path in segments(self.spool_dir):
-            final = writer_gone(path)  # asked first: a writer gone now wrote its last
-            while True:
-                start = self.store.spool_offset(path.name)
-                seg = read_segment(path, start, final, self.batch * 20)
-                if seg.end == start:
-                    break
-                added = self.store.take_in(seg.name, start, seg.end, seg.records)
-                if added is None:
-                    break  # another process is taking this segment in
-                new += self._count_taken(added)
-                if seg.at_eof:
-                    break
-            if final and self.store.spool_offset(path.name) >= _size(path):
-                path.unlink(missing_ok=True)
-                self.store.forget_segment(path.name)
+            try:
+                new += self._ingest_segment(path)
+            except FileNotFoundError:
+                continue  # another process finished it and removed it meanwhile
+        _remove_abandoned(self.spool_dir)
+        return new
+
+    def _ingest_segment(self, path: Path) -> int:
+        new = 0
+        final = writer_gone(path)  # asked first: a writer gone now wrote its last
+        while True:
+            start = self.store.spool_offset(path.name)
+            if start < 0:
+                break  # finished by another process, which is removing it
+            seg = read_segment(path, start, final, self.batch * 20)
+            if seg.end == start:
+                break
+            added = self.store.take_in(seg.name, start, seg.end, seg.records)
+            if added is None:
+                return new  # another process is taking this segment in
+            new += self._count_taken(added)
+            if seg.at_eof:
+                break
+        offset = self.store.spool_offset(path.name)
+        if final and (offset < 0 or offset >= _size(path)):
+            if offset >= 0:
+                self.store.finish_segment(path.name)
+            path.unlink(missing_ok=True)
         return new
 
     def _count_taken(self, added: list[Added]) -> int:
@@ -198,6 +221,20 @@ class Worker:
         for thread in self._threads:
             thread.join(timeout)
 
+    def drain(self, seconds: float) -> int:
+        """After `stop`, when this process ran the queue: act on what is due before going
+        (the journal is often an emptyDir, gone with the pod). Returns what is left."""
+        if not self._threads:
+            return self.store.pending()
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and self.run_pending(deadline):
+            pass
+        left = self.store.pending()
+        if left:
+            logger.warning("stopping with %d event(s) not finished (retries not yet due, or "
+                           "no time left); they stay in %s", left, self.store.path)
+        return left
+
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
@@ -228,3 +265,14 @@ def _size(path: Path) -> int:
         return path.stat().st_size
     except FileNotFoundError:
         return 0  # another process finished and removed it
+
+
+def _remove_abandoned(directory: Path, age: float = 60.0) -> None:
+    """Segments a writer created but died before naming (empty, never written to)."""
+    now = time.time()
+    for path in directory.glob("*.new"):
+        try:
+            if now - path.stat().st_mtime > age and writer_gone(path):
+                path.unlink(missing_ok=True)
+        except FileNotFoundError:
+            continue

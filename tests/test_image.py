@@ -33,6 +33,7 @@ import yaml
 
 from responder.server import gunicorn_options
 from responder.settings import Settings
+from responder.store import EventStore
 
 from .conftest import recorded_events
 
@@ -390,6 +391,27 @@ def test_a_killed_queue_worker_is_restarted_and_takes_what_waited(image, tmp_pat
         assert len(now) == 2 and worker not in now
     # SIGTERM to the parent stopped both children before it exited.
     assert not any(Path(f"/proc/{pid}").exists() for pid in now)
+
+
+def test_a_graceful_stop_leaves_nothing_accepted_unfinished(image, tmp_path):
+    # Stopped moments after start: the queue worker may still be importing when SIGTERM
+    # comes, and must drain all the same.
+    with serving(image, tmp_path, {}) as served:
+        uuids = []
+        for n in range(200):
+            event = dict(recorded_events()[0], uuid=f"stop-{n}")
+            status, body = get(served.url + "/", data=json.dumps(event).encode(),
+                               headers={"Content-Type": "application/json"})
+            assert status in ACCEPTED, body
+            uuids.append(event["uuid"])
+    # serving() sent SIGTERM and waited: the server stopped, then the worker finished.
+    store = EventStore(tmp_path / "state")
+    try:
+        states = {uuid: (store.status(uuid) or {}).get("state") for uuid in uuids}
+        assert set(states.values()) == {"done"}, {k: v for k, v in states.items() if v != "done"}
+        assert store.pending() == 0
+    finally:
+        store.close()
 
 
 def children(pid: int) -> list[int]:

@@ -67,13 +67,22 @@ def test_drop_new_policy_keeps_the_first_events_and_still_answers_202(make_app, 
 
 def test_drop_oldest_policy_gives_up_the_oldest_pending_event(make_app, make_table):
     app = make_app(make_table(TABLE), max_pending=2, drop_policy="drop-oldest")
-    statuses = [post(app, event(n)).get_json()["status"] for n in range(3)]
+    statuses = []
+    for n in range(3):  # the worker takes each in, as it would within 50 ms
+        statuses.append(post(app, event(n)).get_json()["status"])
+        app.extensions["worker"].ingest()  # the cap is applied as events join the queue
     assert statuses == ["queued", "queued", "queued"]
-    app.extensions["worker"].ingest()  # the cap is applied as events join the queue
     store = app.extensions["store"]
     assert store.status("uuid-0")["state"] == "failed"
     assert store.status("uuid-0")["error"] == "dropped: queue full"
     assert store.pending() == 2
+
+
+def test_drop_oldest_without_a_worker_stops_the_spool_at_the_cap(make_app, make_table):
+    # Nothing takes events in, so nothing can make room: the disk must not fill up.
+    app = make_app(make_table(TABLE), max_pending=2, drop_policy="drop-oldest")
+    statuses = [post(app, event(n)).get_json()["status"] for n in range(3)]
+    assert statuses == ["queued", "queued", "dropped"]
 
 
 def test_unknown_event_status_is_404_json(make_app, make_table):

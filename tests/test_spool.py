@@ -9,7 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
-from responder.spool import HEADER, SpoolWriter, read_segment, segments, writer_gone
+from responder.spool import HEADER, MAGIC, SpoolWriter, read_segment, segments, writer_gone
 
 from .conftest import recorded_events
 
@@ -52,7 +52,7 @@ def test_a_torn_tail_waits_for_a_live_writer_and_is_dropped_once_it_is_gone(tmp_
     spool.append("whole", b'{"a": 1}')
     (path,) = segments(tmp_path)
     with open(path, "ab") as f:  # half a record, as a crash in mid-write leaves it
-        f.write(HEADER.pack(b"FRS1", 0, 4, 100) + b"torn")
+        f.write(HEADER.pack(MAGIC, 0, 4, 100) + b"torn")
     live = read_segment(path, 0, final=False)
     assert [k for k, _ in live.records] == ["whole"] and not live.at_eof
     assert live.discarded == 0
@@ -120,7 +120,67 @@ def test_finished_segments_are_removed_after_they_are_taken_in(make_app, make_ta
     worker = app.extensions["worker"]
     assert worker.ingest() == 1
     assert segments(spool.directory) == []
-    assert worker.store.spooled_records([spool.name]) == {}
+    # Marked finished: a reader that was late with the same batch cannot take it in again.
+    assert worker.store.spool_offset(spool.name) == -1
+    assert worker.store.take_in(spool.name, 0, 100, [("uuid-2", b"{}")]) is None
+    assert worker.store.status("uuid-2") is None
+
+
+def test_a_segment_being_created_is_not_mistaken_for_an_abandoned_one(tmp_path):
+    spool = SpoolWriter(tmp_path)
+    spool.append("k", b"1")
+    # Before its lock is taken a segment has a name the reader skips; only a rename
+    # to its real name, lock held, makes it visible.
+    (tmp_path / "00000000000000000001-1-dead.spool.new").write_bytes(b"")
+    (path,) = segments(tmp_path)
+    assert path.name == spool.name and not writer_gone(path)
+    spool.close()
+
+
+def test_a_long_uuid_is_spooled_and_queued_whole(make_app, make_table):
+    app = make_app(make_table(TABLE))
+    uuid = "u" * 70_000  # past a 16-bit length field
+    data = json.dumps(dict(recorded_events()[0], uuid=uuid))
+    reply = app.test_client().post("/", data=data, content_type="application/json")
+    assert reply.status_code == 202
+    assert app.extensions["worker"].ingest() == 1
+    assert app.extensions["store"].status(uuid)["state"] == "pending"
+
+
+def test_an_event_dropped_when_taken_in_says_so_in_its_status(make_app, make_table):
+    app = make_app(make_table(TABLE), max_pending=1)
+    store = app.extensions["store"]
+    spool = app.extensions["spool"]
+    for n in range(2):  # past the intake's own check, as another process's spool would be
+        spool.append(f"uuid-{n}", body(n))
+    app.extensions["worker"].ingest()
+    assert store.status("uuid-0")["state"] == "pending"
+    assert store.status("uuid-1")["state"] == "failed"
+    assert store.status("uuid-1")["error"] == "dropped: queue full"
+    assert store.pending() == 1
+    metrics = app.test_client().get("/metrics").get_data(as_text=True)
+    assert 'responder_events_intake_total{status="dropped"} 1.0' in metrics
+
+
+def test_a_full_disk_is_a_507_naming_the_spool_never_a_500(tmp_path):
+    # A file size limit stands in for a full disk: the append fails with EFBIG.
+    code = (
+        "import json, resource, signal, sys\n"
+        "from responder.app import create_app\n"
+        "from responder.settings import Settings\n"
+        "app = create_app(Settings(state_dir=sys.argv[1]), api_client=None,"
+        " start_worker=False)\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))\n"
+        "reply = app.test_client().post('/', data=sys.stdin.read(),"
+        " content_type='application/json')\n"
+        "print(reply.status_code, json.dumps(reply.get_json()))\n")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], input=body(1).decode(),
+                          capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).parent.parent, check=False)
+    status, _, reply = done.stdout.strip().splitlines()[-1].partition(" ")
+    assert status == "507", done.stdout + done.stderr
+    assert "cannot write to the spool" in json.loads(reply)["error"]
 
 
 def test_a_writer_killed_mid_stream_loses_no_acknowledged_record(tmp_path):
