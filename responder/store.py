@@ -86,6 +86,16 @@ class Claimed:
 
 
 @dataclass(frozen=True)
+class Closing:
+    """An event's final state, with the outcomes still to be written beside it."""
+
+    event_id: int
+    state: str
+    error: str | None
+    outcomes: dict[int, dict[str, Any]]
+
+
+@dataclass(frozen=True)
 class Added:
     """What happened to an event at intake: stored, already known, or dropped by the cap."""
 
@@ -275,12 +285,20 @@ class EventStore:
                outcomes: dict[int, dict[str, Any]] | None = None) -> None:
         """Close an event, writing in the same commit the outcomes not yet recorded (those
         that touched no cluster, so nothing is lost if they are computed again)."""
+        self.finish_many([Closing(event_id, state, error, outcomes or {})])
+
+    def finish_many(self, closings: list[Closing]) -> None:
+        """Close several events in one commit (a worker's batch)."""
+        if not closings:
+            return
+        now = self.clock()
         with self._tx() as conn:
             conn.executemany("INSERT OR REPLACE INTO outcomes VALUES (?, ?, ?)",
-                             [(event_id, i, json.dumps(r)) for i, r in (outcomes or {}).items()])
-            conn.execute("UPDATE events SET state = ?, finished = ?, error = ?, "
-                         "lease_until = NULL WHERE id = ?",
-                         (state, self.clock(), error, event_id))
+                             [(c.event_id, i, json.dumps(r))
+                              for c in closings for i, r in c.outcomes.items()])
+            conn.executemany("UPDATE events SET state = ?, finished = ?, error = ?, "
+                             "lease_until = NULL WHERE id = ?",
+                             [(c.state, now, c.error, c.event_id) for c in closings])
 
     def retry_later(self, event_id: int, delay: float, error: str) -> None:
         with self._tx() as conn:

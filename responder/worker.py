@@ -14,7 +14,7 @@ from .events import parse_event
 from .executor import ActionReport
 from .service import Responder, log_received
 from .spool import read_segment, segments, writer_gone
-from .store import Added, Claimed, EventStore
+from .store import Added, Claimed, Closing, EventStore
 
 logger = logging.getLogger(__name__)
 LEASE_SECONDS = 60.0
@@ -80,15 +80,21 @@ class Worker:
         self._ingest_safely()
         while (deadline is None or time.monotonic() < deadline) and \
                 (claimed := self.store.claim(self.batch, self.lease_seconds)):
-            for item in claimed:
-                if not self.store.still_ours(item, self.lease_seconds):
-                    continue  # its lease ran out while earlier ones ran: another worker has it
-                try:
-                    self.process(item)
-                except Exception as exc:  # noqa: BLE001 - one event must not stall the batch
-                    logger.exception("event %s: processing failed", item.key)
-                    self._give_back(item, f"{type(exc).__name__} while processing")
-                handled += 1
+            # One commit closes the batch: after a crash its events are planned again, and
+            # only what touched no cluster is computed again (the rest was recorded at once).
+            closings: list[Closing] = []
+            try:
+                for item in claimed:
+                    if not self.store.still_ours(item, self.lease_seconds):
+                        continue  # its lease ran out meanwhile: another worker has it
+                    try:
+                        self.process(item, closings)
+                    except Exception as exc:  # noqa: BLE001 - one event must not stall the rest
+                        logger.exception("event %s: processing failed", item.key)
+                        self._give_back(item, f"{type(exc).__name__} while processing")
+                    handled += 1
+            finally:
+                self.store.finish_many(closings)
             self._ingest_safely()  # what arrived meanwhile joins the queue behind older ones
         return handled
 
@@ -157,7 +163,9 @@ class Worker:
             logger.warning("cannot forget dropped event %s in the shared state (%s)", key,
                            type(exc).__name__)
 
-    def process(self, item: Claimed) -> None:
+    def process(self, item: Claimed, closings: list[Closing] | None = None) -> None:
+        """Plan and act on one claimed event; its closing goes into `closings` when given
+        (the caller commits them together), else is committed here."""
         try:
             event = parse_event(item.body)
         except EventError as exc:  # validated at intake; only a corrupted row gets here
@@ -190,7 +198,11 @@ class Worker:
             self._retry_later(item, transient[0].result.reason or "transient failure")
             return
         failed = any(r.result.outcome is Outcome.FAILED for r in reports)
-        self.store.finish(item.id, "failed" if failed else "done", outcomes=deferred)
+        closing = Closing(item.id, "failed" if failed else "done", None, deferred)
+        if closings is None:
+            self.store.finish_many([closing])
+        else:
+            closings.append(closing)
         self.responder.after_actions(plan, reports)
 
     def _give_back(self, item: Claimed, reason: str) -> None:

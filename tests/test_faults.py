@@ -302,10 +302,10 @@ def die_after(worker, events: int) -> None:
     """Make `worker` die once it has processed `events` of the batch it claimed."""
     real, done = worker.process, []
 
-    def process(item):
+    def process(item, *rest):
         if len(done) == events:
             raise Killed
-        real(item)
+        real(item, *rest)
         done.append(item)
     worker.process = process
 
