@@ -6,7 +6,7 @@ import fnmatch
 import operator
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,14 @@ class Match:
     tags: tuple[str, ...] = ()
     source: str | None = None
     output_fields: tuple[FieldCondition, ...] = ()
+    # All of `rules` as one regex, built once: matching is per event, on the worker's path.
+    rules_regex: re.Pattern | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Each name as itself (a "[" in a Falco rule name stays literal), or as a glob.
+        alternatives = [f"{re.escape(p)}\\Z|{fnmatch.translate(p)}" for p in self.rules]
+        object.__setattr__(self, "rules_regex", re.compile("|".join(alternatives))
+                           if alternatives else None)
 
 
 @dataclass(frozen=True)
@@ -149,7 +157,7 @@ def match_rules(table: Table, event: Event) -> list[TableRule]:
 
 def matches(match: Match, event: Event) -> bool:
     """Whether every criterion given in `match` holds for the event."""
-    if match.rules and not any(_rule_name_matches(p, event.rule) for p in match.rules):
+    if match.rules_regex is not None and not match.rules_regex.match(event.rule):
         return False
     if match.priority and not match.priority.holds(event.priority):
         return False
@@ -158,12 +166,6 @@ def matches(match: Match, event: Event) -> bool:
     if match.source and match.source != event.source:
         return False
     return all(cond.holds(event) for cond in match.output_fields)
-
-
-def _rule_name_matches(pattern: str, rule: str) -> bool:
-    # fnmatchcase: Falco rule names are case-sensitive, and "[" in a name stays literal
-    # unless the operator wrote a glob class on purpose.
-    return pattern == rule or fnmatch.fnmatchcase(rule, pattern)
 
 
 def _as_text(value: Any) -> str:
