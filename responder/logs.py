@@ -52,6 +52,16 @@ def configure_logging(log_format: str, level: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    _skip_unused_record_fields()
+
+
+def _skip_unused_record_fields() -> None:
+    """The worker logs every event and decision; neither format shows the source line,
+    thread or process name, so records need not look them up (the optimisations the
+    logging HOWTO lists; process ids stay, gunicorn's own lines show them)."""
+    logging._srcfile = None  # no stack walk per record to find the caller
+    logging.logThreads = False
+    logging.logMultiprocessing = False
 
 
 def configure_cli_logging() -> None:
