@@ -12,7 +12,7 @@ from typing import Any
 from .errors import StorageError
 from .events import parse_event
 from .service import Responder, queued_body
-from .shared import SharedState
+from .shared import SharedState, forget_dropped
 from .spool import SpoolWriter
 from .store import EventStore
 
@@ -57,12 +57,13 @@ class Intake:
             status = "dropped"
             logger.error("queue full (%d unfinished events): dropped event %s (policy %s)",
                          self.store.max_pending, event.uuid, self.store.drop_policy)
-            self._forget(event.uuid)
+            forget_dropped(self.shared, event.uuid)
         else:
             try:
                 self.spool.append(event.uuid, body)
             except StorageError:
-                self._forget(event.uuid)  # a resend, once there is room, must count as new
+                # A resend, once there is room, must count as new.
+                forget_dropped(self.shared, event.uuid)
                 raise
             status = "queued"
             self._remember(event.uuid)
@@ -96,13 +97,6 @@ class Intake:
         with self._lock:
             self._depth, self._depth_read, self._since_read = depth, now, 0
         return depth >= cap
-
-    def _forget(self, key: str) -> None:
-        try:
-            self.shared.forget(key)
-        except Exception as exc:  # noqa: BLE001 - only costs a missed resend, say so
-            logger.warning("cannot forget dropped event %s in the shared state (%s)", key,
-                           type(exc).__name__)
 
     def _first_seen(self, key: str) -> bool:
         try:

@@ -3,11 +3,14 @@ windows and rate limits. Local (SQLite, one replica) or Redis (every replica).""
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from typing import Protocol
 
 from .store import EventStore
+
+logger = logging.getLogger(__name__)
 
 
 class SharedState(Protocol):
@@ -32,6 +35,18 @@ class SharedState(Protocol):
                         member: str | None = None) -> bool:
         """Record one occurrence if fewer than `limit` happened in the last `seconds`; a
         `member` (e.g. one pod's deletion) counts once however often it is retried."""
+
+
+def forget_dropped(shared: SharedState | None, key: str | None) -> None:
+    """Undo `first_seen` for an event this replica dropped, so a resend counts as new on
+    every replica. A failure only costs that, so it is logged, never raised."""
+    if shared is None or key is None:
+        return
+    try:
+        shared.forget(key)
+    except Exception as exc:  # noqa: BLE001 - e.g. Redis down
+        logger.warning("cannot forget dropped event %s in the shared state (%s)", key,
+                       type(exc).__name__)
 
 
 class LocalState:

@@ -13,6 +13,7 @@ from .errors import EventError
 from .events import parse_event
 from .executor import ActionReport
 from .service import Responder, log_received
+from .shared import forget_dropped
 from .spool import read_segment, segments, writer_gone
 from .store import Added, Claimed, Closing, EventStore
 
@@ -150,18 +151,8 @@ class Worker:
                 logger.error("queue full (%d unfinished events): dropped event %s (policy %s)",
                              self.store.max_pending, result.dropped_key, self.store.drop_policy)
                 metrics.intake.labels("dropped").inc()
-                self._forget(result.dropped_key)
+                forget_dropped(self.responder.shared, result.dropped_key)
         return sum(result.status == "queued" for result in added)
-
-    def _forget(self, key: str | None) -> None:
-        """Let a resend of a dropped event count as new across replicas."""
-        if key is None or self.responder.shared is None:
-            return
-        try:
-            self.responder.shared.forget(key)
-        except Exception as exc:  # noqa: BLE001 - only costs a missed resend, say so
-            logger.warning("cannot forget dropped event %s in the shared state (%s)", key,
-                           type(exc).__name__)
 
     def process(self, item: Claimed, closings: list[Closing] | None = None) -> None:
         """Plan and act on one claimed event; its closing goes into `closings` when given
