@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 # finishes its requests, then the worker acts on what is due (up to 20 s) and tells Slack.
 STOP_SECONDS = 50.0
 RESTART_PAUSE = (1.0, 30.0)  # first and longest wait before restarting a dead worker
+STEADY_SECONDS = 60.0  # a worker that lived this long died on its own, not in a crash loop
 
 
 class Supervisor:
@@ -51,14 +52,17 @@ class Supervisor:
         # the server alone, with its errors printed once, and its exit status is ours.
         if not self._wait_listening(server):
             return server.returncode if server.returncode is not None else 0
-        worker = self._spawn("work", "--metrics-port", "0")
+        worker, started = self._spawn("work", "--metrics-port", "0"), time.monotonic()
         pause = RESTART_PAUSE[0]
         while not self._stop.wait(0.5):
             if server.poll() is not None:
                 logger.error("server exited with status %s; stopping", server.returncode)
                 break
             if worker.poll() is not None:
+                if time.monotonic() - started > STEADY_SECONDS:
+                    pause = RESTART_PAUSE[0]
                 worker, pause = self._restart(worker, pause)
+                started = time.monotonic()
         # The server first, so the worker, last to go, acts on everything it took in.
         deadline = time.monotonic() + STOP_SECONDS
         _stop_child(server, "server", deadline)
