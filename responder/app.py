@@ -67,17 +67,16 @@ def create_app(settings: Settings | None = None, *, table: Table | None = None,
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.extensions.update(responder=responder, worker=worker, store=store, spool=None,
+    spool = SpoolWriter(spool_dir) if settings.intake == "queue" else None
+    app.extensions.update(responder=responder, worker=worker, store=store, spool=spool,
                           reloader=_start_reloader(settings, responder))
-    metrics.watch_queue(store.pending, store.oldest_pending_age)
+    # Depth counts what this process spooled and the worker has not yet taken in, too.
+    metrics.watch_queue(lambda: store.pending() + (
+        spool.backlog(store.spooled_records) if spool else 0), store.oldest_pending_age)
     intake = None
-    if settings.intake == "queue":
-        spool = app.extensions["spool"] = SpoolWriter(spool_dir)
+    if spool is not None:
         intake = Intake(responder, store, spool, shared, worker.wake,
                         settings.retention_seconds)
-        # Depth counts what this process spooled and the worker has not yet taken in.
-        metrics.watch_queue(lambda: store.pending() + spool.backlog(store.spooled_records),
-                            store.oldest_pending_age)
         if start_worker:
             spool.start_sync(settings.sync_seconds)
             # "process" is `responder serve`'s to honour (it runs its server with "off");

@@ -154,13 +154,13 @@ class Worker:
                 forget_dropped(self.responder.shared, result.dropped_key)
         return sum(result.status == "queued" for result in added)
 
-    def process(self, item: Claimed, closings: list[Closing] | None = None) -> None:
-        """Plan and act on one claimed event; its closing goes into `closings` when given
-        (the caller commits them together), else is committed here."""
+    def process(self, item: Claimed, closings: list[Closing]) -> None:
+        """Plan and act on one claimed event; its closing goes into `closings`, which the
+        caller commits together."""
         try:
             event = parse_event(item.body)
         except EventError as exc:  # validated at intake; only a corrupted row gets here
-            self.store.finish(item.id, "failed", f"unreadable event: {exc}")
+            closings.append(Closing(item.id, "failed", f"unreadable event: {exc}", {}))
             return
         if item.attempts == 1:
             log_received(event)  # the audit record, once, as the event leaves the queue
@@ -189,11 +189,7 @@ class Worker:
             self._retry_later(item, transient[0].result.reason or "transient failure")
             return
         failed = any(r.result.outcome is Outcome.FAILED for r in reports)
-        closing = Closing(item.id, "failed" if failed else "done", None, deferred)
-        if closings is None:
-            self.store.finish_many([closing])
-        else:
-            closings.append(closing)
+        closings.append(Closing(item.id, "failed" if failed else "done", None, deferred))
         self.responder.after_actions(plan, reports)
 
     def _give_back(self, item: Claimed, reason: str) -> None:
