@@ -147,3 +147,15 @@ def test_prune_forgets_old_finished_events_only(tmp_path):
         assert store.status("done") is None and store.status("pending") is not None
     finally:
         store.close()
+
+
+def test_a_corrupted_journal_row_fails_with_the_reason_and_the_rest_still_run(make_app,
+                                                                              make_table):
+    app = make_app(make_table(TABLE))
+    store = app.extensions["store"]
+    store.add("corrupt", b"{not json")  # never passes intake; only damage puts it there
+    post(app, event(1))
+    assert app.extensions["worker"].run_pending() == 2
+    assert store.status("corrupt")["state"] == "failed"
+    assert store.status("corrupt")["error"].startswith("unreadable event: body is not valid")
+    assert store.status("uuid-1")["state"] == "done"
