@@ -97,7 +97,8 @@ class Executor:
             reports.append(report)
             log_decision(plan, decision, report.target, report.result)
             if self.metrics:
-                self.metrics.outcomes.labels(decision.action, str(report.result.outcome)).inc()
+                self.metrics.inc(self.metrics.outcomes, decision.action,
+                                 str(report.result.outcome))
             if record:
                 record(index, report)
         self._close_idle_windows(run, reports)

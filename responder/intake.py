@@ -68,7 +68,8 @@ class Intake:
             status = "queued"
             self._remember(event.uuid)
             self.wake.set()
-        self.responder.metrics.intake.labels(status).inc()
+        metrics = self.responder.metrics
+        metrics.inc(metrics.intake, status)
         return queued_body(event, status)
 
     def known(self, key: str) -> bool:

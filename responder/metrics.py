@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -22,6 +23,7 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
         r = self.registry
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.events = Counter("responder_events_received", "Falco events accepted",
                               ["rule", "priority", "source"], registry=r)
         self.rejected = Counter("responder_requests_rejected",
@@ -53,6 +55,16 @@ class Metrics:
                                registry=r)
         self.table_rules = Gauge("responder_action_table_rules", "Rules in the table in use",
                                  registry=r, multiprocess_mode="livemax")
+
+    def inc(self, counter: Counter, *labels: str) -> None:
+        """`counter.labels(*labels).inc()`, the child looked up once: `labels` checks its
+        arguments and takes a lock on every call, a cost paid per event and per decision.
+        As many children are kept as the metric itself has series."""
+        key = (id(counter), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children.setdefault(key, counter.labels(*labels))
+        child.inc()
 
     def watch_queue(self, depth: Callable[[], float], oldest: Callable[[], float]) -> None:
         """Read the queue's depth and age when scraped, not on every event."""

@@ -92,8 +92,8 @@ class Responder:
         return reply_body(plan, reports)
 
     def count_received(self, event: Event) -> None:
-        self.metrics.events.labels(self._rule_label(event.rule), event.priority.label,
-                                   event.source[:32]).inc()
+        self.metrics.inc(self.metrics.events, self._rule_label(event.rule),
+                         event.priority.label, event.source[:32])
 
     def _rule_label(self, rule: str) -> str:
         # Rule names come from the sender: past a bound, new ones share one series, so

@@ -165,7 +165,9 @@ class Worker:
         if item.attempts == 1:
             log_received(event)  # the audit record, once, as the event leaves the queue
         plan = self.responder.plan(event)
-        prior = prior_results(plan, self.store.recorded(item.id).values())
+        # A first claim has nothing recorded; only a retry (or a crash's) can have.
+        prior = prior_results(plan, self.store.recorded(item.id).values()) \
+            if item.attempts > 1 else {}
         last_try = item.attempts >= self.max_attempts
         deferred: dict[int, dict] = {}
 
