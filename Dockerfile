@@ -21,7 +21,7 @@ COPY --from=builder /opt/venv /opt/venv
 # Numeric, so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
 USER 10001
 EXPOSE 2801
-# `responder serve` runs two processes under one parent: gunicorn (gthread, 1 worker x 4
+# `responder serve` runs two processes under one parent: gunicorn (gthread, 1 worker x 2
 # threads, on 0.0.0.0:2801 unless RESPONDER_HOST/PORT say otherwise; heartbeat in /dev/shm
 # and no control socket, so a read-only root filesystem is enough) taking events in, and the
 # queue worker acting on them, on its own core rather than sharing the server's GIL. The

@@ -412,7 +412,11 @@ def machine() -> str:
 
 def section_throughput(profile: Profile, gen: Generator, workdir: Path) -> None:
     header("1. Intake throughput and latency (POST / with a recorded event, distinct uuids)")
-    print(f"gunicorn gthread, 1 worker x 4 threads (the responder's defaults) for all; "
+    from responder.settings import Settings
+
+    defaults = Settings.from_env({})
+    print(f"gunicorn gthread, {defaults.workers} worker x {defaults.threads} threads (the "
+          "responder's defaults) for all; "
           f"{profile.warmup} s warm-up, then {profile.seconds} s per run; the responder runs "
           "the packaged table (dry-run), no cluster, and acts on every event while it is "
           "measured; server CPU counts every process of the server, the queue worker's too")
