@@ -59,7 +59,8 @@ class Metrics:
     def inc(self, counter: Counter, *labels: str) -> None:
         """`counter.labels(*labels).inc()`, the child looked up once: `labels` checks its
         arguments and takes a lock on every call, a cost paid per event and per decision.
-        As many children are kept as the metric itself has series."""
+        As many children are kept as the metric itself has series; nothing here removes
+        a series (`remove`/`clear`), which would leave a cached child counting unseen."""
         key = (id(counter), labels)
         child = self._children.get(key)
         if child is None:

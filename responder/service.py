@@ -24,6 +24,7 @@ from .table import Table
 
 logger = logging.getLogger(__name__)
 MAX_RULE_LABELS = 500  # Falco's default rules number about 80; plugins add a few dozen
+MAX_SOURCE_LABELS = 50  # syscall, k8s_audit and one per source plugin (cloudtrail, okta, ...)
 
 
 class Responder:
@@ -37,6 +38,7 @@ class Responder:
         self.registry = registry
         self.metrics = metrics or Metrics()
         self._rule_labels: set[str] = set()
+        self._source_labels: set[str] = set()
         self.table = table
         self.store = store
         self.shared = shared
@@ -92,16 +94,11 @@ class Responder:
         return reply_body(plan, reports)
 
     def count_received(self, event: Event) -> None:
-        self.metrics.inc(self.metrics.events, self._rule_label(event.rule),
-                         event.priority.label, event.source[:32])
-
-    def _rule_label(self, rule: str) -> str:
-        # Rule names come from the sender: past a bound, new ones share one series, so
-        # nobody can grow the metrics without limit.
-        if rule in self._rule_labels or len(self._rule_labels) < MAX_RULE_LABELS:
-            self._rule_labels.add(rule)
-            return rule
-        return "other"
+        self.metrics.inc(self.metrics.events,
+                         bounded_label(self._rule_labels, event.rule, MAX_RULE_LABELS),
+                         event.priority.label,
+                         bounded_label(self._source_labels, event.source[:32],
+                                       MAX_SOURCE_LABELS))
 
     def after_actions(self, plan: Plan, reports: list[ActionReport]) -> None:
         """Tell people (Slack) and the cluster (Events) what was done. Never raises."""
@@ -127,6 +124,16 @@ class Responder:
         if self.api_client is None or self.settings.force_dry_run:
             return False
         return any(not self.table.is_dry_run(rule) for rule in self.table.rules)
+
+
+def bounded_label(seen: set[str], value: str, limit: int) -> str:
+    """`value` as a label while `seen` holds fewer than `limit` others, else "other".
+    Rule names and sources come from the sender: past the bound, new ones share one
+    series, so nobody can grow the metrics without limit."""
+    if value in seen or len(seen) < limit:
+        seen.add(value)
+        return value
+    return "other"
 
 
 def log_received(event: Event) -> None:

@@ -150,7 +150,7 @@ class Worker:
             if result.status == "dropped" or result.dropped_key:
                 logger.error("queue full (%d unfinished events): dropped event %s (policy %s)",
                              self.store.max_pending, result.dropped_key, self.store.drop_policy)
-                metrics.intake.labels("dropped").inc()
+                metrics.inc(metrics.intake, "dropped")
                 forget_dropped(self.responder.shared, result.dropped_key)
         return sum(result.status == "queued" for result in added)
 

@@ -146,6 +146,17 @@ def test_sender_chosen_rule_names_cannot_grow_the_metrics_without_bound(make_app
     assert text.count("responder_events_received_total{") == 501
 
 
+def test_sender_chosen_sources_cannot_grow_the_metrics_without_bound(make_app, make_table):
+    app = make_app(make_table(TABLE), max_body_bytes=4096)
+    client = app.test_client()
+    for i in range(60):
+        client.post("/", data=json.dumps({"rule": "r", "priority": "Notice", "source": f"s{i}",
+                                          "output_fields": {}}))
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'source="other"' in text
+    assert text.count("responder_events_received_total{") == 51
+
+
 @pytest.mark.parametrize(("env", "message"), [
     ({"RESPONDER_LOG_LEVEL": "verbose"}, "RESPONDER_LOG_LEVEL: must be one of"),
     ({"RESPONDER_REDIS_URL": "http://user:hunter2@x"}, "RESPONDER_REDIS_URL: must start"),
