@@ -3,6 +3,7 @@ Flask baseline, a 10,000-event storm against an armed table, and memory over 100
 
     python bench/run.py            # the full run (about 5 minutes on 2 cores)
     python bench/run.py --quick    # a smoke run of a few seconds per section
+    python bench/run.py --sections throughput --threads 4   # another RESPONDER_THREADS
 
 Loopback only; every loop is bounded in count and time; every server it starts is stopped.
 """
@@ -26,7 +27,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,6 +68,7 @@ class Profile:
     slack_window: float
     memory_marks: tuple[int, ...]  # events posted in total at each RSS reading
     drain_timeout: float
+    threads: int | None = None  # RESPONDER_THREADS for section 1's servers; None: default
 
 
 FULL = Profile(10, 2, 10_000, 5.0, (5_000, 50_000, 100_000), 300.0)
@@ -415,8 +417,11 @@ def section_throughput(profile: Profile, gen: Generator, workdir: Path) -> None:
     from responder.settings import Settings
 
     defaults = Settings.from_env({})
-    print(f"gunicorn gthread, {defaults.workers} worker x {defaults.threads} threads (the "
-          "responder's defaults) for all; "
+    threads = profile.threads or defaults.threads
+    env = {"RESPONDER_THREADS": str(threads)}
+    print(f"gunicorn gthread, {defaults.workers} worker x {threads} threads ("
+          + ("the responder's defaults" if threads == defaults.threads else "--threads")
+          + ") for all; "
           f"{profile.warmup} s warm-up, then {profile.seconds} s per run; the responder runs "
           "the packaged table (dry-run), no cluster, and acts on every event while it is "
           "measured; server CPU counts every process of the server, the queue worker's too")
@@ -424,8 +429,8 @@ def section_throughput(profile: Profile, gen: Generator, workdir: Path) -> None:
     base = "echo baseline (bare Flask + gunicorn)"
     default = "responder serve (default: queue worker process)"
     thread = "responder, queue worker thread (RESPONDER_WORKER=thread)"
-    specs = (("echo", ECHO_APP, {}), ("responder", SERVE, {}),
-             ("thread", RESPONDER_APP, {"RESPONDER_WORKER": "thread"}))
+    specs = (("echo", ECHO_APP, env), ("responder", SERVE, env),
+             ("thread", RESPONDER_APP, {**env, "RESPONDER_WORKER": "thread"}))
     with serving(workdir, *specs) as servers:
         for label, server in zip((base, default, thread), servers, strict=True):
             if profile.warmup:
@@ -616,9 +621,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="use the Python load generator even when wrk is installed")
     parser.add_argument("--sections", default="throughput,storm,memory",
                         help="comma-separated subset of: throughput, storm, memory")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="gunicorn threads per worker for every server of section 1 "
+                             "(default: the responder's default)")
     args = parser.parse_args(argv)
     chosen = [SECTIONS[name] for name in args.sections.split(",")]
-    profile = QUICK if args.quick else FULL
+    profile = replace(QUICK if args.quick else FULL, threads=args.threads)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="responder-bench-") as tmp:
         workdir = Path(tmp)
