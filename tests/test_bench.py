@@ -15,3 +15,13 @@ def test_quick_benchmark_runs_every_section():
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for section in SECTIONS:
         assert section in result.stdout, f"{section!r} missing from:\n{result.stdout}"
+    assert "1 worker x 2 threads (the responder's defaults)" in result.stdout
+
+
+def test_threads_option_runs_section_1_with_that_thread_count():
+    result = subprocess.run([sys.executable, "bench/run.py", "--quick", "--sections",
+                             "throughput", "--threads", "1"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "1 worker x 1 threads (--threads)" in result.stdout
+    assert "== 2. Storm" not in result.stdout
