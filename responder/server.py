@@ -16,6 +16,12 @@ from .metrics import MULTIPROC_ENV
 from .settings import Settings
 from .table import load_table
 
+# Falcosidekick's client (Go's default transport) keeps an idle connection 90 s and never
+# resends a POST that failed: were the server to close first (gunicorn's default: 2 s), an
+# event sent as it closed would be lost. Idle connections wait in gthread's poller, not
+# in a thread.
+KEEPALIVE_SECONDS = 120
+
 
 class ResponderServer(BaseApplication):
     """Embeds gunicorn so `responder serve` and the container image run the same server."""
@@ -44,6 +50,7 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "threads": settings.threads,
         # Falcosidekick never times out a request; we should not hang on one either.
         "timeout": 60,
+        "keepalive": KEEPALIVE_SECONDS,
         "accesslog": None,
         # The control socket would be written under $HOME: not there on a read-only root.
         "control_socket_disable": True,

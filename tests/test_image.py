@@ -9,6 +9,7 @@ once with the Deployment's TLS and token settings (certificates from scripts/gen
 from __future__ import annotations
 
 import glob
+import http.client
 import json
 import os
 import re
@@ -360,6 +361,28 @@ def test_entrypoint_answers_a_recorded_event_with_json(served):
     done = wait_done(served, reply["status_url"])
     assert done["decisions"] and all(d["outcome"] in ("would-run", "skipped")
                                      for d in done["decisions"])
+
+
+def test_an_idle_kept_alive_connection_outlives_the_senders_idle_timeout(served):
+    # Falcosidekick reuses a connection idle for up to 90 s and never resends a POST: the
+    # server must not be the side that closes it, or an event sent as it closes is lost.
+    conn = http.client.HTTPConnection("localhost", served.port, timeout=10)
+
+    def post(uuid: str) -> int:
+        body = json.dumps({**recorded_events()[0], "uuid": uuid}).encode()
+        conn.request("POST", "/", body, {"Content-Type": "application/json"})
+        reply = conn.getresponse()
+        reply.read()
+        return reply.status
+
+    try:
+        assert post("7f1c2a9e-0000-4000-8000-00000000ka01") in ACCEPTED
+        first = conn.sock
+        time.sleep(3)  # longer than gunicorn's default keep-alive (2 s)
+        assert post("7f1c2a9e-0000-4000-8000-00000000ka02") in ACCEPTED
+        assert conn.sock is first  # the same connection answered both: no reconnect
+    finally:
+        conn.close()
 
 
 def wait_done(served: Served, status_url: str, timeout: float = 10.0) -> dict:
