@@ -187,11 +187,12 @@ def _add_health_routes(app: Flask, responder: Responder) -> None:
         if reloader and reloader.problems:
             # Still ready: the last good table keeps serving. The operator sees why.
             detail["table_reload_errors"] = reloader.problems
-        problem = None
         if responder.armed:
+            # Said, but still ready: events are recorded and acted on once the API answers
+            # again, while an unready pod would leave Falcosidekick nowhere to send them
+            # (it drops an event it cannot deliver).
             problem = kube.api_reachable(responder.api_client, timeout=2.0)
-        if problem:
-            return jsonify({"status": "not ready", "error": problem, **detail}), 503
+            detail["kubernetes_api"] = problem or "reachable"
         return jsonify({"status": "ready", **detail}), 200
 
 

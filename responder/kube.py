@@ -55,9 +55,9 @@ class ThrottledApiClient(client.ApiClient):
 
 
 def api_reachable(api: client.ApiClient, timeout: float) -> str | None:
-    """None when the API server answers /version, else why not (for /readyz)."""
+    """None when the API server answers /version, else why not (shown by /readyz)."""
     try:
         client.VersionApi(api).get_code(_request_timeout=timeout)
-    except Exception as exc:  # noqa: BLE001 - any failure means "not ready", said plainly
+    except Exception as exc:  # noqa: BLE001 - any failure means "unreachable", said plainly
         return f"Kubernetes API not reachable: {type(exc).__name__}"
     return None

@@ -149,10 +149,11 @@ def test_readyz_checks_the_api_when_armed(kube, make_app, make_table):
     app = make_app(make_table(ARMED), api_client=kube.api_client()).test_client()
     reply = app.get("/readyz")
     assert reply.status_code == 200 and reply.get_json()["armed"] is True
+    assert reply.get_json()["kubernetes_api"] == "reachable"
     assert ("GET", "/version/") in [(c.method, c.path) for c in kube.api.calls]
 
 
-def test_readyz_fails_when_armed_and_the_api_is_down(make_app, make_table):
+def test_readyz_stays_ready_and_says_why_when_armed_and_the_api_is_down(make_app, make_table):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -160,8 +161,12 @@ def test_readyz_fails_when_armed_and_the_api_is_down(make_app, make_table):
     configuration.retries = 0
     app = make_app(make_table(ARMED), api_client=client.ApiClient(configuration)).test_client()
     reply = app.get("/readyz")
-    assert reply.status_code == 503
-    assert "Kubernetes API not reachable" in reply.get_json()["error"]
+    # Unready, the pod would leave the Service and Falcosidekick would drop every event
+    # meanwhile; ready, it queues them for when the API is back.
+    assert reply.status_code == 200
+    assert "Kubernetes API not reachable" in reply.get_json()["kubernetes_api"]
+    assert app.post("/", data=json.dumps(
+        {"rule": "x", "priority": "Notice", "output_fields": {}})).status_code == 202
 
 
 def test_startup_logs_settings_and_dry_run_banner(make_app, replay_table, capsys):
