@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,9 +72,7 @@ def create_app(settings: Settings | None = None, *, table: Table | None = None,
     spool = SpoolWriter(spool_dir) if settings.intake == "queue" else None
     app.extensions.update(responder=responder, worker=worker, store=store, spool=spool,
                           reloader=_start_reloader(settings, responder))
-    # Depth counts what this process spooled and the worker has not yet taken in, too.
-    metrics.watch_queue(lambda: store.pending() + (
-        spool.backlog(store.spooled_records) if spool else 0), store.oldest_pending_age)
+    metrics.watch_queue(*_queue_gauges(store, spool))
     intake = None
     if spool is not None:
         intake = Intake(responder, store, spool, shared, worker.wake,
@@ -88,6 +88,21 @@ def create_app(settings: Settings | None = None, *, table: Table | None = None,
     _add_health_routes(app, responder)
     _add_error_handlers(app, responder.metrics)
     return app
+
+
+def _queue_gauges(store: EventStore, spool: SpoolWriter | None
+                  ) -> tuple[Callable[[], float], Callable[[], float]]:
+    """Queue depth and oldest age, counting what this process spooled and the worker has
+    not yet taken in: with the worker down, that is where events wait."""
+    def depth() -> float:
+        return store.pending() + (spool.backlog(store.spooled_records) if spool else 0)
+
+    def oldest() -> float:
+        age = store.oldest_pending_age()
+        written = spool.unread(store.spooled_records)[1] if spool else None
+        return age if written is None else max(age, time.time() - written)
+
+    return depth, oldest
 
 
 def shutdown(app: Flask, timeout: float = 10.0) -> None:

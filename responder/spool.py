@@ -20,6 +20,7 @@ import struct
 import threading
 import time
 import zlib
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,9 @@ HEADER = struct.Struct("<4sIII")
 MAGIC = b"FRS2"
 SUFFIX = ".spool"
 SEGMENT_BYTES = 32 * 2**20
+# How finely the age of the oldest record not yet taken in is known: an append notes the
+# time only when the last note is this old, so a storm costs a few notes a second.
+MARK_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,9 @@ class SpoolWriter:
         self.name = ""
         #: Records written per segment of ours, for the intake's backlog estimate.
         self.written: dict[str, int] = {}
+        # Per segment: (records written before, wall time) at most MARK_SECONDS apart, so
+        # every record was written less than MARK_SECONDS after the last mark before it.
+        self._marks: dict[str, deque[tuple[int, float]]] = {}
 
     def append(self, key: str, body: bytes) -> None:
         """Write one record; when this returns, a crash of this process cannot lose it."""
@@ -83,22 +90,46 @@ class SpoolWriter:
                 raise StorageError(f"cannot write to the spool in {self.directory}: short "
                                    f"write ({written} of {len(record)} bytes); full?")
             self._size += written
-            self.written[self.name] = self.written.get(self.name, 0) + 1
+            count = self.written.get(self.name, 0)
+            self.written[self.name] = count + 1
+            marks = self._marks.setdefault(self.name, deque())
+            now = time.time()
+            if not marks or now - marks[-1][1] >= MARK_SECONDS:
+                marks.append((count, now))
 
     def backlog(self, taken_in: Callable[[list[str]], dict[str, int]]) -> int:
         """Records of ours not yet in the journal; `taken_in` says how many of each of the
         named segments are."""
+        return self.unread(taken_in)[0]
+
+    def unread(self, taken_in: Callable[[list[str]], dict[str, int]]
+               ) -> tuple[int, float | None]:
+        """Records of ours not yet in the journal, and when the oldest of them was written
+        (a time.time() value, up to MARK_SECONDS early; None when there is none)."""
         with self._lock:
             written, current = dict(self.written), self.name
         taken = taken_in(list(written))
-        unread = 0
-        for name, count in written.items():
+        unread, oldest = 0, None
+        for name, count in written.items():  # oldest segment first
             if name != current and not (self.directory / name).exists():
                 with self._lock:  # read to its end and deleted: nothing of it is waiting
                     self.written.pop(name, None)
+                    self._marks.pop(name, None)
                 continue
-            unread += count - taken.get(name, 0)
-        return unread
+            done = taken.get(name, 0)
+            unread += count - done
+            first = self._first_unread_mark(name, done)
+            if oldest is None and count > done:
+                oldest = first
+        return unread, oldest
+
+    def _first_unread_mark(self, name: str, done: int) -> float | None:
+        """Forget the marks of records the journal has; the time of the first left."""
+        with self._lock:
+            marks = self._marks.get(name)
+            while marks and len(marks) > 1 and marks[1][0] <= done:
+                marks.popleft()
+            return marks[0][1] if marks else None
 
     def sync(self) -> None:
         """fdatasync the segment in use: the batched flush that makes appends power-safe."""

@@ -1,7 +1,9 @@
 """The webhook over HTTP: recorded events replayed, every bad-input class, health endpoints."""
 
 import json
+import re
 import socket
+import time
 
 import pytest
 from kubernetes import client
@@ -210,3 +212,18 @@ def test_metrics_count_events_outcomes_and_rejections(app, app_client):
     assert "responder_action_table_rules 7.0" in text
     assert 'responder_events_intake_total{status="queued"} 1.0' in text
     assert "responder_queue_depth 0.0" in text
+
+
+def queue_gauge(client, name: str) -> float:
+    text = client.get("/metrics").get_data(as_text=True)
+    return float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))
+
+
+def test_oldest_pending_age_counts_events_the_worker_has_not_taken_in(app, app_client):
+    # With no worker taking anything in (it died, or is restarting), events wait in the
+    # spool: an alert on their age must fire all the same.
+    app_client.post("/", data=json.dumps(recorded_events()[0]), headers=SIDEKICK_HEADERS)
+    time.sleep(0.5)
+    assert queue_gauge(app_client, "responder_queue_oldest_pending_seconds") >= 0.4
+    app.extensions["worker"].run_pending()
+    assert queue_gauge(app_client, "responder_queue_oldest_pending_seconds") == 0

@@ -7,9 +7,20 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
-from responder.spool import HEADER, MAGIC, SpoolWriter, read_segment, segments, writer_gone
+import pytest
+
+from responder.spool import (
+    HEADER,
+    MAGIC,
+    MARK_SECONDS,
+    SpoolWriter,
+    read_segment,
+    segments,
+    writer_gone,
+)
 
 from .conftest import recorded_events
 
@@ -204,3 +215,19 @@ def test_a_writer_killed_mid_stream_loses_no_acknowledged_record(tmp_path):
     found = read_segment(path, 0, final=True, limit=10**6)
     keys = [key for key, _ in found.records]
     assert keys == [f"k{i}" for i in range(len(keys))] and len(keys) > acknowledged
+
+
+def test_the_oldest_unread_record_is_dated_within_a_mark(tmp_path):
+    spool = SpoolWriter(tmp_path)
+    before = time.time()
+    spool.append("k0", body(0))
+    spool.append("k1", body(1))
+    time.sleep(MARK_SECONDS * 2)
+    later = time.time()
+    spool.append("k2", body(2))
+    name = spool.name
+    assert spool.unread(lambda names: {}) == (3, pytest.approx(before, abs=MARK_SECONDS))
+    count, oldest = spool.unread(lambda names: {name: 2})  # the first two are taken in
+    assert count == 1 and later <= oldest < later + MARK_SECONDS
+    assert spool.unread(lambda names: {name: 3}) == (0, None)
+    spool.close()
