@@ -67,8 +67,9 @@ class SpoolWriter:
         self.name = ""
         #: Records written per segment of ours, for the intake's backlog estimate.
         self.written: dict[str, int] = {}
-        # Per segment: (records written before, wall time) at most MARK_SECONDS apart, so
-        # every record was written less than MARK_SECONDS after the last mark before it.
+        # Per segment: (records written before it, wall time), a new mark once the last is
+        # MARK_SECONDS old, so every record was written less than MARK_SECONDS after the
+        # last mark before it.
         self._marks: dict[str, deque[tuple[int, float]]] = {}
 
     def append(self, key: str, body: bytes) -> None:
