@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +71,7 @@ def create_app(settings: Settings | None = None, *, table: Table | None = None,
     spool = SpoolWriter(spool_dir) if settings.intake == "queue" else None
     app.extensions.update(responder=responder, worker=worker, store=store, spool=spool,
                           reloader=_start_reloader(settings, responder))
-    metrics.watch_queue(*_queue_gauges(store, spool))
+    metrics.watch_queue(lambda: _queue_state(store, spool))
     intake = None
     if spool is not None:
         intake = Intake(responder, store, spool, shared, worker.wake,
@@ -90,19 +89,14 @@ def create_app(settings: Settings | None = None, *, table: Table | None = None,
     return app
 
 
-def _queue_gauges(store: EventStore, spool: SpoolWriter | None
-                  ) -> tuple[Callable[[], float], Callable[[], float]]:
+def _queue_state(store: EventStore, spool: SpoolWriter | None) -> tuple[float, float]:
     """Queue depth and oldest age, counting what this process spooled and the worker has
     not yet taken in: with the worker down, that is where events wait."""
-    def depth() -> float:
-        return store.pending() + (spool.backlog(store.spooled_records) if spool else 0)
-
-    def oldest() -> float:
-        age = store.oldest_pending_age()
-        written = spool.unread(store.spooled_records)[1] if spool else None
-        return age if written is None else max(age, time.time() - written)
-
-    return depth, oldest
+    unread, written = spool.unread(store.spooled_records) if spool else (0, None)
+    age = store.oldest_pending_age()
+    if written is not None:
+        age = max(age, time.time() - written)
+    return store.pending() + unread, age
 
 
 def shutdown(app: Flask, timeout: float = 10.0) -> None:

@@ -67,9 +67,9 @@ class Metrics:
             child = self._children.setdefault(key, counter.labels(*labels))
         child.inc()
 
-    def watch_queue(self, depth: Callable[[], float], oldest: Callable[[], float]) -> None:
-        """Read the queue's depth and age when scraped, not on every event."""
-        self.queue.depth, self.queue.oldest = depth, oldest
+    def watch_queue(self, state: Callable[[], tuple[float, float]]) -> None:
+        """Read the queue's depth and oldest age (one call) when scraped, not per event."""
+        self.queue.state = state
 
     def exposition(self) -> bytes:
         """The text a scrape of /metrics gets: this process's metrics, or under
@@ -86,11 +86,11 @@ class QueueCollector(Collector):
     """Queue depth and oldest-pending age, read from the journal at scrape time."""
 
     def __init__(self) -> None:
-        self.depth: Callable[[], float] = lambda: 0.0
-        self.oldest: Callable[[], float] = lambda: 0.0
+        self.state: Callable[[], tuple[float, float]] = lambda: (0.0, 0.0)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        depth, oldest = self.state()
         yield GaugeMetricFamily("responder_queue_depth", "Events recorded but not finished",
-                                value=self.depth())
+                                value=depth)
         yield GaugeMetricFamily("responder_queue_oldest_pending_seconds",
-                                "Age of the oldest unfinished event", value=self.oldest())
+                                "Age of the oldest unfinished event", value=oldest)
