@@ -12,7 +12,7 @@ from typing import Any
 from .errors import StorageError
 from .events import parse_event
 from .service import Responder, queued_body
-from .shared import SharedState, forget_dropped
+from .shared import SharedState, forget_dropped, report_dropped
 from .spool import SpoolWriter
 from .store import EventStore
 
@@ -55,9 +55,7 @@ class Intake:
             status = "duplicate"  # here lately, or another replica already has it
         elif self._full():
             status = "dropped"
-            logger.error("queue full (%d unfinished events): dropped event %s (policy %s)",
-                         self.store.max_pending, event.uuid, self.store.drop_policy)
-            forget_dropped(self.shared, event.uuid)
+            report_dropped(self.store, self.shared, event.uuid)
         else:
             try:
                 self.spool.append(event.uuid, body)

@@ -37,6 +37,14 @@ class SharedState(Protocol):
         `member` (e.g. one pod's deletion) counts once however often it is retried."""
 
 
+def report_dropped(store: EventStore, shared: SharedState | None, key: str | None) -> None:
+    """Say that the cap dropped an event (at intake or as it is taken in), and let a
+    resend count as new."""
+    logger.error("queue full (%d unfinished events): dropped event %s (policy %s)",
+                 store.max_pending, key, store.drop_policy)
+    forget_dropped(shared, key)
+
+
 def forget_dropped(shared: SharedState | None, key: str | None) -> None:
     """Undo `first_seen` for an event this replica dropped, so a resend counts as new on
     every replica. A failure only costs that, so it is logged, never raised."""

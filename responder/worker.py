@@ -14,7 +14,7 @@ from .errors import EventError
 from .events import parse_event
 from .executor import ActionReport
 from .service import Responder, log_received
-from .shared import forget_dropped
+from .shared import report_dropped
 from .spool import read_segment, segments, writer_gone
 from .store import Added, Claimed, Closing, EventStore
 
@@ -153,10 +153,8 @@ class Worker:
         metrics = self.responder.metrics
         for result in added:
             if result.status == "dropped" or result.dropped_key:
-                logger.error("queue full (%d unfinished events): dropped event %s (policy %s)",
-                             self.store.max_pending, result.dropped_key, self.store.drop_policy)
+                report_dropped(self.store, self.responder.shared, result.dropped_key)
                 metrics.inc(metrics.intake, "dropped")
-                forget_dropped(self.responder.shared, result.dropped_key)
         return sum(result.status == "queued" for result in added)
 
     def process(self, item: Claimed, closings: list[Closing]) -> None:
