@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None, *, table: Table | None = None,
     store = EventStore(Path(settings.state_dir).expanduser(), settings.max_pending,
                        settings.drop_policy)
     shared = RedisState(settings.redis_url) if settings.redis_url else LocalState(store)
-    notifier = SlackNotifier(slack, on_result=lambda r: metrics.slack.labels(r).inc()) \
+    notifier = SlackNotifier(slack, on_result=lambda r: metrics.inc(metrics.slack, r)) \
         if slack else None
     responder = Responder(settings, table, registry, api_client, metrics=metrics, store=store,
                           shared=shared, notifier=notifier)
@@ -149,7 +149,7 @@ def _add_auth(app: Flask, settings: Settings, metrics: Metrics) -> None:
             if request.endpoint in EVENT_ENDPOINTS or request.endpoint == "event_status":
                 refused = auth.reject_unless_allowed()
                 if refused:
-                    metrics.rejected.labels("401").inc()
+                    metrics.inc(metrics.rejected, "401")
                 return refused
             return None
     if not token and not settings.tls_client_ca_file:
@@ -208,21 +208,21 @@ def _add_health_routes(app: Flask, responder: Responder) -> None:
 def _add_error_handlers(app: Flask, metrics: Metrics) -> None:
     @app.errorhandler(EventError)
     def bad_event(exc: EventError) -> tuple[Response, int]:
-        metrics.rejected.labels("400").inc()
+        metrics.inc(metrics.rejected, "400")
         return jsonify({"error": str(exc)}), 400
 
     @app.errorhandler(StorageError)
     def no_room(exc: StorageError) -> tuple[Response, int]:
         # Not the sender's fault and not a bug: say what is wrong with our disk.
         logger.error("event not accepted: %s", exc)
-        metrics.rejected.labels("507").inc()
+        metrics.inc(metrics.rejected, "507")
         return jsonify({"error": str(exc)}), 507
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> tuple[Response, int]:
         message = {413: "request body is larger than RESPONDER_MAX_BODY_BYTES"}.get(
             exc.code, exc.description)
-        metrics.rejected.labels(str(exc.code)).inc()
+        metrics.inc(metrics.rejected, str(exc.code))
         return jsonify({"error": message}), exc.code or 500
 
     @app.errorhandler(Exception)

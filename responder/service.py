@@ -61,7 +61,7 @@ class Responder:
             guardrails = Guardrails(
                 self.table.limits, self.shared, core, timeout,
                 own_pod=(self.settings.namespace, self.settings.pod_name), alert=self.alert,
-                on_trip=lambda name: self.metrics.limit_trips.labels(name).inc())
+                on_trip=lambda name: self.metrics.inc(self.metrics.limit_trips, name))
         return Executor(self.registry.instantiate(core, timeout), metrics=self.metrics,
                         guardrails=guardrails, shared=self.shared,
                         coalesce_seconds=lambda: self.table.limits.coalesce_seconds)
