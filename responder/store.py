@@ -176,9 +176,10 @@ class EventStore:
         return Added("queued", dropped)
 
     # --- the intake spool ------------------------------------------------------------
-    def spool_offset(self, segment: str) -> int:
-        row = self._conn().execute("SELECT offset FROM spool_offsets WHERE segment = ?",
-                                   (segment,)).fetchone()
+    def spool_offset(self, segment: str, conn: sqlite3.Connection | None = None) -> int:
+        """Bytes of `segment` taken in so far; -1 once it is finished."""
+        row = (conn or self._conn()).execute(
+            "SELECT offset FROM spool_offsets WHERE segment = ?", (segment,)).fetchone()
         return row[0] if row else 0
 
     def take_in(self, segment: str, start: int, end: int,
@@ -186,9 +187,7 @@ class EventStore:
         """Insert a segment's records read from byte `start` and move its offset to `end`,
         in one commit; None if another process took them in first."""
         with self._tx() as conn:
-            row = conn.execute("SELECT offset FROM spool_offsets WHERE segment = ?",
-                               (segment,)).fetchone()
-            if (row[0] if row else 0) != start:
+            if self.spool_offset(segment, conn) != start:
                 return None
             added = [self._insert(conn, key, body, keep_dropped=True) for key, body in records]
             conn.execute("INSERT INTO spool_offsets VALUES (?, ?, ?, NULL) ON CONFLICT (segment) "
