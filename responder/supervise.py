@@ -1,7 +1,7 @@
 """`responder serve` with RESPONDER_WORKER=process (the default): the gunicorn server and
 the queue worker as two child processes of this one.
 
-The worker costs about as much CPU per event as the intake does per request; in the
+The worker costs about half as much CPU per event as the intake does per request; in the
 serving process it would share the GIL and halve the rate Falcosidekick can post at. As a
 process of its own it runs on another core, and this parent stops both together, restarts
 a worker that dies, and points both at one directory for their Prometheus values, so a
@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 STOP_SECONDS = 50.0
 RESTART_PAUSE = (1.0, 30.0)  # first and longest wait before restarting a dead worker
 STEADY_SECONDS = 60.0  # a worker that lived this long died on its own, not in a crash loop
+# Its metrics go to the shared directory, which the server's /metrics reads: no port.
+WORKER_COMMAND = ("work", "--metrics-port", "0")
 
 
 class Supervisor:
@@ -52,7 +54,7 @@ class Supervisor:
         # the server alone, with its errors printed once, and its exit status is ours.
         if not self._wait_listening(server):
             return server.returncode if server.returncode is not None else 0
-        worker, started = self._spawn("work", "--metrics-port", "0"), time.monotonic()
+        worker, started = self._spawn(*WORKER_COMMAND), time.monotonic()
         pause = RESTART_PAUSE[0]
         while not self._stop.wait(0.5):
             if server.poll() is not None:
@@ -100,7 +102,7 @@ class Supervisor:
                      dead.returncode, pause)
         if self._stop.wait(pause):
             return dead, pause
-        return self._spawn("work", "--metrics-port", "0"), min(pause * 2, RESTART_PAUSE[1])
+        return self._spawn(*WORKER_COMMAND), min(pause * 2, RESTART_PAUSE[1])
 
 
 def _stop_child(proc: subprocess.Popen, name: str, deadline: float) -> None:
