@@ -21,8 +21,10 @@ class Issued:
     key: Path
 
 
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+def _name(common_name: str, organization: str | None = None) -> x509.Name:
+    # Kubernetes reads a client certificate's O as the user's group (e.g. system:masters).
+    extra = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization)] if organization else []
+    return x509.Name([*extra, x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
 def _write(directory: Path, stem: str, cert: x509.Certificate, key) -> Issued:
@@ -47,12 +49,12 @@ class CA:
         self.files = _write(directory, name, self.cert, self.key)
 
     def issue(self, stem: str, common_name: str, server: bool = False,
-              expired: bool = False) -> Issued:
+              expired: bool = False, organization: str | None = None) -> Issued:
         key = ec.generate_private_key(ec.SECP256R1())
         start = NOW - dt.timedelta(days=10 if expired else 1)
         end = NOW - dt.timedelta(days=5) if expired else NOW + dt.timedelta(days=30)
         usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
-        builder = (x509.CertificateBuilder().subject_name(_name(common_name))
+        builder = (x509.CertificateBuilder().subject_name(_name(common_name, organization))
                    .issuer_name(self.cert.subject).public_key(key.public_key())
                    .serial_number(x509.random_serial_number())
                    .not_valid_before(start).not_valid_after(end)

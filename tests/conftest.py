@@ -1,4 +1,5 @@
-"""Shared fixtures: a real Kubernetes API test server, tables, apps and recorded events."""
+"""Shared fixtures: a real kube-apiserver (once per session), the fault-injecting stand-in,
+tables, apps and recorded events."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from responder.app import create_app, shutdown
 from responder.settings import Settings
 from responder.table import parse_table
 
+from .apiserver import kube_binary, new_cluster, session_server, start_controller_manager
 from .kubeapi import KubeServer
 
 DATA = Path(__file__).parent / "data"
@@ -77,3 +79,35 @@ def make_app(registry, tmp_path):
 def recorded_events() -> list[dict]:
     lines = (DATA / "recorded-events.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def apiserver(tmp_path_factory):
+    """A real etcd + kube-apiserver for the whole session (see tests/apiserver.py)."""
+    yield from session_server(tmp_path_factory.mktemp("apiserver"))
+
+
+@pytest.fixture(scope="session")
+def admin_api(apiserver):
+    with apiserver.admin_client() as api:
+        yield api
+
+
+@pytest.fixture
+def cluster(apiserver, admin_api, request):
+    """The real apiserver, seen through a namespace of this test's own; the nodes the test
+    adds are deleted afterwards."""
+    view = new_cluster(apiserver, admin_api, request.node.name)
+    yield view
+    view.cleanup()
+
+
+@pytest.fixture(scope="session")
+def controller_manager(apiserver):
+    """kube-controller-manager (ReplicaSets, garbage collector) on the session's apiserver,
+    from the first test that asks for it until the session ends."""
+    daemon = start_controller_manager(apiserver, kube_binary("kube-controller-manager"))
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
