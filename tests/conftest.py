@@ -102,10 +102,10 @@ def cluster(apiserver, admin_api, request):
     view.cleanup()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def controller_manager(apiserver):
     """kube-controller-manager (ReplicaSets, garbage collector) on the session's apiserver,
-    from the first test that asks for it until the session ends."""
+    for one test module: other modules' ReplicaSets must not grow pods and Events."""
     daemon = start_controller_manager(apiserver, kube_binary("kube-controller-manager"))
     try:
         yield daemon
