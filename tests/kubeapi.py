@@ -1,5 +1,10 @@
-"""A small Kubernetes API server for tests: real HTTP, stateful pods/nodes/events, recorded
-requests and injectable failures, so the real `kubernetes` client is exercised end to end."""
+"""A stand-in Kubernetes API for FAULT INJECTION ONLY: 500s, 429 with Retry-After, refused
+connections (stop/start), slow answers, and requests counted per attempt.
+
+Anything about how Kubernetes itself behaves (what an action changes, 404s, 409 on a uid
+precondition, RBAC, Event validation, the guardrails' reads) is tested against a real
+kube-apiserver instead (tests/apiserver.py, the `apiserver` and `cluster` fixtures): this
+stand-in only imitates it, and would agree with our own mistakes."""
 
 from __future__ import annotations
 

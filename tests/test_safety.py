@@ -2,13 +2,11 @@
 real one, and no outage or reload makes the responder act twice or skip an action."""
 
 import json
-import threading
 
 import pytest
 import redis
 
-from responder.actions import Outcome, Target, default_registry
-from responder.actions.pods import DeletePod
+from responder.actions import Outcome, default_registry
 from responder.decisions import plan_response
 from responder.errors import ConfigError
 from responder.events import event_from_dict
@@ -17,7 +15,6 @@ from responder.settings import Settings
 from responder.table import parse_table
 from responder.worker import decision_slots, prior_results
 
-CID = "0123456789ab"
 NETCAT = "Netcat Remote Code Execution in Container"
 TABLE = f"""
 defaults: {{dry_run: false, max_cordoned_nodes: 1}}
@@ -26,87 +23,6 @@ rules:
     match: {{rules: ["{NETCAT}"]}}
     actions: [{{action: delete-pod}}, {{action: cordon-node}}]
 """
-
-
-def event(uuid, container=CID, pod="web", hostname="falco-host"):
-    return {"uuid": uuid, "rule": NETCAT, "priority": "Warning", "source": "syscall",
-            "hostname": hostname,
-            "output_fields": {"k8s.ns.name": "shop", "k8s.pod.name": pod,
-                              "container.id": container}}
-
-
-@pytest.fixture
-def cluster(kube):
-    kube.api.add_pod("shop", "web", node="node-a", container_ids=(CID + "f" * 52,))
-    for name in ("node-a", "node-b", "node-c"):
-        kube.api.add_node(name)
-    return kube
-
-
-@pytest.fixture
-def queued(cluster, make_app, make_table):
-    app = make_app(make_table(TABLE), api_client=cluster.api_client())
-
-    def send(*events):
-        client = app.test_client()
-        for e in events:
-            assert client.post("/", data=json.dumps(e)).status_code == 202
-        app.extensions["worker"].run_pending()
-        return [client.get(f"/events/{e['uuid']}").get_json() for e in events]
-    return send
-
-
-def outcomes(status):
-    return [(d["action"], d["outcome"]) for d in status["decisions"]]
-
-
-def test_stale_event_neither_deletes_nor_cordons_the_node_of_a_recreated_pod(cluster, queued):
-    (status,) = queued(event("stale", container="0ld0ld0ld0ld"))
-    assert outcomes(status) == [("delete-pod", "skipped"), ("cordon-node", "skipped")]
-    assert all("container not in pod" in d["reason"] for d in status["decisions"])
-    assert cluster.api.mutations() == []
-
-
-def test_a_forged_event_does_not_coalesce_away_the_genuine_one(cluster, queued):
-    forged, genuine = queued(event("forged", container="f0f0f0f0f0f0"), event("genuine"))
-    assert {o for _, o in outcomes(forged)} == {"skipped"}
-    assert outcomes(genuine) == [("delete-pod", "done"), ("cordon-node", "done")]
-
-
-def test_a_dry_run_event_does_not_coalesce_away_a_live_one(cluster, make_app, make_table):
-    app = make_app(make_table(TABLE.replace("dry_run: false", "dry_run: true")),
-                   api_client=cluster.api_client())
-    client = app.test_client()
-    client.post("/", data=json.dumps(event("dry")))
-    app.extensions["worker"].run_pending()
-    app.extensions["responder"].table = make_table(TABLE)  # the operator arms the table
-    client.post("/", data=json.dumps(event("live")))
-    app.extensions["worker"].run_pending()
-    assert outcomes(client.get("/events/live").get_json())[0] == ("delete-pod", "done")
-
-
-def test_delete_names_the_verified_uid_and_a_replaced_pod_is_skipped(cluster):
-    action = default_registry().instantiate(
-        __import__("kubernetes").client.CoreV1Api(cluster.api_client()), 5)["delete-pod"]
-    assert isinstance(action, DeletePod)
-    result = action.run(Target("shop", "web", pod_uid="uid-of-the-old-pod"), {})
-    assert (result.outcome, result.reason) == (
-        Outcome.SKIPPED, "pod was replaced since the event (uid changed)")
-    assert ("shop", "web") in cluster.api.pods
-
-
-def test_concurrent_cordons_respect_the_limit(cluster, make_app, make_table):
-    app = make_app(make_table(TABLE), api_client=cluster.api_client(), intake="inline")
-    hosts = [event(f"h{i}", container="host", pod=None, hostname=f"node-{c}")
-             for i, c in enumerate("abc")]
-    threads = [threading.Thread(target=app.test_client().post, args=("/",),
-                                kwargs={"data": json.dumps(h)}) for h in hosts]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    cordoned = [n for n, node in cluster.api.nodes.items() if node["spec"].get("unschedulable")]
-    assert len(cordoned) == 1
 
 
 def test_outcomes_of_an_earlier_try_follow_their_action_across_a_table_reload():
