@@ -419,13 +419,13 @@ class Cluster:
         template = {"metadata": {"labels": labels},
                     "spec": {"containers": [{"name": "c0", "image": "registry.example/app:1"}]}}
         spec = {"selector": {"matchLabels": labels}, "template": template}
-        body = {"metadata": {"name": name}, "spec": spec}
         if kind == "ReplicaSet":
-            owner = self.apps.create_namespaced_replica_set(self.namespace,
-                                                            {**body, "spec": {**spec,
-                                                                              "replicas": 1}})
+            # One replica: the pod given this owner is all it wants, should a controller run.
+            owner = self.apps.create_namespaced_replica_set(self.namespace, {
+                "metadata": {"name": name}, "spec": {**spec, "replicas": 1}})
         elif kind == "DaemonSet":
-            owner = self.apps.create_namespaced_daemon_set(self.namespace, body)
+            owner = self.apps.create_namespaced_daemon_set(self.namespace, {
+                "metadata": {"name": name}, "spec": spec})
         else:
             raise ValueError(f"no owner kind {kind!r}")
         return {"apiVersion": "apps/v1", "kind": kind, "name": name, "uid": owner.metadata.uid,
