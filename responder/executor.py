@@ -13,7 +13,15 @@ from typing import Any
 
 from .actions import Action, Outcome, Result, Target, api_failure
 from .decisions import Decision, Plan
-from .guardrails import Guardrails, PodFacts, container_mismatch, read_pod
+from .guardrails import (
+    Clearance,
+    Guardrails,
+    PodFacts,
+    Verdict,
+    Verification,
+    read_pod,
+    verify_container,
+)
 from .metrics import Metrics
 from .retry import RetryPolicy, is_retryable
 from .shared import SharedState
@@ -48,6 +56,8 @@ class _Run:
     plan: Plan
     pod: PodFacts | None = None
     pod_error: BaseException | None = None
+    #: Whether the pod read is the event's own, judged by the event's container.id.
+    verification: Verification = Verification(Verdict.NO_POD)
     coalesced: dict[str, int] = dataclasses.field(default_factory=dict)
     #: Windows this event opened, by table rule: closed again if the rule did nothing.
     opened: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -86,6 +96,8 @@ class Executor:
         if coalesce:
             self._coalesce(run, prior)
         self._inspect_pod(run, prior)
+        # The field as the event has it (a number stays a number): only strings are ids.
+        run.verification = verify_container(run.pod, run.plan.event.field("container.id"))
         reports = []
         for index, decision in enumerate(plan.decisions):
             if index in prior:
@@ -110,8 +122,8 @@ class Executor:
 
     def _target(self, run: _Run, decision: Decision) -> Target:
         pod, target = run.pod, decision.target
-        if pod and pod.exists and not container_mismatch(pod, target.container_id):
-            # Only a pod proven to be the event's own names the node and the uid to act on.
+        if pod and pod.exists and run.verification.pod_is_the_events:
+            # Only a pod not contradicted by the event names the node and the uid to act on.
             return dataclasses.replace(target, node=pod.node or target.node, pod_uid=pod.uid)
         return target
 
@@ -141,14 +153,15 @@ class Executor:
         # "one more" cordon (nor both leave the last schedulable node).
         with self._cordon_lock if decision.action == "cordon-node" else contextlib.nullcontext():
             try:
-                reason = self.guardrails.check(decision, target, run.pod, target.container_id) \
-                    if self.guardrails else None
+                clearance = self.guardrails.check(decision, target, run.pod, run.verification) \
+                    if self.guardrails else Clearance()
             except Exception as exc:  # noqa: BLE001 - e.g. listing nodes failed
                 return Result(Outcome.FAILED, f"guardrail check failed: {api_failure(exc)}",
                               retryable=is_retryable(exc))
-            if reason:
-                return Result(Outcome.SKIPPED, reason)
+            if clearance.reason:
+                return Result(Outcome.SKIPPED, clearance.reason)
             result = self._call(action, decision, target)
+            clearance.settle(result)
         if not action.object_survives and result.outcome in (Outcome.DONE, Outcome.ALREADY_DONE):
             run.gone.add((target.namespace, target.pod))
         return result

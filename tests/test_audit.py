@@ -34,7 +34,7 @@ def shell_event():
         "uuid": "u-1", "rule": "Terminal shell in container", "priority": "Critical",
         "source": "syscall", "time": "2024-05-01T10:00:00Z", "hostname": "falco-on-node-1",
         "output_fields": {"k8s.ns.name": "prod", "k8s.pod.name": "web-1",
-                          "container.id": "abc123"}})
+                          "container.id": "abc123000000"}})
 
 
 @pytest.fixture
@@ -48,7 +48,7 @@ def recorder(core):
     return EventRecorder(core, timeout=5, instance="responder-7d9f-abcde", now=lambda: NOW)
 
 
-# The pod's own container, as the runtime reports it: Falco's "abc123" is its prefix.
+# The pod's own container, as the runtime reports it: Falco's 12-character id is its prefix.
 OWN_CONTAINER = "abc123" + "0" * 58
 
 
