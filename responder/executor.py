@@ -22,6 +22,7 @@ from .guardrails import (
     read_pod,
     verify_container,
 )
+from .logs import clipped
 from .metrics import Metrics
 from .retry import RetryPolicy, is_retryable
 from .shared import SharedState
@@ -239,10 +240,15 @@ class Executor:
 
 def log_decision(plan: Plan, decision: Decision, target: Target, result: Result) -> None:
     """One structured line per decision; the JSON log format turns `extra` into keys."""
+    # The event's own record has its rule and fields whole; each decision line quotes them
+    # cut short, so a hostile value is not written once more per action.
+    where = target.describe(("namespace", "pod", "node"))
     fields = {
-        "uuid": plan.event.uuid, "rule": plan.event.rule, "table_rule": decision.table_rule,
-        "action": decision.action, "target": target.describe(("namespace", "pod", "node")),
-        "outcome": str(result.outcome), "dry_run": decision.dry_run, "reason": result.reason,
+        "uuid": plan.event.uuid, "rule": clipped(plan.event.rule),
+        "table_rule": decision.table_rule, "action": decision.action,
+        "target": {k: clipped(v) for k, v in where.items()},
+        "outcome": str(result.outcome), "dry_run": decision.dry_run,
+        "reason": clipped(result.reason),
     }
     logger.info("decision rule=%r table_rule=%s action=%s target=%s outcome=%s dry_run=%s "
                 "uuid=%s reason=%s", fields["rule"], fields["table_rule"], fields["action"],
