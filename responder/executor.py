@@ -225,17 +225,26 @@ class Executor:
 
     def _close_idle_windows(self, run: _Run, reports: list[ActionReport]) -> None:
         """A window whose opener did nothing (every action skipped or finally failed, e.g. a
-        stale or forged event whose container is not in the pod) must not swallow the
-        genuine events after it."""
+        stale or forged event whose container is not in the pod), or could not be verified
+        for a destructive action, must not swallow the genuine events after it."""
         for rule, key in run.opened.items():
-            results = [r.result for r in reports if r.decision.table_rule == rule]
-            if all(r.outcome is Outcome.SKIPPED or (r.outcome is Outcome.FAILED
-                                                    and not r.retryable) for r in results):
+            mine = [r for r in reports if r.decision.table_rule == rule]
+            results = [r.result for r in mine]
+            if _held_back(run, [r.decision for r in mine]) or all(
+                    r.outcome is Outcome.SKIPPED or (r.outcome is Outcome.FAILED
+                                                     and not r.retryable) for r in results):
                 try:
                     self.shared.close_window(key, run.plan.event.uuid)
                 except Exception as exc:  # noqa: BLE001 - the window then just runs out
                     logger.warning("cannot close coalescing window %s: %s", key,
                                    type(exc).__name__)
+
+
+def _held_back(run: _Run, decisions: list[Decision]) -> bool:
+    """Whether an unverifiable event was kept from a destructive action of this rule: it
+    must not coalesce away the verified event for the same pod that comes after it."""
+    return run.verification.verdict is Verdict.UNVERIFIABLE and any(
+        d.destructive and not d.allow_unverified and not d.dry_run for d in decisions)
 
 
 def log_decision(plan: Plan, decision: Decision, target: Target, result: Result) -> None:

@@ -201,3 +201,16 @@ rules:
         parse_table(text, "actions.yaml", default_registry())
     assert ("actions.yaml: rule #1 (mark): allow_unverified: has no effect: none of this "
             "rule's actions is destructive (delete-pod, cordon-node)") in str(info.value)
+
+
+def test_an_unverifiable_event_does_not_coalesce_away_the_verified_one(cluster, make_app,
+                                                                       make_table):
+    app = make_app(make_table(TABLE), api_client=cluster.api_client(), intake="inline")
+    client = app.test_client()
+    unverifiable = netcat_event("no-id")
+    del unverifiable["output_fields"]["container.id"]
+    first = client.post("/", data=json.dumps(unverifiable)).get_json()["decisions"]
+    assert [d["outcome"] for d in first] == ["done", "skipped", "skipped"]
+    second = client.post("/", data=json.dumps(netcat_event("genuine"))).get_json()["decisions"]
+    assert [d["outcome"] for d in second] == ["done", "done", "done"]
+    assert ("shop", "web") not in cluster.api.pods
