@@ -19,7 +19,6 @@ MISSING_VALUES = (None, "", "<NA>")
 # A Falco event is 3 levels deep (event, output_fields, a list value); far deeper input
 # would only make later json.dumps calls (logs, Slack, the journal) hit the recursion limit.
 MAX_DEPTH = 100
-MAX_UUID_LENGTH = 128
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
@@ -152,7 +151,7 @@ def event_from_dict(data: Any) -> Event:
     if not isinstance(fields, dict):
         raise EventError(f"'output_fields' must be an object, got {_json_type(fields)}")
     return Event(
-        uuid=_uuid(top) or content_id(data),
+        uuid=(_optional_string(top, "uuid") or "").strip() or content_id(data),
         rule=rule,
         priority=priority,
         source=_source(top, fields),
@@ -179,15 +178,6 @@ def _required_string(top: Mapping[str, Any], key: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise EventError(f"'{key}' must be a non-empty string")
     return value
-
-
-def _uuid(top: Mapping[str, Any]) -> str:
-    uuid = (_optional_string(top, "uuid") or "").strip()
-    # It names the event in the journal, the status URL and every log line about it.
-    if len(uuid) > MAX_UUID_LENGTH:
-        raise EventError(f"'uuid' must be at most {MAX_UUID_LENGTH} characters "
-                         f"(Falcosidekick sends 36), got {len(uuid)}")
-    return uuid
 
 
 def _required_priority(top: Mapping[str, Any]) -> Priority:

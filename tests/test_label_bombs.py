@@ -87,15 +87,6 @@ def test_log_lines_quote_a_hostile_event_cut_short(make_app, make_table, logs, m
     assert len(received.event["rule"]) == 200_004
 
 
-def test_an_oversized_uuid_is_refused(make_app, make_table):
-    client = make_app(make_table(TABLE)).test_client()
-    reply = client.post("/", data=json.dumps({"uuid": "u" * 129, "rule": "x",
-                                              "priority": "Notice", "output_fields": {}}))
-    assert reply.status_code == 400
-    assert reply.get_json()["error"] == \
-        "'uuid' must be at most 128 characters (Falcosidekick sends 36), got 129"
-
-
 def test_unknown_event_uuids_are_counted_as_refused(make_app, make_table):
     client = make_app(make_table(TABLE)).test_client()
     for _ in range(3):
