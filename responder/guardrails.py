@@ -139,7 +139,7 @@ class Clearance:
 
 
 class Guardrails:
-    """Decides whether an action may run now; a reason string means skip it."""
+    """Decides whether an action may run now (a Clearance), and settles what it spent."""
 
     def __init__(self, limits: Limits, shared: SharedState, core: CoreV1Api, timeout: float,
                  own_pod: tuple[str | None, str | None] = (None, None),
