@@ -18,7 +18,7 @@ from .auth import TokenAuth
 from .errors import EventError, StorageError
 from .events import parse_event
 from .intake import Intake
-from .logs import configure_logging
+from .logs import clipped, configure_logging
 from .metrics import Metrics
 from .notify import SlackConfig, SlackNotifier, slack_status
 from .reload import TableReloader
@@ -175,7 +175,11 @@ def _add_routes(app: Flask, responder: Responder, intake: Intake | None) -> None
             status = {"uuid": uuid, "state": "received", "attempts": 0, "error": None,
                       "decisions": []}
         if status is None:
-            return jsonify({"error": f"no event {uuid} (never received, or past retention)"}), 404
+            # Counted like every other refusal: many of them mean a client polls for events
+            # this replica never had (another replica's, or ones past retention).
+            responder.metrics.inc(responder.metrics.rejected, "404")
+            return jsonify({"error": f"no event {clipped(uuid, 128)} (never received, or "
+                            "past retention)"}), 404
         return jsonify(status), 200
 
 

@@ -26,6 +26,10 @@ class Decision:
     needs: tuple[str, ...]
     dry_run: bool
     skip_reason: str | None = None
+    #: The action's class says so (Action.destructive); copied here like `needs`.
+    destructive: bool = False
+    #: The table rule lets this destructive action act on an event it cannot verify.
+    allow_unverified: bool = False
 
     @property
     def target_keys(self) -> tuple[str, ...]:
@@ -81,10 +85,11 @@ def plan_response(table: Table, registry: Registry, event: Event,
     for rule in rules:
         dry_run = force_dry_run or table.is_dry_run(rule)
         for spec in rule.actions:
-            needs = registry.get(spec.action).needs
-            reason = skip_reason(target, needs, protected)
-            decisions.append(Decision(rule.name, spec.action, spec.params, target, needs,
-                                      dry_run, reason))
+            action = registry.get(spec.action)
+            reason = skip_reason(target, action.needs, protected)
+            decisions.append(Decision(rule.name, spec.action, spec.params, target, action.needs,
+                                      dry_run, reason, action.destructive,
+                                      rule.allow_unverified))
     return Plan(event, tuple(r.name for r in rules), tuple(decisions))
 
 

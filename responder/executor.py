@@ -13,7 +13,16 @@ from typing import Any
 
 from .actions import Action, Outcome, Result, Target, api_failure
 from .decisions import Decision, Plan
-from .guardrails import Guardrails, PodFacts, container_mismatch, read_pod
+from .guardrails import (
+    Clearance,
+    Guardrails,
+    PodFacts,
+    Verdict,
+    Verification,
+    read_pod,
+    verify_container,
+)
+from .logs import clipped
 from .metrics import Metrics
 from .retry import RetryPolicy, is_retryable
 from .shared import SharedState
@@ -48,6 +57,8 @@ class _Run:
     plan: Plan
     pod: PodFacts | None = None
     pod_error: BaseException | None = None
+    #: Whether the pod read is the event's own, judged by the event's container.id.
+    verification: Verification = Verification(Verdict.NO_POD)
     coalesced: dict[str, int] = dataclasses.field(default_factory=dict)
     #: Windows this event opened, by table rule: closed again if the rule did nothing.
     opened: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -86,6 +97,8 @@ class Executor:
         if coalesce:
             self._coalesce(run, prior)
         self._inspect_pod(run, prior)
+        # The field as the event has it (a number stays a number): only strings are ids.
+        run.verification = verify_container(run.pod, run.plan.event.field("container.id"))
         reports = []
         for index, decision in enumerate(plan.decisions):
             if index in prior:
@@ -110,8 +123,8 @@ class Executor:
 
     def _target(self, run: _Run, decision: Decision) -> Target:
         pod, target = run.pod, decision.target
-        if pod and pod.exists and not container_mismatch(pod, target.container_id):
-            # Only a pod proven to be the event's own names the node and the uid to act on.
+        if pod and pod.exists and run.verification.pod_is_the_events:
+            # Only a pod not contradicted by the event names the node and the uid to act on.
             return dataclasses.replace(target, node=pod.node or target.node, pod_uid=pod.uid)
         return target
 
@@ -141,14 +154,15 @@ class Executor:
         # "one more" cordon (nor both leave the last schedulable node).
         with self._cordon_lock if decision.action == "cordon-node" else contextlib.nullcontext():
             try:
-                reason = self.guardrails.check(decision, target, run.pod, target.container_id) \
-                    if self.guardrails else None
+                clearance = self.guardrails.check(decision, target, run.pod, run.verification) \
+                    if self.guardrails else Clearance()
             except Exception as exc:  # noqa: BLE001 - e.g. listing nodes failed
                 return Result(Outcome.FAILED, f"guardrail check failed: {api_failure(exc)}",
                               retryable=is_retryable(exc))
-            if reason:
-                return Result(Outcome.SKIPPED, reason)
+            if clearance.reason:
+                return Result(Outcome.SKIPPED, clearance.reason)
             result = self._call(action, decision, target)
+            clearance.settle(result)
         if not action.object_survives and result.outcome in (Outcome.DONE, Outcome.ALREADY_DONE):
             run.gone.add((target.namespace, target.pod))
         return result
@@ -211,12 +225,14 @@ class Executor:
 
     def _close_idle_windows(self, run: _Run, reports: list[ActionReport]) -> None:
         """A window whose opener did nothing (every action skipped or finally failed, e.g. a
-        stale or forged event whose container is not in the pod) must not swallow the
-        genuine events after it."""
+        stale or forged event whose container is not in the pod), or could not be verified
+        for a destructive action, must not swallow the genuine events after it."""
         for rule, key in run.opened.items():
-            results = [r.result for r in reports if r.decision.table_rule == rule]
-            if all(r.outcome is Outcome.SKIPPED or (r.outcome is Outcome.FAILED
-                                                    and not r.retryable) for r in results):
+            mine = [r for r in reports if r.decision.table_rule == rule]
+            results = [r.result for r in mine]
+            if _held_back(run, [r.decision for r in mine]) or all(
+                    r.outcome is Outcome.SKIPPED or (r.outcome is Outcome.FAILED
+                                                     and not r.retryable) for r in results):
                 try:
                     self.shared.close_window(key, run.plan.event.uuid)
                 except Exception as exc:  # noqa: BLE001 - the window then just runs out
@@ -224,12 +240,24 @@ class Executor:
                                    type(exc).__name__)
 
 
+def _held_back(run: _Run, decisions: list[Decision]) -> bool:
+    """Whether an unverifiable event was kept from a destructive action of this rule: it
+    must not coalesce away the verified event for the same pod that comes after it."""
+    return run.verification.verdict is Verdict.UNVERIFIABLE and any(
+        d.destructive and not d.allow_unverified and not d.dry_run for d in decisions)
+
+
 def log_decision(plan: Plan, decision: Decision, target: Target, result: Result) -> None:
     """One structured line per decision; the JSON log format turns `extra` into keys."""
+    # The event's own record has its rule and fields whole; each decision line quotes them
+    # cut short, so a hostile value is not written once more per action.
+    where = target.describe(("namespace", "pod", "node"))
     fields = {
-        "uuid": plan.event.uuid, "rule": plan.event.rule, "table_rule": decision.table_rule,
-        "action": decision.action, "target": target.describe(("namespace", "pod", "node")),
-        "outcome": str(result.outcome), "dry_run": decision.dry_run, "reason": result.reason,
+        "uuid": plan.event.uuid, "rule": clipped(plan.event.rule),
+        "table_rule": decision.table_rule, "action": decision.action,
+        "target": {k: clipped(v) for k, v in where.items()},
+        "outcome": str(result.outcome), "dry_run": decision.dry_run,
+        "reason": clipped(result.reason),
     }
     logger.info("decision rule=%r table_rule=%s action=%s target=%s outcome=%s dry_run=%s "
                 "uuid=%s reason=%s", fields["rule"], fields["table_rule"], fields["action"],

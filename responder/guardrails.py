@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from kubernetes.client import CoreV1Api
 from kubernetes.client.exceptions import ApiException
 
-from .actions import Target
+from .actions import Outcome, Result, Target
 from .decisions import Decision
 from .shared import SharedState
 from .table import Limits
 
 logger = logging.getLogger(__name__)
+DELETIONS = "pod-deletions"  # the limit's name, in the shared state and the trips metric
+#: A container.id as Falco sends it: the 12-character short id or the full 64-character id.
+CONTAINER_ID = re.compile(r"\A(?:[0-9a-f]{12}|[0-9a-f]{64})\Z")
 
 
 @dataclass(frozen=True)
@@ -43,22 +48,98 @@ def read_pod(core: CoreV1Api, target: Target, timeout: float) -> PodFacts:
         exists=True,
         node=pod.spec.node_name if pod.spec else None,
         uid=pod.metadata.uid,
-        # "containerd://<64 hex>": Falco reports the first 12 characters of the id.
-        container_ids=tuple(s.container_id.split("://", 1)[-1] for s in statuses
+        # "containerd://<64 hex>" (cri-o://, docker://): the runtime prefix is not the id.
+        container_ids=tuple(s.container_id.split("://", 1)[-1].lower() for s in statuses
                             if s.container_id),
         owner_kinds=tuple(o.kind for o in pod.metadata.owner_references or []),
     )
 
 
-def container_mismatch(pod: PodFacts, container_id: str | None) -> bool:
-    """True when the event names a container that is not one of this pod's: the name now
-    belongs to another pod (recreated), or the event is stale or forged."""
-    return bool(container_id) and container_id != "host" and not any(
-        c.startswith(container_id) for c in pod.container_ids)
+class Verdict(StrEnum):
+    """What the cluster says about the pod an event names."""
+
+    #: The event's container is one of the pod's: the pod is the event's own.
+    VERIFIED = "verified"
+    #: The pod exists, but the event carries no container.id to check it by (every
+    #: k8s_audit event; a syscall event missing the field).
+    UNVERIFIABLE = "unverifiable"
+    #: The container.id is not one Falco sends, or not one of the pod's: stale or forged.
+    CONTRADICTED = "contradicted"
+    #: No pod was read: none named, a host process, or the pod is gone already.
+    NO_POD = "no-pod"
+
+
+@dataclass(frozen=True)
+class Verification:
+    verdict: Verdict
+    #: Why the event is not verified, for the decision's reason.
+    reason: str | None = None
+
+    @property
+    def pod_is_the_events(self) -> bool:
+        """Whether the pod read may name the node and the uid to act on."""
+        return self.verdict in (Verdict.VERIFIED, Verdict.UNVERIFIABLE)
+
+
+def container_id_problem(value: Any) -> str | None:
+    """Why `value` is not a container.id as Falco sends it, or None when it is one. Said as
+    "container not in pod": no container of any pod has such an id."""
+    if not isinstance(value, str):
+        return (f"container not in pod (container.id is a JSON {_json_type(value)}, "
+                "not a string as Falco sends it)")
+    if not CONTAINER_ID.match(value):
+        return (f"container not in pod (container.id {shown(value)} is not an id as Falco "
+                "sends it: 12 or 64 lower-case hex characters)")
+    return None
+
+
+def verify_container(pod: PodFacts | None, container_id: Any) -> Verification:
+    """Whether the event's container.id (as the event has it, any JSON type; None when
+    missing) shows that `pod` is the event's own."""
+    if container_id is not None and container_id != "host" and (
+            problem := container_id_problem(container_id)):
+        return Verification(Verdict.CONTRADICTED, problem)
+    if pod is None or not pod.exists:
+        return Verification(Verdict.NO_POD)
+    if container_id is None or container_id == "host":
+        return Verification(Verdict.UNVERIFIABLE,
+                            "event has no container.id, so the pod cannot be verified")
+    if not any(_same_container(container_id, own) for own in pod.container_ids):
+        # A recreated pod with the same name, or a forged event: never act on it.
+        return Verification(Verdict.CONTRADICTED, f"container not in pod (container.id "
+                            f"{container_id} is not one of its own)")
+    return Verification(Verdict.VERIFIED)
+
+
+def _same_container(event_id: str, pod_id: str) -> bool:
+    # Falco sends the short id (the first 12 characters) or the full one; the pod's status
+    # holds the full id. An exact length, never a bare prefix: "5" must not match.
+    return pod_id == event_id if len(event_id) == 64 else (
+        len(pod_id) == 64 and pod_id.startswith(event_id))
+
+
+def shown(value: Any, limit: int = 80) -> str:
+    """A sender's value as quoted in a reason or log line: repr, cut to `limit` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "array", bool: "boolean", int: "number", float: "number"}
+    return names.get(type(value), type(value).__name__)
+
+
+@dataclass(frozen=True)
+class Clearance:
+    """The guardrails' answer for one action: `reason` to skip it; else run it and tell
+    `settle` the result (a deletion then counts against the limit only if it happened)."""
+
+    reason: str | None = None
+    settle: Callable[[Result], None] = lambda result: None
 
 
 class Guardrails:
-    """Decides whether an action may run now; a reason string means skip it."""
+    """Decides whether an action may run now (a Clearance), and settles what it spent."""
 
     def __init__(self, limits: Limits, shared: SharedState, core: CoreV1Api, timeout: float,
                  own_pod: tuple[str | None, str | None] = (None, None),
@@ -73,30 +154,31 @@ class Guardrails:
         self.on_trip = on_trip or (lambda name: None)
 
     def check(self, decision: Decision, target: Target, pod: PodFacts | None,
-              container_id: str | None) -> str | None:
-        if "pod" in decision.needs:
-            reason = self._pod_reason(decision, target, pod, container_id)
-            if reason:
-                return reason
-        elif pod is not None and pod.exists and container_mismatch(pod, container_id):
-            # A node taken from a pod that is not the event's would be the wrong node.
-            return f"container not in pod (container.id {container_id} is not one of its own)"
+              verification: Verification) -> Clearance:
+        """Whether the action may run now; a destructive one must be run and settled."""
+        if verification.verdict is Verdict.CONTRADICTED:
+            # A node taken from a pod that is not the event's would be the wrong node, too.
+            return Clearance(verification.reason)
+        if "pod" in decision.needs and (reason := self._pod_reason(decision, target, pod)):
+            return Clearance(reason)
+        if (decision.destructive and verification.verdict is Verdict.UNVERIFIABLE
+                and not decision.allow_unverified):
+            return Clearance(f"{verification.reason}; {decision.action} acts only on a "
+                             "verified pod (table rule "
+                             f"{decision.table_rule} may say allow_unverified: true)")
         if decision.action == "delete-pod":
-            return self._deletion_limit(target, pod)
+            return self._reserve_deletion(target, pod)
         if decision.action == "cordon-node":
-            return self._cordon_limit(target.node)
-        return None
+            return Clearance(self._cordon_limit(target.node))
+        return Clearance()
 
-    def _pod_reason(self, decision: Decision, target: Target, pod: PodFacts | None,
-                    container_id: str | None) -> str | None:
+    def _pod_reason(self, decision: Decision, target: Target, pod: PodFacts | None
+                    ) -> str | None:
         own_namespace, own_name = self.own_pod
         if own_name and target.pod == own_name and own_namespace in (None, target.namespace):
             return "the responder's own pod"
         if pod is None or not pod.exists:
             return None  # the action itself reports "already gone" / "no longer exists"
-        if container_mismatch(pod, container_id):
-            # A recreated pod with the same name, or a forged event: never act on it.
-            return f"container not in pod (container.id {container_id} is not one of its own)"
         if (decision.action == "delete-pod" and "DaemonSet" in pod.owner_kinds
                 and not _param(decision, "allow_daemonset")):
             return "pod belongs to a DaemonSet (set allow_daemonset: true to delete it)"
@@ -104,14 +186,29 @@ class Guardrails:
             return "standalone pod: nothing would recreate it (skip_standalone_pods is on)"
         return None
 
-    def _deletion_limit(self, target: Target, pod: PodFacts | None) -> str | None:
+    def _reserve_deletion(self, target: Target, pod: PodFacts | None) -> Clearance:
+        """Hold a place in the deletion limit before the DELETE, so that concurrent deletes
+        never exceed it; it counts only once the API deleted the pod."""
         limit = self.limits.max_pod_deletions_per_minute
         # Keyed by the pod (its uid: a recreated pod is a new deletion), so the retries of
         # one deletion after transient API errors count once, not once per attempt.
         member = (pod.uid if pod and pod.uid else None) or f"{target.namespace}/{target.pod}"
-        if self.shared.allow_in_window("pod-deletions", limit, 60.0, member):
-            return None
-        return self._trip("pod-deletions", f"pod deletion limit reached ({limit} per minute)")
+        token = self.shared.reserve_in_window(DELETIONS, limit, 60.0, member)
+        if token is None:
+            return Clearance(self._trip(DELETIONS,
+                                        f"pod deletion limit reached ({limit} per minute)"))
+        return Clearance(settle=lambda result: self._settle_deletion(token, member, result))
+
+    def _settle_deletion(self, token: str, member: str, result: Result) -> None:
+        # A 404 ("already gone"), a refusal or a replaced pod deleted nothing: its place
+        # goes back. A failure the event will retry may have deleted (a timeout after the
+        # API acted), so it keeps its place, which the retry then reuses.
+        happened = result.outcome is Outcome.DONE or (
+            result.outcome is Outcome.FAILED and result.retryable)
+        try:
+            self.shared.settle_in_window(DELETIONS, token, member, happened)
+        except Exception as exc:  # noqa: BLE001 - e.g. Redis down: the place just runs out
+            logger.warning("cannot settle a pod deletion in the limit (%s)", type(exc).__name__)
 
     def _cordon_limit(self, node_name: str | None) -> str | None:
         nodes = self.core.list_node(_request_timeout=self.timeout).items

@@ -11,6 +11,18 @@ from datetime import UTC, datetime
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
+#: The most of one sender-chosen string (a rule name, a pod name) a decision line repeats.
+LOGGED_TEXT_LIMIT = 300
+
+
+def clipped(text: str | None, limit: int = LOGGED_TEXT_LIMIT) -> str | None:
+    """`text` for a log line, cut to `limit` characters (saying how long it was), so that a
+    hostile event is not copied whole into every line about it."""
+    if text is None or len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per record: time, level, logger, message and every `extra` key."""
 

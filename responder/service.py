@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from typing import Any
@@ -15,6 +16,7 @@ from .events import Event
 from .executor import ActionReport, Executor
 from .guardrails import Guardrails
 from .kube import ThrottledApiClient
+from .logs import clipped
 from .metrics import Metrics
 from .notify import SlackNotifier, notify_choices
 from .settings import Settings
@@ -25,6 +27,7 @@ from .table import Table
 logger = logging.getLogger(__name__)
 MAX_RULE_LABELS = 500  # Falco's default rules number about 80; plugins add a few dozen
 MAX_SOURCE_LABELS = 50  # syscall, k8s_audit and one per source plugin (cloudtrail, okta, ...)
+MAX_LABEL_LENGTH = 128  # Falco's rule names run to about 60 characters, its sources to 15
 
 
 class Responder:
@@ -96,9 +99,8 @@ class Responder:
     def count_received(self, event: Event) -> None:
         self.metrics.inc(self.metrics.events,
                          bounded_label(self._rule_labels, event.rule, MAX_RULE_LABELS),
-                         event.priority.label,
-                         bounded_label(self._source_labels, event.source[:32],
-                                       MAX_SOURCE_LABELS))
+                         event.priority.label,  # one of Falco's eight priorities
+                         bounded_label(self._source_labels, event.source, MAX_SOURCE_LABELS))
 
     def after_actions(self, plan: Plan, reports: list[ActionReport]) -> None:
         """Tell people (Slack) and the cluster (Events) what was done. Never raises."""
@@ -129,11 +131,22 @@ class Responder:
 def bounded_label(seen: set[str], value: str, limit: int) -> str:
     """`value` as a label while `seen` holds fewer than `limit` others, else "other".
     Rule names and sources come from the sender: past the bound, new ones share one
-    series, so nobody can grow the metrics without limit."""
+    series, and each is cut to MAX_LABEL_LENGTH, so nobody can grow the metrics (their
+    memory and, under `responder serve`, their files) without limit."""
+    value = clip_label(value)
     if value in seen or len(seen) < limit:
         seen.add(value)
         return value
     return "other"
+
+
+def clip_label(value: str) -> str:
+    """`value` when short enough for a label; a longer one is cut and marked with a digest
+    of the whole, so two long names that share a beginning stay apart."""
+    if len(value) <= MAX_LABEL_LENGTH:
+        return value
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return f"{value[:MAX_LABEL_LENGTH - 16]}...{digest}"
 
 
 def log_received(event: Event) -> None:
@@ -141,8 +154,8 @@ def log_received(event: Event) -> None:
     record = {"uuid": event.uuid, "rule": event.rule, "priority": event.priority.label,
               "source": event.source, "time": event.time, "hostname": event.hostname,
               "tags": list(event.tags), "output_fields": dict(event.output_fields)}
-    logger.info("event uuid=%s rule=%r priority=%s source=%s", event.uuid, event.rule,
-                event.priority.label, event.source, extra={"event": record})
+    logger.info("event uuid=%s rule=%r priority=%s source=%s", event.uuid, clipped(event.rule),
+                event.priority.label, clipped(event.source), extra={"event": record})
 
 
 def event_summary(plan: Plan) -> dict[str, Any]:

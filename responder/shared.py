@@ -8,7 +8,7 @@ import time
 import uuid
 from typing import Protocol
 
-from .store import EventStore
+from .store import RESERVED_PREFIX, EventStore
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,15 @@ class SharedState(Protocol):
                         member: str | None = None) -> bool:
         """Record one occurrence if fewer than `limit` happened in the last `seconds`; a
         `member` (e.g. one pod's deletion) counts once however often it is retried."""
+
+    def reserve_in_window(self, name: str, limit: int, seconds: float,
+                          member: str) -> str | None:
+        """Hold a place for something about to be tried, so concurrent tries never exceed
+        `limit`: None when the window is full; "" when `member` already counts (nothing to
+        settle); else a token to pass to `settle_in_window`."""
+
+    def settle_in_window(self, name: str, token: str, member: str, happened: bool) -> None:
+        """Count the held place as `member` if the thing happened, else free it."""
 
 
 def report_dropped(store: EventStore, shared: SharedState | None, key: str | None) -> None:
@@ -82,6 +91,13 @@ class LocalState:
                         member: str | None = None) -> bool:
         return self.store.allow_in_window(name, limit, seconds, member)
 
+    def reserve_in_window(self, name: str, limit: int, seconds: float,
+                          member: str) -> str | None:
+        return self.store.reserve_in_window(name, limit, seconds, member)
+
+    def settle_in_window(self, name: str, token: str, member: str, happened: bool) -> None:
+        self.store.settle_in_window(name, token, member, happened)
+
 
 # Token bucket, atomically in Redis: KEYS[1] bucket; ARGV rate, burst, now (seconds).
 _TOKEN_BUCKET = """
@@ -96,14 +112,24 @@ redis.call('HSET', KEYS[1], 'tokens', tokens, 'updated', now)
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
 return tostring(wait)
 """
-# Sliding window log: KEYS[1] zset; ARGV limit, window (ms), now (ms), member. A member
-# already in the window is allowed again without counting twice.
-_SLIDING_WINDOW = """
+# Sliding window log: KEYS[1] zset; ARGV limit, window (ms), now (ms), member, token.
+# Returns "" when the member is already in the window (a retry counts once), nil when the
+# window is full, else the token, whose entry holds a place until it is settled.
+_RESERVE = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, tonumber(ARGV[3]) - tonumber(ARGV[2]))
-if redis.call('ZSCORE', KEYS[1], ARGV[4]) then return 1 end
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
+if redis.call('ZSCORE', KEYS[1], ARGV[4]) then return '' end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return false end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return ARGV[5]
+"""
+# KEYS[1] zset; ARGV token, member, happened ("1"/"0"): the token's place becomes the
+# member's (at the same time), or is freed.
+_SETTLE = """
+local at = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not at then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+if ARGV[3] == '1' then redis.call('ZADD', KEYS[1], 'NX', at, ARGV[2]) end
 return 1
 """
 # Coalescing window: KEYS[1] hash {opener, count}; ARGV window (ms), member. Returns the
@@ -136,7 +162,8 @@ class RedisState:
         self.redis = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
         self.prefix = prefix
         self._bucket = self.redis.register_script(_TOKEN_BUCKET)
-        self._sliding = self.redis.register_script(_SLIDING_WINDOW)
+        self._reserve = self.redis.register_script(_RESERVE)
+        self._settle = self.redis.register_script(_SETTLE)
         self._window = self.redis.register_script(_WINDOW)
         self._close = self.redis.register_script(_CLOSE_WINDOW)
 
@@ -161,10 +188,25 @@ class RedisState:
 
     def allow_in_window(self, name: str, limit: int, seconds: float,
                         member: str | None = None) -> bool:
+        member = member or uuid.uuid4().hex
+        token = self.reserve_in_window(name, limit, seconds, member)
+        if token is None:
+            return False
+        self.settle_in_window(name, token, member, happened=True)
+        return True
+
+    def reserve_in_window(self, name: str, limit: int, seconds: float,
+                          member: str) -> str | None:
         now_ms = int(time.time() * 1000)
-        return bool(self._sliding(keys=[f"{self.prefix}limit:{name}"],
-                                  args=[limit, int(seconds * 1000), now_ms,
-                                        member or uuid.uuid4().hex]))
+        token = self._reserve(keys=[f"{self.prefix}limit:{name}"],
+                              args=[limit, int(seconds * 1000), now_ms, member,
+                                    RESERVED_PREFIX + uuid.uuid4().hex])
+        return None if token is None else token.decode()
+
+    def settle_in_window(self, name: str, token: str, member: str, happened: bool) -> None:
+        if token:
+            self._settle(keys=[f"{self.prefix}limit:{name}"],
+                         args=[token, member, "1" if happened else "0"])
 
     def close(self) -> None:
         self.redis.close()

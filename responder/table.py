@@ -27,7 +27,7 @@ _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
 _TOP_KEYS = {"defaults", "rules"}
 _DEFAULT_KEYS = {"dry_run", "protected_namespaces", "coalesce_seconds",
                  "max_pod_deletions_per_minute", "max_cordoned_nodes", "skip_standalone_pods"}
-_RULE_KEYS = {"name", "match", "actions", "continue", "dry_run", "notify"}
+_RULE_KEYS = {"name", "match", "actions", "continue", "dry_run", "notify", "allow_unverified"}
 NOTIFIERS = ("slack",)
 _MATCH_KEYS = {"rules", "priority", "tags", "source", "output_fields"}
 _ACTION_KEYS = {"action", "params"}
@@ -91,6 +91,9 @@ class TableRule:
     dry_run: bool | None = None
     #: Channels to notify; None means the default (notify when an action ran or failed).
     notify: tuple[str, ...] | None = None
+    #: Destructive actions may act on events whose pod cannot be verified (no container.id,
+    #: as in every k8s_audit event). Never on one whose container.id contradicts the pod.
+    allow_unverified: bool = False
 
 
 @dataclass(frozen=True)
@@ -257,14 +260,28 @@ def _build_rule(index: int, raw: Any, registry: Registry, sink: list[str]) -> Ta
         problems.add("name", "required key is missing")
     elif not isinstance(name, str) or not NAME_PATTERN.match(name):
         problems.add("name", "must match ^[a-z][a-z0-9-]*$")
+    match = _build_match(raw.get("match"), problems)
+    actions = _build_actions(raw.get("actions"), registry, problems)
     return TableRule(
         name=name if isinstance(name, str) else f"#{index}",
-        match=_build_match(raw.get("match"), problems),
-        actions=_build_actions(raw.get("actions"), registry, problems),
+        match=match,
+        actions=actions,
         continue_=_optional_bool(raw, "continue", True, problems),
         dry_run=_optional_bool(raw, "dry_run", None, problems),
         notify=_build_notify(raw, problems),
+        allow_unverified=_build_allow_unverified(raw, actions, registry, problems),
     )
+
+
+def _build_allow_unverified(raw: dict, actions: tuple[ActionSpec, ...], registry: Registry,
+                            problems: _Problems) -> bool:
+    allow = _optional_bool(raw, "allow_unverified", False, problems)
+    destructive = [a.name for a in registry if a.destructive]
+    if allow and actions and not any(spec.action in destructive for spec in actions):
+        # Said where nothing needs it, it would be read as protection it does not give.
+        problems.add("allow_unverified", "has no effect: none of this rule's actions is "
+                     f"destructive ({', '.join(destructive)})")
+    return bool(allow)
 
 
 def _build_notify(raw: dict, problems: _Problems) -> tuple[str, ...] | None:

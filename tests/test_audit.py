@@ -26,7 +26,7 @@ def shell_event():
         "uuid": "u-1", "rule": "Terminal shell in container", "priority": "Critical",
         "source": "syscall", "time": "2024-05-01T10:00:00Z", "hostname": "falco-on-node-1",
         "output_fields": {"k8s.ns.name": "prod", "k8s.pod.name": "web-1",
-                          "container.id": "abc123"}})
+                          "container.id": "abc123000000"}})
 
 
 @pytest.fixture

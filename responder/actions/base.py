@@ -106,6 +106,10 @@ class Action:
     rbac: ClassVar[tuple[Rbac, ...]] = ()
     #: False when the object is gone afterwards, so later actions on it are pointless.
     object_survives: ClassVar[bool] = True
+    #: True when a wrong target costs a workload or capacity (a deletion, a cordon): such an
+    #: action needs an event verified against the cluster, unless its table rule says
+    #: `allow_unverified: true`. Marking (a label) is not destructive.
+    destructive: ClassVar[bool] = False
 
     def __init__(self, core: CoreV1Api, request_timeout: float = 10.0):
         self.core = core

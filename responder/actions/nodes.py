@@ -17,6 +17,7 @@ class CordonNode(Action):
     # list: the guardrails count cordoned and schedulable nodes before cordoning another;
     # pods get: the node is read from the event's pod, when it names one.
     rbac = (Rbac("nodes", ("get", "list", "patch")), Rbac("pods", ("get",)))
+    destructive = True  # the node takes no new pods until someone uncordons it
 
     def run(self, target: Target, params: Mapping[str, Any]) -> Result:
         node = self.core.read_node(target.node, _request_timeout=self.timeout)

@@ -33,6 +33,7 @@ class DeletePod(Action):
     # get: the guardrails read the pod first (containers, owners, node).
     rbac = (Rbac("pods", ("get", "delete")),)
     object_survives = False
+    destructive = True
 
     def run(self, target: Target, params: Mapping[str, Any]) -> Result:
         # With the uid of the pod the guardrails verified, a pod recreated under the same name
