@@ -20,6 +20,7 @@ from .guardrails import (
     Verdict,
     Verification,
     read_pod,
+    unverified_reason,
     verify_container,
 )
 from .logs import clipped
@@ -241,10 +242,9 @@ class Executor:
 
 
 def _held_back(run: _Run, decisions: list[Decision]) -> bool:
-    """Whether an unverifiable event was kept from a destructive action of this rule: it
-    must not coalesce away the verified event for the same pod that comes after it."""
-    return run.verification.verdict is Verdict.UNVERIFIABLE and any(
-        d.destructive and not d.allow_unverified and not d.dry_run for d in decisions)
+    """Whether an unverified event was kept from a destructive action of this rule: it must
+    not coalesce away the verified event for the same target that comes after it."""
+    return any(unverified_reason(d, run.verification) for d in decisions)
 
 
 def log_decision(plan: Plan, decision: Decision, target: Target, result: Result) -> None:

@@ -129,6 +129,23 @@ def _json_type(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
+def unverified_reason(decision: Decision, verification: Verification) -> str | None:
+    """Why a destructive action may not run on an event nothing in the cluster confirms, or
+    None. A pod without a container.id to check is unverified; so is a node known only from
+    the event's hostname (a host process, or a pod already gone), which any sender can name."""
+    if not decision.destructive or decision.allow_unverified or decision.dry_run:
+        return None
+    if verification.verdict is Verdict.UNVERIFIABLE:
+        why, what = verification.reason, "pod"
+    elif verification.verdict is Verdict.NO_POD and "pod" not in decision.needs:
+        why = "no pod of the event's was read, so its node is only the event's hostname"
+        what = "event"
+    else:
+        return None
+    return (f"{why}; {decision.action} acts only on a verified {what} (table rule "
+            f"{decision.table_rule} may say allow_unverified: true)")
+
+
 @dataclass(frozen=True)
 class Clearance:
     """The guardrails' answer for one action: `reason` to skip it; else run it and tell
@@ -161,11 +178,8 @@ class Guardrails:
             return Clearance(verification.reason)
         if "pod" in decision.needs and (reason := self._pod_reason(decision, target, pod)):
             return Clearance(reason)
-        if (decision.destructive and verification.verdict is Verdict.UNVERIFIABLE
-                and not decision.allow_unverified):
-            return Clearance(f"{verification.reason}; {decision.action} acts only on a "
-                             "verified pod (table rule "
-                             f"{decision.table_rule} may say allow_unverified: true)")
+        if reason := unverified_reason(decision, verification):
+            return Clearance(reason)
         if decision.action == "delete-pod":
             return self._reserve_deletion(target, pod)
         if decision.action == "cordon-node":

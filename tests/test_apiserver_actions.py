@@ -24,6 +24,9 @@ rules:
         params: {grace_period_seconds: 0}
       - action: cordon-node
 """
+# The same rule, allowed to act on what it cannot verify (a node named by the hostname alone).
+UNVERIFIED_ALLOWED = ARMED.replace("      - action: cordon-node\n",
+                                   "      - action: cordon-node\n    allow_unverified: true\n")
 
 
 @pytest.fixture
@@ -114,8 +117,18 @@ def test_missing_pod_is_already_gone_for_delete_and_skipped_for_label(cluster, r
     decisions = respond()
     assert outcomes(decisions)[:2] == [("label-pod", "skipped", "pod no longer exists"),
                                        ("delete-pod", "already-done", "already gone")]
-    # The pod is unknown, so the node falls back to the event's hostname, which is no node.
+    # The pod is unknown, so the node falls back to the event's hostname, which any sender
+    # can name: no cordon on that alone.
     assert decisions[2]["target"]["node"] == "falco-host"
+    assert decisions[2]["outcome"] == "skipped"
+    assert "allow_unverified: true" in decisions[2]["reason"]
+
+
+def test_missing_pod_cordons_the_hostname_only_where_the_rule_allows_unverified(cluster,
+                                                                                respond):
+    cluster.add_node("node-a")
+    cluster.add_node("node-b")
+    decisions = respond(UNVERIFIED_ALLOWED)
     assert outcomes(decisions)[2] == ("cordon-node", "failed",
                                       'HTTP 404: nodes "falco-host" not found')
 
@@ -199,10 +212,19 @@ def test_responder_never_acts_in_its_own_namespace(cluster, apiserver, shop, mak
     assert cluster.pod("web") is not None
 
 
-def test_host_event_skips_pod_actions_and_cordons_the_event_hostname(cluster, respond):
+def test_host_event_cordons_nothing_unless_the_rule_allows_unverified(cluster, respond):
     host = cluster.add_node("host").metadata.name
     cluster.add_node("other")
     decisions = respond(pod=None, hostname=host, **{"container.id": "host"})
+    assert [d["outcome"] for d in decisions] == ["skipped", "skipped", "skipped"]
+    assert "only the event's hostname" in decisions[2]["reason"]
+    assert not cluster.core.read_node(host).spec.unschedulable
+
+
+def test_host_event_skips_pod_actions_and_cordons_the_event_hostname(cluster, respond):
+    host = cluster.add_node("host").metadata.name
+    cluster.add_node("other")
+    decisions = respond(UNVERIFIED_ALLOWED, pod=None, hostname=host, **{"container.id": "host"})
     assert [d["outcome"] for d in decisions] == ["skipped", "skipped", "done"]
     assert cluster.core.read_node(host).spec.unschedulable is True
     (recorded,) = cluster.node_events()
