@@ -170,6 +170,16 @@ def test_each_exclusion_protects_some_silent_line(part):
     assert leaks, part
 
 
+LOOKALIKE_GROUPS = DEFS.lists["responder_netcat_lookalike_binaries"]
+
+
+@pytest.mark.parametrize("group", LOOKALIKE_GROUPS)
+def test_each_group_of_lookalike_programs_protects_some_silent_line(group):
+    lists = {**DEFS.lists, group: ["no-such-program"]}
+    leaks = _hits(SILENT, _tree(CONDITION, frf.Definitions(DEFS.macros, lists)))
+    assert leaks, group
+
+
 @pytest.mark.parametrize("part", sorted(DETECTIONS))
 def test_each_detection_path_catches_some_malicious_line(part):
     tree = _weakened_tree(*DETECTIONS[part])
