@@ -455,17 +455,28 @@ def _section_header() -> bytes:
 
 @dataclass(frozen=True)
 class Process:
-    """A process start to record: argv as executed, in a container or on the host."""
+    """A process start to record: argv as executed, in a container or on the host.
+
+    `exepath` is the file execve ran when it is not argv[0]: a script started
+    through its `#!` line (argv[0] is then the interpreter the kernel put there)
+    or a program given another argv[0]. The kernel names the process (comm,
+    Falco's proc.name) after that file.
+    """
 
     argv: tuple[str, ...]
     tid: int
     in_container: bool = True
     tty: int = 0
     cwd: str = "/"
+    exepath: str | None = None
+
+    @property
+    def path(self) -> str:
+        return self.exepath or self.argv[0]
 
     @property
     def comm(self) -> str:
-        return self.argv[0].rsplit("/", 1)[-1][:15]
+        return self.path.rsplit("/", 1)[-1][:15]
 
     def fields(self) -> dict[str, object]:
         """The Falco fields of the execve exit event, as libsinsp fills them."""
@@ -479,7 +490,7 @@ class Process:
             "proc.args": args,
             "proc.cmdline": f"{self.comm} {args}".rstrip(),
             "proc.exe": self.argv[0],
-            "proc.exepath": self.argv[0],
+            "proc.exepath": self.path,
             "proc.tty": self.tty,
             "proc.cwd": self.cwd,
         }
@@ -498,7 +509,9 @@ def _execve_events(proc: Process, ts: int) -> bytes:
         _cstr(proc.comm), cgroups, _cstr("PATH=/usr/bin:/bin"),
         i32(proc.tty), i64(proc.tid), i32(-1), u32(0),
     ]
-    enter = _event(_EXECVE_ENTER, proc.tid, ts, [_cstr(proc.argv[0])])
+    # libsinsp takes proc.exepath from the enter event's filename, proc.exe
+    # from the exit event's exe (argv[0]) and proc.name from its comm.
+    enter = _event(_EXECVE_ENTER, proc.tid, ts, [_cstr(proc.path)])
     return enter + _event(_EXECVE_EXIT, proc.tid, ts + 1, params)
 
 
