@@ -18,6 +18,7 @@ from .auth import TokenAuth
 from .errors import EventError, StorageError
 from .events import parse_event
 from .intake import Intake
+from .lastgood import StartupTable, keep_copy, load_startup_table
 from .logs import configure_logging
 from .metrics import Metrics
 from .notify import SlackConfig, SlackNotifier, slack_status
@@ -27,7 +28,7 @@ from .settings import Settings
 from .shared import LocalState, RedisState
 from .spool import SpoolWriter
 from .store import EventStore
-from .table import Table, load_table
+from .table import Table
 from .worker import Worker
 
 logger = logging.getLogger(__name__)
@@ -46,20 +47,21 @@ def create_app(settings: Settings | None = None, *, table: Table | None = None,
     settings = settings or Settings.from_env()
     configure_logging(settings.log_format, settings.log_level)
     registry = registry or default_registry()
-    table = table or load_table(settings.actions_file, registry)
+    state_dir = Path(settings.state_dir).expanduser()
+    startup = StartupTable(table) if table else \
+        load_startup_table(settings.actions_file, registry, state_dir)
     if api_client is _UNSET:
         api_client, where = kube.connect(settings)
     else:
         where = "given" if api_client is not None else "no cluster"
     slack = SlackConfig.from_env() if slack is _UNSET else slack
     metrics = Metrics()
-    store = EventStore(Path(settings.state_dir).expanduser(), settings.max_pending,
-                       settings.drop_policy)
+    store = EventStore(state_dir, settings.max_pending, settings.drop_policy)
     shared = RedisState(settings.redis_url) if settings.redis_url else LocalState(store)
     notifier = SlackNotifier(slack, on_result=lambda r: metrics.inc(metrics.slack, r)) \
         if slack else None
-    responder = Responder(settings, table, registry, api_client, metrics=metrics, store=store,
-                          shared=shared, notifier=notifier)
+    responder = Responder(settings, startup.table, registry, api_client, metrics=metrics,
+                          store=store, shared=shared, notifier=notifier)
     spool_dir = store.path.parent / "spool"
     worker = Worker(responder, store, settings.max_attempts, sync_seconds=settings.sync_seconds,
                     retention_seconds=settings.retention_seconds,
@@ -70,7 +72,7 @@ def create_app(settings: Settings | None = None, *, table: Table | None = None,
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     spool = SpoolWriter(spool_dir) if settings.intake == "queue" else None
     app.extensions.update(responder=responder, worker=worker, store=store, spool=spool,
-                          reloader=_start_reloader(settings, responder))
+                          reloader=_start_reloader(settings, responder, startup))
     metrics.watch_queue(lambda: _queue_state(store, spool))
     intake = None
     if spool is not None:
@@ -117,12 +119,16 @@ def shutdown(app: Flask, timeout: float = 10.0) -> None:
     ext["store"].close()
 
 
-def _start_reloader(settings: Settings, responder: Responder) -> TableReloader | None:
+def _start_reloader(settings: Settings, responder: Responder,
+                    startup: StartupTable) -> TableReloader | None:
     """Watch the table file (not the packaged default, which cannot change)."""
+    metrics = responder.metrics
+    # 1 for the packaged default too: what serves is valid, and nothing is pending.
+    metrics.table_valid.set(0 if startup.refused else 1)
     if not settings.actions_file:
         return None
-    metrics = responder.metrics
-    metrics.table_valid.set(1)
+    state_dir = Path(settings.state_dir).expanduser()
+    source = settings.actions_file
 
     def apply(table: Table) -> None:
         responder.table = table
@@ -132,7 +138,9 @@ def _start_reloader(settings: Settings, responder: Responder) -> TableReloader |
         metrics.table_valid.set(0)
         metrics.table_reload_errors.inc()
 
-    reloader = TableReloader(settings.actions_file, responder.registry, apply, refuse)
+    reloader = TableReloader(source, responder.registry, apply, refuse,
+                             keep=lambda text: keep_copy(state_dir, source, text),
+                             refused=startup.refused.problems if startup.refused else None)
     if settings.reload_seconds > 0:
         reloader.start(settings.reload_seconds)
     return reloader
@@ -196,6 +204,8 @@ def _add_health_routes(app: Flask, responder: Responder) -> None:
         if reloader and reloader.problems:
             # Still ready: the last good table keeps serving. The operator sees why.
             detail["table_reload_errors"] = reloader.problems
+            detail["table_refused"] = {"file": str(reloader.path),
+                                       "sha256": reloader.refused_sha256}
         if responder.armed:
             # Said, but still ready: events are recorded and acted on once the API answers
             # again, while an unready pod would leave Falcosidekick nowhere to send them
