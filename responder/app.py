@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -94,11 +96,16 @@ def create_app(settings: Settings | None = None, *, table: Table | None = None,
 def _queue_state(store: EventStore, spool: SpoolWriter | None) -> tuple[float, float]:
     """Queue depth and oldest age, counting what this process spooled and the worker has
     not yet taken in: with the worker down, that is where events wait."""
-    unread, written = spool.unread(store.spooled_records) if spool else (0, None)
-    age = store.oldest_pending_age()
+    try:
+        unread, written = spool.unread(store.spooled_records) if spool else (0, None)
+        age = store.oldest_pending_age()
+        depth = store.pending()
+    except sqlite3.Error as exc:  # a full or read-only volume: /metrics still answers
+        logger.warning("cannot read the queue's state from the journal: %s", exc)
+        return math.nan, math.nan
     if written is not None:
         age = max(age, time.time() - written)
-    return store.pending() + unread, age
+    return depth + unread, age
 
 
 def shutdown(app: Flask, timeout: float = 10.0) -> None:
@@ -227,6 +234,13 @@ def _add_error_handlers(app: Flask, metrics: Metrics) -> None:
         logger.error("event not accepted: %s", exc)
         metrics.inc(metrics.rejected, "507")
         return jsonify({"error": str(exc)}), 507
+
+    @app.errorhandler(sqlite3.Error)
+    def journal_unusable(exc: sqlite3.Error) -> tuple[Response, int]:
+        # The journal's volume full or read-only: the same answer as the spool gives.
+        logger.error("journal not usable: %s", exc)
+        metrics.inc(metrics.rejected, "507")
+        return jsonify({"error": f"cannot use the event journal: {exc}"}), 507
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> tuple[Response, int]:

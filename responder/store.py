@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
+import os
 import sqlite3
 import threading
 import time
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+logger = logging.getLogger(__name__)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
@@ -109,7 +112,6 @@ class EventStore:
     def __init__(self, directory: str | Path, max_pending: int = 100_000,
                  drop_policy: str = "drop-new", clock: Callable[[], float] = time.time):
         self.path = Path(directory) / "events.sqlite3"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_pending = max_pending
         self.drop_policy = drop_policy
         self.clock = clock
@@ -119,23 +121,64 @@ class EventStore:
         # One writer at a time inside this process: threads queue on a lock that wakes them
         # at once, instead of SQLite's busy handler, which sleeps in 1-100 ms steps.
         self._write_lock = threading.Lock()
-        conn = self._conn()
-        _retry_busy(lambda: conn.executescript(SCHEMA))
+        self._ready = False
+        self._read_only = False  # a connection was opened while the file was read-only
+        self._generation = 0  # of the connections; _reopen_all starts a new one
+        try:
+            self._conn()
+        except (OSError, sqlite3.Error) as exc:
+            # A full or read-only volume must not stop a process from starting: it answers
+            # 507 meanwhile, and the journal is set up on first use once there is room.
+            logger.error("cannot open the journal %s now (%s); trying again on use",
+                         self.path, exc)
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
+        if self._read_only and os.access(self.path, os.W_OK):
+            self._reopen_all()
+        if conn is not None and self._local.generation != self._generation:
+            conn = None  # closed by _reopen_all
         if conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             # timeout=0: lock waits are ours (see _BUSY_WAITS), not SQLite's coarse sleeps.
             conn = sqlite3.connect(self.path, timeout=0, isolation_level=None,
                                    check_same_thread=False)
-            _retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL"))
-            # NORMAL: a commit survives a process crash at once; the WAL reaches the disk
-            # at each checkpoint, which `sync` runs on a timer (batched fsyncs).
-            conn.execute("PRAGMA synchronous=NORMAL")
-            self._local.conn = conn
+            try:
+                _retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL"))
+                # NORMAL: a commit survives a process crash at once; the WAL reaches the
+                # disk at each checkpoint, which `sync` runs on a timer (batched fsyncs).
+                conn.execute("PRAGMA synchronous=NORMAL")
+            except BaseException:
+                conn.close()
+                raise
             with self._lock:
+                self._local.conn, self._local.generation = conn, self._generation
                 self._connections.append(conn)
+                self._read_only = self._read_only or not os.access(self.path, os.W_OK)
+        if not self._ready:
+            _retry_busy(lambda: conn.executescript(SCHEMA))
+            self._ready = True
         return conn
+
+    def _reopen_all(self) -> None:
+        """The volume is writable again, but connections opened while it was read-only
+        stay so, and SQLite shares their read-only WAL index with every connection of this
+        process to the file: all of them are closed, each thread opens its own again."""
+        # Not in the middle of another thread's transaction (bounded: never a deadlock).
+        if not self._write_lock.acquire(timeout=5):
+            return
+        try:
+            with self._lock:
+                if not self._read_only:
+                    return
+                for conn in self._connections:
+                    conn.close()
+                self._connections.clear()
+                self._generation += 1
+                self._read_only = False
+        finally:
+            self._write_lock.release()
+        logger.warning("the journal %s is writable again", self.path)
 
     def _tx(self, conn: sqlite3.Connection | None = None) -> _transaction:
         return _transaction(conn or self._conn(), self._write_lock)

@@ -54,6 +54,35 @@ def touched_cluster(report: ActionReport) -> bool:
                 or outcome in (Outcome.WOULD_RUN, Outcome.COALESCED))
 
 
+class Trouble:
+    """A failure that lasts (a full or read-only volume) is logged as it starts, with its
+    traceback, then at most once per `every` seconds, and once when it ends: not on every
+    poll, which would fill the log (and a full disk) meanwhile."""
+
+    def __init__(self, what: str, every: float = 60.0):
+        self.what = what
+        self.every = every
+        self.since: float | None = None
+        self._said = 0.0
+
+    def failed(self, exc: BaseException) -> None:
+        """Call from the `except` block that caught `exc`."""
+        now = time.monotonic()
+        if self.since is None:
+            self.since = self._said = now
+            logger.exception("%s failed; retrying", self.what)
+        elif now - self._said >= self.every:
+            self._said = now
+            logger.error("%s still failing after %.0f s: %s: %s", self.what, now - self.since,
+                         type(exc).__name__, exc)
+
+    def passed(self) -> None:
+        if self.since is not None:
+            logger.warning("%s works again after %.0f s", self.what,
+                           time.monotonic() - self.since)
+            self.since = None
+
+
 class Worker:
     """Processes due events. One per process; several processes share the journal safely."""
 
@@ -73,6 +102,9 @@ class Worker:
         self.wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._troubles = {name: Trouble(what) for name, what in (
+            ("ingest", "taking spooled events into the journal"),
+            ("loop", "the worker loop"), ("sync", "journal housekeeping"))}
 
     def run_pending(self, deadline: float | None = None) -> int:
         """Take in what the intake spooled, then process every event that is due now (no
@@ -108,8 +140,10 @@ class Worker:
         """Events already in the journal are processed even when taking more in fails."""
         try:
             self.ingest()
-        except Exception:  # noqa: BLE001 - e.g. the journal's disk full: say so, go on
-            logger.exception("cannot take spooled events into the journal; retrying")
+        except Exception as exc:  # noqa: BLE001 - e.g. the journal's disk full: say so, go on
+            self._troubles["ingest"].failed(exc)
+        else:
+            self._troubles["ingest"].passed()
 
     def ingest(self) -> int:
         """Move spooled events into the journal (deduplicated, capped); returns how many
@@ -240,15 +274,20 @@ class Worker:
         return left
 
     def _loop(self) -> None:
+        trouble = self._troubles["loop"]
         while not self._stop.is_set():
             try:
                 self.run_pending()
-            except Exception:  # noqa: BLE001 - the worker must survive; the row stays leased
-                logger.exception("worker loop failed; retrying")
+            except Exception as exc:  # noqa: BLE001 - the worker must survive; the row stays leased
+                trouble.failed(exc)
+            else:
+                trouble.passed()
             # Woken at once by our own intake; the poll catches other processes' events
             # (the spool's in `responder serve`), so it is short: an idle poll only lists a
-            # directory and reads the journal, taking no write lock.
-            self.wake.wait(self.poll_seconds)
+            # directory and reads the journal, taking no write lock. While the journal
+            # fails (a full volume), once a second is often enough to see it recover.
+            stuck = any(t.since is not None for t in self._troubles.values())
+            self.wake.wait(1.0 if stuck else self.poll_seconds)
             self.wake.clear()
 
     def _housekeeping(self) -> None:
@@ -260,8 +299,10 @@ class Worker:
                 if pruned_at >= 60:
                     pruned_at = 0.0
                     self.store.prune(self.retention_seconds)
-            except Exception:  # noqa: BLE001
-                logger.exception("journal housekeeping failed")
+            except Exception as exc:  # noqa: BLE001 - e.g. a full volume: retried
+                self._troubles["sync"].failed(exc)
+            else:
+                self._troubles["sync"].passed()
 
 
 def _size(path: Path) -> int:
