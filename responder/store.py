@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +32,16 @@ CREATE TABLE IF NOT EXISTS events (
     not_before REAL NOT NULL DEFAULT 0,
     lease_until REAL,
     finished REAL,
-    error TEXT
+    error TEXT,
+    owner TEXT,                        -- the process holding the claim (responder.owners)
+    audit_due INTEGER NOT NULL DEFAULT 0     -- 1: the `event` record is not yet logged
 );
 CREATE INDEX IF NOT EXISTS events_todo ON events (state, not_before, id);
 CREATE TABLE IF NOT EXISTS outcomes (
     event_id INTEGER NOT NULL,
     idx INTEGER NOT NULL,
     report TEXT NOT NULL,
+    audit TEXT,                        -- the `decision` record's fields, until logged
     PRIMARY KEY (event_id, idx)
 );
 CREATE TABLE IF NOT EXISTS depth (one INTEGER PRIMARY KEY CHECK (one = 1), n INTEGER NOT NULL);
@@ -68,6 +71,10 @@ CREATE INDEX IF NOT EXISTS limit_hits_by_time ON limit_hits (name, at);
 CREATE TABLE IF NOT EXISTS spool_offsets (segment TEXT PRIMARY KEY, offset INTEGER NOT NULL,
                                           records INTEGER NOT NULL, finished REAL);
 """
+# Added since the first release: a journal written by it gets them on open.
+_ADDED_COLUMNS = (("events", "owner", "TEXT"),
+                  ("events", "audit_due", "INTEGER NOT NULL DEFAULT 0"),
+                  ("outcomes", "audit", "TEXT"))
 # Due: pending and not deferred, or leased by a worker whose lease ran out (it died).
 _DUE = ("WHERE (state = 'pending' AND not_before <= ?) "
         "OR (state = 'running' AND lease_until < ?)")
@@ -90,12 +97,24 @@ class Claimed:
 
 @dataclass(frozen=True)
 class Closing:
-    """An event's final state, with the outcomes still to be written beside it."""
+    """An event's final state, with the outcomes still to be written beside it (and the
+    decision records of those outcomes, logged once this commits)."""
 
     event_id: int
     state: str
     error: str | None
     outcomes: dict[int, dict[str, Any]]
+    audits: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AuditDue:
+    """An event's audit records not yet logged: its `event` record (when `body` is set)
+    and its `decision` records, in plan order."""
+
+    event_id: int
+    body: bytes | None
+    decisions: list[tuple[int, dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -157,6 +176,7 @@ class EventStore:
                 self._read_only = self._read_only or not os.access(self.path, os.W_OK)
         if not self._ready:
             _retry_busy(lambda: conn.executescript(SCHEMA))
+            _add_columns(conn)
             self._ready = True
         return conn
 
@@ -267,7 +287,8 @@ class EventStore:
         return row[1] if row else None
 
     # --- worker --------------------------------------------------------------------
-    def claim(self, limit: int, lease_seconds: float) -> list[Claimed]:
+    def claim(self, limit: int, lease_seconds: float, owner: str | None = None
+              ) -> list[Claimed]:
         """Take up to `limit` due events (or ones whose lease ran out, after a crash).
 
         Check each with `still_ours` just before processing it: a batch can outlive its
@@ -283,9 +304,11 @@ class EventStore:
                 f"SELECT id, key, body, attempts, received FROM events {_DUE} "
                 "ORDER BY id LIMIT ?",
                 (now, now, limit)).fetchall()
+            # A first claim owes the event's audit record, whatever happens to the claim.
             conn.executemany("UPDATE events SET state = 'running', lease_until = ?, "
+                             "owner = ?, audit_due = audit_due OR attempts = 0, "
                              "attempts = attempts + 1 WHERE id = ?",
-                             [(lease_until, r[0]) for r in rows])
+                             [(lease_until, owner, r[0]) for r in rows])
         return [Claimed(r[0], r[1], bytes(r[2]), r[3] + 1, r[4], lease_until) for r in rows]
 
     def still_ours(self, item: Claimed, lease_seconds: float) -> bool:
@@ -308,12 +331,14 @@ class EventStore:
                          (self.clock() + lease_seconds, event_id))
 
     def record(self, event_id: int, index: int, report: dict[str, Any],
-               lease_seconds: float | None = None) -> None:
+               lease_seconds: float | None = None, audit: dict[str, Any] | None = None
+               ) -> None:
         """Remember one action's outcome as soon as it is known (renewing the lease in the
-        same commit when `lease_seconds` is given)."""
+        same commit when `lease_seconds` is given), with its decision record to log."""
         with self._tx() as conn:
-            conn.execute("INSERT OR REPLACE INTO outcomes VALUES (?, ?, ?)",
-                         (event_id, index, json.dumps(report)))
+            conn.execute("INSERT OR REPLACE INTO outcomes (event_id, idx, report, audit) "
+                         "VALUES (?, ?, ?, ?)",
+                         (event_id, index, json.dumps(report), _json_or_none(audit)))
             if lease_seconds is not None:
                 conn.execute("UPDATE events SET lease_until = ? WHERE id = ?",
                              (self.clock() + lease_seconds, event_id))
@@ -335,12 +360,61 @@ class EventStore:
             return
         now = self.clock()
         with self._tx() as conn:
-            conn.executemany("INSERT OR REPLACE INTO outcomes VALUES (?, ?, ?)",
-                             [(c.event_id, i, json.dumps(r))
+            conn.executemany("INSERT OR REPLACE INTO outcomes (event_id, idx, report, audit) "
+                             "VALUES (?, ?, ?, ?)",
+                             [(c.event_id, i, json.dumps(r), _json_or_none(c.audits.get(i)))
                               for c in closings for i, r in c.outcomes.items()])
             conn.executemany("UPDATE events SET state = ?, finished = ?, error = ?, "
                              "lease_until = NULL WHERE id = ?",
                              [(c.state, now, c.error, c.event_id) for c in closings])
+
+    # --- the audit trail: records logged once, after the commit that makes them true --
+    def audit_due(self, event_ids: list[int]) -> list[AuditDue]:
+        """The audit records of these events not yet logged."""
+        conn = self._conn()
+        due = []
+        for event_id in event_ids:
+            row = conn.execute("SELECT body FROM events WHERE id = ? AND audit_due = 1",
+                               (event_id,)).fetchone()
+            decisions = [(idx, json.loads(audit)) for idx, audit in conn.execute(
+                "SELECT idx, audit FROM outcomes WHERE event_id = ? AND audit IS NOT NULL "
+                "ORDER BY idx", (event_id,))]
+            if row or decisions:
+                due.append(AuditDue(event_id, bytes(row[0]) if row else None, decisions))
+        return due
+
+    def audited(self, logged: list[AuditDue]) -> None:
+        """Mark records as logged (one commit for a batch)."""
+        if not logged:
+            return
+        with self._tx() as conn:
+            conn.executemany("UPDATE events SET audit_due = 0 WHERE id = ?",
+                             [(d.event_id,) for d in logged if d.body is not None])
+            conn.executemany("UPDATE outcomes SET audit = NULL WHERE event_id = ? AND idx = ?",
+                             [(d.event_id, idx) for d in logged for idx, _ in d.decisions])
+
+    def unaudited_finished(self, alive: Callable[[str], bool]) -> list[int]:
+        """Finished events with records not yet logged whose worker is gone (it died
+        between its closing commit and its log lines)."""
+        rows = self._conn().execute(
+            "SELECT id, owner FROM events WHERE state IN ('done', 'failed') AND (audit_due = 1 "
+            "OR id IN (SELECT event_id FROM outcomes WHERE audit IS NOT NULL)) "
+            "ORDER BY id").fetchall()
+        return [event_id for event_id, owner in rows if owner is None or not alive(owner)]
+
+    def release_dead_claims(self, alive: Callable[[str], bool]) -> int:
+        """Put back in the queue, due now, the events claimed by processes that are gone
+        (instead of waiting out their lease); returns how many."""
+        owners = [row[0] for row in self._conn().execute(
+            "SELECT DISTINCT owner FROM events WHERE state = 'running' AND owner IS NOT NULL")]
+        dead = [owner for owner in owners if not alive(owner)]
+        released = 0
+        for owner in dead:
+            with self._tx() as conn:
+                released += conn.execute(
+                    "UPDATE events SET state = 'pending', not_before = 0, lease_until = NULL "
+                    "WHERE state = 'running' AND owner = ?", (owner,)).rowcount
+        return released
 
     def retry_later(self, event_id: int, delay: float, error: str) -> None:
         with self._tx() as conn:
@@ -439,6 +513,22 @@ class EventStore:
                 tokens -= 1
             conn.execute("INSERT OR REPLACE INTO buckets VALUES (?, ?, ?)", (name, tokens, now))
         return wait
+
+
+def _json_or_none(value: dict[str, Any] | None) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+def _add_columns(conn: sqlite3.Connection) -> None:
+    for table, column, kind in _ADDED_COLUMNS:
+        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in have:
+            try:
+                _retry_busy(lambda t=table, c=column, k=kind:
+                            conn.execute(f"ALTER TABLE {t} ADD COLUMN {c} {k}"))
+            except sqlite3.OperationalError as exc:
+                if "duplicate column" not in str(exc):  # another process added it first
+                    raise
 
 
 class _transaction:

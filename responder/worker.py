@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -12,7 +13,8 @@ from pathlib import Path
 from .actions import Outcome, Result
 from .errors import EventError
 from .events import parse_event
-from .executor import ActionReport
+from .executor import ActionReport, decision_fields, log_decision_fields
+from .owners import owner_alive, process_owner
 from .service import Responder, log_received
 from .shared import report_dropped
 from .spool import read_segment, segments, writer_gone
@@ -20,6 +22,7 @@ from .store import Added, Claimed, Closing, EventStore
 
 logger = logging.getLogger(__name__)
 LEASE_SECONDS = 60.0
+TAKE_OVER_SECONDS = 5.0  # how often a running worker looks for claims of dead processes
 
 
 def decision_slots(plan) -> list[str]:
@@ -89,8 +92,10 @@ class Worker:
     def __init__(self, responder: Responder, store: EventStore, max_attempts: int = 20,
                  batch: int = 50, poll_seconds: float = 0.05, sync_seconds: float = 0.1,
                  retention_seconds: float = 86400.0, lease_seconds: float = LEASE_SECONDS,
-                 spool_dir: Path | None = None):
+                 spool_dir: Path | None = None, owner: str | None = None):
         self.responder = responder
+        #: Written on each claim, so a worker started later can tell ours from a dead one's.
+        self.owner = owner or process_owner()
         self.store = store
         self.spool_dir = spool_dir
         self.max_attempts = max_attempts
@@ -113,28 +118,59 @@ class Worker:
         handled = 0
         self._ingest_safely()
         while (deadline is None or time.monotonic() < deadline) and \
-                (claimed := self.store.claim(self.batch, self.lease_seconds)):
-            # One commit closes the batch: after a crash its events are planned again, and
-            # only what touched no cluster is computed again (the rest was recorded at once).
-            closings: list[Closing] = []
-            try:
-                for item in claimed:
-                    if not self.store.still_ours(item, self.lease_seconds):
-                        continue  # its lease ran out meanwhile: another worker has it
-                    try:
-                        self.process(item, closings)
-                    except Exception as exc:  # noqa: BLE001 - one event must not stall the rest
-                        logger.exception("event %s: processing failed", item.key)
-                        self._give_back(item, f"{type(exc).__name__} while processing")
-                    handled += 1
-                    # A request waiting for this CPU gets it now, not when our time slice
-                    # ends: the intake's p99 at concurrency 1 went from ~4.6 to ~3.5 ms
-                    # with the server and this worker sharing 2 cores (bench/).
-                    os.sched_yield()
-            finally:
-                self.store.finish_many(closings)
+                (claimed := self.store.claim(self.batch, self.lease_seconds, self.owner)):
+            handled += self._run_batch(claimed)
             self._ingest_safely()  # what arrived meanwhile joins the queue behind older ones
         return handled
+
+    def _run_batch(self, claimed: list[Claimed]) -> int:
+        # One commit closes the batch: after a crash its events are planned again, and
+        # only what touched no cluster is computed again (the rest was recorded at once).
+        closings: list[Closing] = []
+        handled: list[int] = []
+        try:
+            for item in claimed:
+                if not self.store.still_ours(item, self.lease_seconds):
+                    continue  # its lease ran out meanwhile: another worker has it
+                try:
+                    self.process(item, closings)
+                except Exception as exc:  # noqa: BLE001 - one event must not stall the rest
+                    logger.exception("event %s: processing failed", item.key)
+                    self._give_back(item, f"{type(exc).__name__} while processing")
+                handled.append(item.id)
+                # A request waiting for this CPU gets it now, not when our time slice
+                # ends: the intake's p99 at concurrency 1 went from ~4.6 to ~3.5 ms
+                # with the server and this worker sharing 2 cores (bench/).
+                os.sched_yield()
+        finally:
+            self.store.finish_many(closings)
+        # Logged once committed: a crash before this plans the batch again, and logs it
+        # then; one after it leaves the records marked due, for the next worker to log.
+        self.log_audit(handled)
+        return len(handled)
+
+    def log_audit(self, event_ids: list[int]) -> None:
+        """Log the audit records these events owe (`event`, then its `decisions`), then
+        mark them logged."""
+        due = self.store.audit_due(event_ids)
+        for item in due:
+            if item.body is not None:
+                with contextlib.suppress(EventError):  # a corrupted row: its error says so
+                    log_received(parse_event(item.body))
+            for _, fields in item.decisions:
+                log_decision_fields(fields)
+        self.store.audited(due)
+
+    def take_over(self) -> int:
+        """At start: claims of processes that died are due again now, not when their lease
+        runs out, and records they committed but never logged are logged. Returns how many
+        claims were taken over."""
+        released = self.store.release_dead_claims(owner_alive)
+        if released:
+            logger.warning("%d event(s) claimed by a worker that is gone are due again",
+                           released)
+        self.log_audit(self.store.unaudited_finished(owner_alive))
+        return released
 
     def _ingest_safely(self) -> None:
         """Events already in the journal are processed even when taking more in fails."""
@@ -199,36 +235,38 @@ class Worker:
         except EventError as exc:  # validated at intake; only a corrupted row gets here
             closings.append(Closing(item.id, "failed", f"unreadable event: {exc}", {}))
             return
-        if item.attempts == 1:
-            log_received(event)  # the audit record, once, as the event leaves the queue
         plan = self.responder.plan(event)
         # A first claim has nothing recorded; only a retry (or a crash's) can have.
         prior = prior_results(plan, self.store.recorded(item.id).values()) \
             if item.attempts > 1 else {}
         last_try = item.attempts >= self.max_attempts
         deferred: dict[int, dict] = {}
+        audits: dict[int, dict] = {}
 
         def record(index: int, report: ActionReport) -> None:
             if report.result.retryable and not last_try:
                 return  # a transient failure is not final unless this was the last try
             stored = {**report.to_dict(), "slot": slots[index]}
+            audit = decision_fields(plan, report.decision, report.target, report.result)
             if touched_cluster(report):
                 # Durable at once: after a crash this action must not run again.
-                self.store.record(item.id, index, stored, self.lease_seconds)
+                self.store.record(item.id, index, stored, self.lease_seconds, audit)
             else:
-                deferred[index] = stored  # recomputed identically if lost
+                deferred[index], audits[index] = stored, audit  # recomputed if lost
 
         # Coalescing on every try: a window knows the event that opened it, so a retry (or a
         # restart after a crash) acts for the opener and stays coalesced for the others.
         slots = decision_slots(plan)
         reports = self.responder.executor.execute(
-            plan, prior, record, heartbeat=lambda: self.store.renew(item.id, self.lease_seconds))
+            plan, prior, record, heartbeat=lambda: self.store.renew(item.id, self.lease_seconds),
+            log=False)
         transient = [r for r in reports if r.result.retryable]
         if transient and not last_try:
             self._retry_later(item, transient[0].result.reason or "transient failure")
             return
         failed = any(r.result.outcome is Outcome.FAILED for r in reports)
-        closings.append(Closing(item.id, "failed" if failed else "done", None, deferred))
+        closings.append(Closing(item.id, "failed" if failed else "done", None, deferred,
+                                audits))
         self.responder.after_actions(plan, reports)
 
     def _give_back(self, item: Claimed, reason: str) -> None:
@@ -248,6 +286,10 @@ class Worker:
 
     # --- background threads ----------------------------------------------------------
     def start(self) -> None:
+        try:
+            self.take_over()
+        except Exception as exc:  # noqa: BLE001 - e.g. a full volume: the leases still run out
+            self._troubles["loop"].failed(exc)
         for target, name in ((self._loop, "event-worker"), (self._housekeeping, "journal-sync")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -296,6 +338,9 @@ class Worker:
             try:
                 self.store.sync()
                 pruned_at += self.sync_seconds
+                if pruned_at % TAKE_OVER_SECONDS < self.sync_seconds:
+                    # A sibling process (gunicorn's, with RESPONDER_WORKER=thread) died.
+                    self.store.release_dead_claims(owner_alive)
                 if pruned_at >= 60:
                     pruned_at = 0.0
                     self.store.prune(self.retention_seconds)
