@@ -370,18 +370,20 @@ class EventStore:
 
     # --- the audit trail: records logged once, after the commit that makes them true --
     def audit_due(self, event_ids: list[int]) -> list[AuditDue]:
-        """The audit records of these events not yet logged."""
+        """The audit records of these events not yet logged, in `event_ids` order."""
+        if not event_ids:
+            return []
         conn = self._conn()
-        due = []
-        for event_id in event_ids:
-            row = conn.execute("SELECT body FROM events WHERE id = ? AND audit_due = 1",
-                               (event_id,)).fetchone()
-            decisions = [(idx, json.loads(audit)) for idx, audit in conn.execute(
-                "SELECT idx, audit FROM outcomes WHERE event_id = ? AND audit IS NOT NULL "
-                "ORDER BY idx", (event_id,))]
-            if row or decisions:
-                due.append(AuditDue(event_id, bytes(row[0]) if row else None, decisions))
-        return due
+        marks = ",".join("?" * len(event_ids))
+        bodies = dict(conn.execute(f"SELECT id, body FROM events WHERE id IN ({marks}) "
+                                   "AND audit_due = 1", event_ids).fetchall())
+        decisions: dict[int, list[tuple[int, dict[str, Any]]]] = {}
+        for event_id, idx, audit in conn.execute(
+                f"SELECT event_id, idx, audit FROM outcomes WHERE event_id IN ({marks}) "
+                "AND audit IS NOT NULL ORDER BY event_id, idx", event_ids):
+            decisions.setdefault(event_id, []).append((idx, json.loads(audit)))
+        return [AuditDue(i, bytes(bodies[i]) if i in bodies else None, decisions.get(i, []))
+                for i in event_ids if i in bodies or i in decisions]
 
     def audited(self, logged: list[AuditDue]) -> None:
         """Mark records as logged (one commit for a batch)."""

@@ -169,7 +169,9 @@ class Worker:
         if released:
             logger.warning("%d event(s) claimed by a worker that is gone are due again",
                            released)
-        self.log_audit(self.store.unaudited_finished(owner_alive))
+        left = self.store.unaudited_finished(owner_alive)
+        for start in range(0, len(left), 500):  # bounded by SQLite's variable limit
+            self.log_audit(left[start:start + 500])
         return released
 
     def _ingest_safely(self) -> None:
