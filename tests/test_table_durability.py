@@ -48,20 +48,36 @@ def descendants(pid: int) -> dict[int, str]:
 
 
 def queue_worker(pid: int) -> int:
-    (worker,) = [p for p, cmd in descendants(pid).items() if " work " in f"{cmd} "]
-    return worker
+    return _one(lambda: [p for p, cmd in descendants(pid).items() if " work " in f"{cmd} "],
+                "queue worker")
 
 
 def gunicorn_workers(pid: int) -> list[int]:
     """The processes serving requests: children of the `serve` child (gunicorn's master)."""
-    tree = descendants(pid)
-    (master,) = [p for p, cmd in tree.items() if cmd.rstrip().endswith("serve")
-                 and p != pid and _parent(p) == pid]
-    return [p for p in tree if _parent(p) == master]
+    def masters() -> list[int]:
+        tree = descendants(pid)
+        # A child just forked to start a worker also reads "serve" until it execs: the
+        # master is the one with children of its own.
+        return [p for p, cmd in tree.items() if cmd.rstrip().endswith("serve")
+                and _parent(p) == pid and any(_parent(c) == p for c in tree)]
+    master = _one(masters, "gunicorn master")
+    return [p for p in descendants(pid) if _parent(p) == master]
+
+
+def _one(find, what: str) -> int:
+    """The one process `find` names, waiting out a restart or a fork in progress."""
+    deadline = time.monotonic() + 5
+    while len(found := find()) != 1:
+        assert time.monotonic() < deadline, f"{len(found)} {what} processes"
+        time.sleep(0.05)
+    return found[0]
 
 
 def _parent(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return 0  # gone meanwhile
 
 
 def post(url: str, uuid: str) -> None:
