@@ -136,13 +136,17 @@ def _start_reloader(settings: Settings, responder: Responder,
         return None
     state_dir = Path(settings.state_dir).expanduser()
     source = settings.actions_file
+    refused = metrics.table_refused.labels(source)
+    refused.set(1 if startup.refused else 0)
 
     def apply(table: Table) -> None:
         responder.table = table
         metrics.table_valid.set(1)
+        refused.set(0)
 
     def refuse(problems: list[str]) -> None:
         metrics.table_valid.set(0)
+        refused.set(1)
         metrics.table_reload_errors.inc()
 
     reloader = TableReloader(source, responder.registry, apply, refuse,

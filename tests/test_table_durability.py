@@ -142,6 +142,8 @@ def test_every_process_restarted_under_a_refused_table_serves_the_last_good_one(
         assert any("unknown action 'explode'" in p for p in ready["table_reload_errors"])
         assert metric_line(url, "responder_action_table_valid") == \
             "responder_action_table_valid 0.0"
+        assert metric_line(url, f'responder_action_table_refused{{file="{mount.path}"}}') \
+            .endswith(" 1.0")
         assert proc.poll() is None
 
     # The whole service restarted, BROKEN still published: it starts on the copy.
@@ -154,6 +156,8 @@ def test_every_process_restarted_under_a_refused_table_serves_the_last_good_one(
             url + "/readyz", timeout=2).json()["table"] == mount.path, what="the good table")
         wait_for(lambda: metric_line(url, "responder_action_table_valid").endswith(" 1.0"),
                  what="table_valid 1")
+        assert metric_line(url, f'responder_action_table_refused{{file="{mount.path}"}}') \
+            .endswith(" 0.0")
         post(url, "fixed")
         wait_for(lambda: matched_rules(url, "fixed") == ["second"], what="the new table")
     kept = json.loads((tmp_path / "state" / COPY_NAME).read_text())
