@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .actions import Outcome, Result
 from .errors import EventError
-from .events import parse_event
+from .events import Event, parse_event
 from .executor import ActionReport, decision_fields, log_decision_fields
 from .owners import owner_alive, process_owner
 from .service import Responder, log_received
@@ -107,6 +107,8 @@ class Worker:
         self.wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        #: The events of the batch in hand, parsed once (for their audit records too).
+        self._parsed: dict[int, Event] = {}
         self._troubles = {name: Trouble(what) for name, what in (
             ("ingest", "taking spooled events into the journal"),
             ("loop", "the worker loop"), ("sync", "journal housekeeping"))}
@@ -128,6 +130,7 @@ class Worker:
         # only what touched no cluster is computed again (the rest was recorded at once).
         closings: list[Closing] = []
         handled: list[int] = []
+        self._parsed.clear()
         try:
             for item in claimed:
                 if not self.store.still_ours(item, self.lease_seconds):
@@ -156,7 +159,7 @@ class Worker:
         for item in due:
             if item.body is not None:
                 with contextlib.suppress(EventError):  # a corrupted row: its error says so
-                    log_received(parse_event(item.body))
+                    log_received(self._parsed.get(item.event_id) or parse_event(item.body))
             for _, fields in item.decisions:
                 log_decision_fields(fields)
         self.store.audited(due)
@@ -237,6 +240,7 @@ class Worker:
         except EventError as exc:  # validated at intake; only a corrupted row gets here
             closings.append(Closing(item.id, "failed", f"unreadable event: {exc}", {}))
             return
+        self._parsed[item.id] = event
         plan = self.responder.plan(event)
         # A first claim has nothing recorded; only a retry (or a crash's) can have.
         prior = prior_results(plan, self.store.recorded(item.id).values()) \
