@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from .auth import TokenAuth
 from .errors import EventError, StorageError
 from .events import parse_event
 from .intake import Intake
+from .lastgood import StartupTable, keep_copy, load_startup_table
 from .logs import clipped, configure_logging
 from .metrics import Metrics
 from .notify import SlackConfig, SlackNotifier, slack_status
@@ -27,7 +30,7 @@ from .settings import Settings
 from .shared import LocalState, RedisState
 from .spool import SpoolWriter
 from .store import EventStore
-from .table import Table, load_table
+from .table import Table
 from .worker import Worker
 
 logger = logging.getLogger(__name__)
@@ -46,20 +49,21 @@ def create_app(settings: Settings | None = None, *, table: Table | None = None,
     settings = settings or Settings.from_env()
     configure_logging(settings.log_format, settings.log_level)
     registry = registry or default_registry()
-    table = table or load_table(settings.actions_file, registry)
+    state_dir = Path(settings.state_dir).expanduser()
+    startup = StartupTable(table) if table else \
+        load_startup_table(settings.actions_file, registry, state_dir)
     if api_client is _UNSET:
         api_client, where = kube.connect(settings)
     else:
         where = "given" if api_client is not None else "no cluster"
     slack = SlackConfig.from_env() if slack is _UNSET else slack
     metrics = Metrics()
-    store = EventStore(Path(settings.state_dir).expanduser(), settings.max_pending,
-                       settings.drop_policy)
+    store = EventStore(state_dir, settings.max_pending, settings.drop_policy)
     shared = RedisState(settings.redis_url) if settings.redis_url else LocalState(store)
     notifier = SlackNotifier(slack, on_result=lambda r: metrics.inc(metrics.slack, r)) \
         if slack else None
-    responder = Responder(settings, table, registry, api_client, metrics=metrics, store=store,
-                          shared=shared, notifier=notifier)
+    responder = Responder(settings, startup.table, registry, api_client, metrics=metrics,
+                          store=store, shared=shared, notifier=notifier)
     spool_dir = store.path.parent / "spool"
     worker = Worker(responder, store, settings.max_attempts, sync_seconds=settings.sync_seconds,
                     retention_seconds=settings.retention_seconds,
@@ -70,7 +74,7 @@ def create_app(settings: Settings | None = None, *, table: Table | None = None,
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     spool = SpoolWriter(spool_dir) if settings.intake == "queue" else None
     app.extensions.update(responder=responder, worker=worker, store=store, spool=spool,
-                          reloader=_start_reloader(settings, responder))
+                          reloader=_start_reloader(settings, responder, startup))
     metrics.watch_queue(lambda: _queue_state(store, spool))
     intake = None
     if spool is not None:
@@ -92,11 +96,16 @@ def create_app(settings: Settings | None = None, *, table: Table | None = None,
 def _queue_state(store: EventStore, spool: SpoolWriter | None) -> tuple[float, float]:
     """Queue depth and oldest age, counting what this process spooled and the worker has
     not yet taken in: with the worker down, that is where events wait."""
-    unread, written = spool.unread(store.spooled_records) if spool else (0, None)
-    age = store.oldest_pending_age()
+    try:
+        unread, written = spool.unread(store.spooled_records) if spool else (0, None)
+        age = store.oldest_pending_age()
+        depth = store.pending()
+    except sqlite3.Error as exc:  # a full or read-only volume: /metrics still answers
+        logger.warning("cannot read the queue's state from the journal: %s", exc)
+        return math.nan, math.nan
     if written is not None:
         age = max(age, time.time() - written)
-    return store.pending() + unread, age
+    return depth + unread, age
 
 
 def shutdown(app: Flask, timeout: float = 10.0) -> None:
@@ -117,22 +126,32 @@ def shutdown(app: Flask, timeout: float = 10.0) -> None:
     ext["store"].close()
 
 
-def _start_reloader(settings: Settings, responder: Responder) -> TableReloader | None:
+def _start_reloader(settings: Settings, responder: Responder,
+                    startup: StartupTable) -> TableReloader | None:
     """Watch the table file (not the packaged default, which cannot change)."""
+    metrics = responder.metrics
+    # 1 for the packaged default too: what serves is valid, and nothing is pending.
+    metrics.table_valid.set(0 if startup.refused else 1)
     if not settings.actions_file:
         return None
-    metrics = responder.metrics
-    metrics.table_valid.set(1)
+    state_dir = Path(settings.state_dir).expanduser()
+    source = settings.actions_file
+    refused = metrics.table_refused.labels(source)
+    refused.set(1 if startup.refused else 0)
 
     def apply(table: Table) -> None:
         responder.table = table
         metrics.table_valid.set(1)
+        refused.set(0)
 
     def refuse(problems: list[str]) -> None:
         metrics.table_valid.set(0)
+        refused.set(1)
         metrics.table_reload_errors.inc()
 
-    reloader = TableReloader(settings.actions_file, responder.registry, apply, refuse)
+    reloader = TableReloader(source, responder.registry, apply, refuse,
+                             keep=lambda text: keep_copy(state_dir, source, text),
+                             refused=startup.refused.problems if startup.refused else None)
     if settings.reload_seconds > 0:
         reloader.start(settings.reload_seconds)
     return reloader
@@ -200,6 +219,8 @@ def _add_health_routes(app: Flask, responder: Responder) -> None:
         if reloader and reloader.problems:
             # Still ready: the last good table keeps serving. The operator sees why.
             detail["table_reload_errors"] = reloader.problems
+            detail["table_refused"] = {"file": str(reloader.path),
+                                       "sha256": reloader.refused_sha256}
         if responder.armed:
             # Said, but still ready: events are recorded and acted on once the API answers
             # again, while an unready pod would leave Falcosidekick nowhere to send them
@@ -221,6 +242,13 @@ def _add_error_handlers(app: Flask, metrics: Metrics) -> None:
         logger.error("event not accepted: %s", exc)
         metrics.inc(metrics.rejected, "507")
         return jsonify({"error": str(exc)}), 507
+
+    @app.errorhandler(sqlite3.Error)
+    def journal_unusable(exc: sqlite3.Error) -> tuple[Response, int]:
+        # The journal's volume full or read-only: the same answer as the spool gives.
+        logger.error("journal not usable: %s", exc)
+        metrics.inc(metrics.rejected, "507")
+        return jsonify({"error": f"cannot use the event journal: {exc}"}), 507
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> tuple[Response, int]:

@@ -85,12 +85,15 @@ class Executor:
     def execute(self, plan: Plan, prior: Mapping[int, Result] | None = None,
                 record: Callable[[int, ActionReport], None] | None = None,
                 coalesce: bool = True,
-                heartbeat: Callable[[], None] | None = None) -> list[ActionReport]:
+                heartbeat: Callable[[], None] | None = None,
+                log: bool = True) -> list[ActionReport]:
         """Outcomes in plan order; never raises for a failed Kubernetes call.
 
         `prior` holds outcomes recorded by an earlier, interrupted attempt: those actions are
         not run again. `record` is told each new outcome as soon as it is known;
-        `heartbeat` is called before each live action (the worker renews its lease)."""
+        `heartbeat` is called before each live action (the worker renews its lease).
+        `log=False` leaves the decision records to the caller (the worker logs them once
+        they are in the journal)."""
         prior = prior or {}
         run = _Run(plan)
         # Coalesce first: a storm's coalesced events must not spend API requests (and the
@@ -109,7 +112,8 @@ class Executor:
                 heartbeat()
             report = self._decide(run, decision)
             reports.append(report)
-            log_decision(plan, decision, report.target, report.result)
+            if log:
+                log_decision(plan, decision, report.target, report.result)
             if self.metrics:
                 self.metrics.inc(self.metrics.outcomes, decision.action,
                                  str(report.result.outcome))
@@ -249,16 +253,26 @@ def _held_back(run: _Run, decisions: list[Decision]) -> bool:
 
 def log_decision(plan: Plan, decision: Decision, target: Target, result: Result) -> None:
     """One structured line per decision; the JSON log format turns `extra` into keys."""
+    log_decision_fields(decision_fields(plan, decision, target, result))
+
+
+def decision_fields(plan: Plan, decision: Decision, target: Target,
+                    result: Result) -> dict[str, Any]:
+    """What a decision's log record says (kept in the journal until it is logged). Pure."""
     # The event's own record has its rule and fields whole; each decision line quotes them
     # cut short, so a hostile value is not written once more per action.
     where = target.describe(("namespace", "pod", "node"))
-    fields = {
+    return {
         "uuid": plan.event.uuid, "rule": clipped(plan.event.rule),
         "table_rule": decision.table_rule, "action": decision.action,
         "target": {k: clipped(v) for k, v in where.items()},
         "outcome": str(result.outcome), "dry_run": decision.dry_run,
         "reason": clipped(result.reason),
     }
+
+
+def log_decision_fields(fields: dict[str, Any]) -> None:
+    """The `decision` audit record, from `decision_fields`."""
     logger.info("decision rule=%r table_rule=%s action=%s target=%s outcome=%s dry_run=%s "
                 "uuid=%s reason=%s", fields["rule"], fields["table_rule"], fields["action"],
                 fields["target"], fields["outcome"], fields["dry_run"], fields["uuid"],

@@ -40,6 +40,10 @@ class Metrics:
                                  "1 when the table file on disk loaded, 0 when the last "
                                  "reload failed (the last good table stays in use)",
                                  registry=r, multiprocess_mode="livemin")
+        self.table_refused = Gauge("responder_action_table_refused",
+                                   "1 while the named table file is refused (invalid) and the "
+                                   "last good table serves instead", ["file"], registry=r,
+                                   multiprocess_mode="livemax")
         self.table_reload_errors = Counter("responder_action_table_reload_errors",
                                            "Reloads refused because the new table is invalid",
                                            registry=r)

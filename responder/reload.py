@@ -26,13 +26,19 @@ class TableReloader:
     out, with every problem logged and remembered in `problems`."""
 
     def __init__(self, path: str, registry: Registry, apply: Callable[[Table], None],
-                 on_error: Callable[[list[str]], None] | None = None):
+                 on_error: Callable[[list[str]], None] | None = None,
+                 keep: Callable[[str], None] | None = None, refused: list[str] | None = None):
         self.path = Path(path)
         self.registry = registry
         self.apply = apply
         self.on_error = on_error
-        self.problems: list[str] = []
+        #: Told the text of each table applied (kept as the last good copy).
+        self.keep = keep
+        # A process that started on the last good copy starts with the file's problems.
+        self.problems: list[str] = list(refused or [])
         self._digest = self._read_digest()[1]
+        #: The content hash of the refused file, while one is pending.
+        self.refused_sha256: str | None = self._digest if self.problems else None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -54,13 +60,17 @@ class TableReloader:
                                 self.registry)
         except TableError as exc:
             self.problems = exc.problems
+            self.refused_sha256 = digest
             logger.error("action table %s changed but is invalid; keeping the last good "
                          "table:\n%s", self.path, exc)
             if self.on_error:
                 self.on_error(exc.problems)
             return False
         self.problems = []
+        self.refused_sha256 = None
         self.apply(table)
+        if self.keep:
+            self.keep(data.decode("utf-8", errors="replace"))
         logger.info("action table %s reloaded: %d rule(s)", self.path, len(table.rules))
         return True
 

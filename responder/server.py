@@ -12,9 +12,9 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 
 from .actions import default_registry
+from .lastgood import load_startup_table
 from .metrics import MULTIPROC_ENV
 from .settings import Settings
-from .table import load_table
 
 # Falcosidekick's client (Go's default transport) keeps an idle connection 90 s and never
 # resends a POST that failed: were the server to close first (gunicorn's default: 2 s), an
@@ -100,8 +100,9 @@ def _tls_options(settings: Settings) -> dict[str, Any]:
 def run_server(env: Mapping[str, str]) -> int:
     """Serve in this process (gunicorn's master) with the settings in `env`."""
     settings = Settings.from_env(env)
-    # Fail here, with every table error listed, rather than in each gunicorn worker.
-    load_table(settings.actions_file, default_registry())
+    # Fail here, with every table error listed, rather than in each gunicorn worker; a
+    # refused table with a last good copy kept serves that copy (responder.lastgood).
+    load_startup_table(settings.actions_file, default_registry(), settings.state_dir)
     ResponderServer(settings, gunicorn_options(settings)).run()
     return 0
 

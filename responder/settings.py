@@ -71,6 +71,10 @@ class Settings:
                        "(run `responder work` yourself)", "process")
     state_dir: str = _env("RESPONDER_STATE_DIR", "directory of the durable event journal",
                           "~/.local/state/falco-responder")
+    metrics_dir: str | None = _env(
+        "RESPONDER_METRICS_DIR", "where `responder serve` keeps its processes' metrics files: "
+        "memory, off the state volume, whose filling must not crash a process "
+        "(default /dev/shm, else the system's temporary directory)", None)
     max_pending: int = _env("RESPONDER_MAX_PENDING",
                             "unfinished events kept before the drop policy applies", 100_000)
     drop_policy: str = _env("RESPONDER_DROP_POLICY",
@@ -190,6 +194,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "auth_token": str.strip, "auth_token_file": str, "tls_cert_file": str, "tls_key_file": str,
     "tls_client_ca_file": str, "reload_seconds": _parse_non_negative_float,
     "intake": str.lower, "worker": str.lower, "state_dir": str, "max_pending": _parse_positive_int,
+    "metrics_dir": str,
     "drop_policy": str.lower, "sync_seconds": _parse_positive_float,
     "max_attempts": _parse_positive_int, "retention_seconds": _parse_positive_float,
     "lease_seconds": _parse_positive_float,

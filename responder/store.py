@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
+import os
 import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+logger = logging.getLogger(__name__)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
@@ -29,13 +32,16 @@ CREATE TABLE IF NOT EXISTS events (
     not_before REAL NOT NULL DEFAULT 0,
     lease_until REAL,
     finished REAL,
-    error TEXT
+    error TEXT,
+    owner TEXT,                        -- the process holding the claim (responder.owners)
+    audit_due INTEGER NOT NULL DEFAULT 0     -- 1: the `event` record is not yet logged
 );
 CREATE INDEX IF NOT EXISTS events_todo ON events (state, not_before, id);
 CREATE TABLE IF NOT EXISTS outcomes (
     event_id INTEGER NOT NULL,
     idx INTEGER NOT NULL,
     report TEXT NOT NULL,
+    audit TEXT,                        -- the `decision` record's fields, until logged
     PRIMARY KEY (event_id, idx)
 );
 CREATE TABLE IF NOT EXISTS depth (one INTEGER PRIMARY KEY CHECK (one = 1), n INTEGER NOT NULL);
@@ -65,6 +71,10 @@ CREATE INDEX IF NOT EXISTS limit_hits_by_time ON limit_hits (name, at);
 CREATE TABLE IF NOT EXISTS spool_offsets (segment TEXT PRIMARY KEY, offset INTEGER NOT NULL,
                                           records INTEGER NOT NULL, finished REAL);
 """
+# Added since the first release: a journal written by it gets them on open.
+_ADDED_COLUMNS = (("events", "owner", "TEXT"),
+                  ("events", "audit_due", "INTEGER NOT NULL DEFAULT 0"),
+                  ("outcomes", "audit", "TEXT"))
 # Due: pending and not deferred, or leased by a worker whose lease ran out (it died).
 _DUE = ("WHERE (state = 'pending' AND not_before <= ?) "
         "OR (state = 'running' AND lease_until < ?)")
@@ -89,12 +99,24 @@ class Claimed:
 
 @dataclass(frozen=True)
 class Closing:
-    """An event's final state, with the outcomes still to be written beside it."""
+    """An event's final state, with the outcomes still to be written beside it (and the
+    decision records of those outcomes, logged once this commits)."""
 
     event_id: int
     state: str
     error: str | None
     outcomes: dict[int, dict[str, Any]]
+    audits: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AuditDue:
+    """An event's audit records not yet logged: its `event` record (when `body` is set)
+    and its `decision` records, in plan order."""
+
+    event_id: int
+    body: bytes | None
+    decisions: list[tuple[int, dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -111,7 +133,6 @@ class EventStore:
     def __init__(self, directory: str | Path, max_pending: int = 100_000,
                  drop_policy: str = "drop-new", clock: Callable[[], float] = time.time):
         self.path = Path(directory) / "events.sqlite3"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_pending = max_pending
         self.drop_policy = drop_policy
         self.clock = clock
@@ -121,23 +142,65 @@ class EventStore:
         # One writer at a time inside this process: threads queue on a lock that wakes them
         # at once, instead of SQLite's busy handler, which sleeps in 1-100 ms steps.
         self._write_lock = threading.Lock()
-        conn = self._conn()
-        _retry_busy(lambda: conn.executescript(SCHEMA))
+        self._ready = False
+        self._read_only = False  # a connection was opened while the file was read-only
+        self._generation = 0  # of the connections; _reopen_all starts a new one
+        try:
+            self._conn()
+        except (OSError, sqlite3.Error) as exc:
+            # A full or read-only volume must not stop a process from starting: it answers
+            # 507 meanwhile, and the journal is set up on first use once there is room.
+            logger.error("cannot open the journal %s now (%s); trying again on use",
+                         self.path, exc)
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
+        if self._read_only and os.access(self.path, os.W_OK):
+            self._reopen_all()
+        if conn is not None and self._local.generation != self._generation:
+            conn = None  # closed by _reopen_all
         if conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             # timeout=0: lock waits are ours (see _BUSY_WAITS), not SQLite's coarse sleeps.
             conn = sqlite3.connect(self.path, timeout=0, isolation_level=None,
                                    check_same_thread=False)
-            _retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL"))
-            # NORMAL: a commit survives a process crash at once; the WAL reaches the disk
-            # at each checkpoint, which `sync` runs on a timer (batched fsyncs).
-            conn.execute("PRAGMA synchronous=NORMAL")
-            self._local.conn = conn
+            try:
+                _retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL"))
+                # NORMAL: a commit survives a process crash at once; the WAL reaches the
+                # disk at each checkpoint, which `sync` runs on a timer (batched fsyncs).
+                conn.execute("PRAGMA synchronous=NORMAL")
+            except BaseException:
+                conn.close()
+                raise
             with self._lock:
+                self._local.conn, self._local.generation = conn, self._generation
                 self._connections.append(conn)
+                self._read_only = self._read_only or not os.access(self.path, os.W_OK)
+        if not self._ready:
+            _retry_busy(lambda: conn.executescript(SCHEMA))
+            _add_columns(conn)
+            self._ready = True
         return conn
+
+    def _reopen_all(self) -> None:
+        """The volume is writable again, but connections opened while it was read-only
+        stay so, and SQLite shares their read-only WAL index with every connection of this
+        process to the file: all of them are closed, each thread opens its own again."""
+        # Not in the middle of another thread's transaction (bounded: never a deadlock).
+        if not self._write_lock.acquire(timeout=5):
+            return
+        try:
+            with self._lock:
+                if not self._read_only:
+                    return
+                for conn in self._connections:
+                    conn.close()
+                self._connections.clear()
+                self._generation += 1
+                self._read_only = False
+        finally:
+            self._write_lock.release()
+        logger.warning("the journal %s is writable again", self.path)
 
     def _tx(self, conn: sqlite3.Connection | None = None) -> _transaction:
         return _transaction(conn or self._conn(), self._write_lock)
@@ -226,7 +289,8 @@ class EventStore:
         return row[1] if row else None
 
     # --- worker --------------------------------------------------------------------
-    def claim(self, limit: int, lease_seconds: float) -> list[Claimed]:
+    def claim(self, limit: int, lease_seconds: float, owner: str | None = None
+              ) -> list[Claimed]:
         """Take up to `limit` due events (or ones whose lease ran out, after a crash).
 
         Check each with `still_ours` just before processing it: a batch can outlive its
@@ -242,9 +306,11 @@ class EventStore:
                 f"SELECT id, key, body, attempts, received FROM events {_DUE} "
                 "ORDER BY id LIMIT ?",
                 (now, now, limit)).fetchall()
+            # A first claim owes the event's audit record, whatever happens to the claim.
             conn.executemany("UPDATE events SET state = 'running', lease_until = ?, "
+                             "owner = ?, audit_due = audit_due OR attempts = 0, "
                              "attempts = attempts + 1 WHERE id = ?",
-                             [(lease_until, r[0]) for r in rows])
+                             [(lease_until, owner, r[0]) for r in rows])
         return [Claimed(r[0], r[1], bytes(r[2]), r[3] + 1, r[4], lease_until) for r in rows]
 
     def still_ours(self, item: Claimed, lease_seconds: float) -> bool:
@@ -267,12 +333,14 @@ class EventStore:
                          (self.clock() + lease_seconds, event_id))
 
     def record(self, event_id: int, index: int, report: dict[str, Any],
-               lease_seconds: float | None = None) -> None:
+               lease_seconds: float | None = None, audit: dict[str, Any] | None = None
+               ) -> None:
         """Remember one action's outcome as soon as it is known (renewing the lease in the
-        same commit when `lease_seconds` is given)."""
+        same commit when `lease_seconds` is given), with its decision record to log."""
         with self._tx() as conn:
-            conn.execute("INSERT OR REPLACE INTO outcomes VALUES (?, ?, ?)",
-                         (event_id, index, json.dumps(report)))
+            conn.execute("INSERT OR REPLACE INTO outcomes (event_id, idx, report, audit) "
+                         "VALUES (?, ?, ?, ?)",
+                         (event_id, index, json.dumps(report), _json_or_none(audit)))
             if lease_seconds is not None:
                 conn.execute("UPDATE events SET lease_until = ? WHERE id = ?",
                              (self.clock() + lease_seconds, event_id))
@@ -294,12 +362,63 @@ class EventStore:
             return
         now = self.clock()
         with self._tx() as conn:
-            conn.executemany("INSERT OR REPLACE INTO outcomes VALUES (?, ?, ?)",
-                             [(c.event_id, i, json.dumps(r))
+            conn.executemany("INSERT OR REPLACE INTO outcomes (event_id, idx, report, audit) "
+                             "VALUES (?, ?, ?, ?)",
+                             [(c.event_id, i, json.dumps(r), _json_or_none(c.audits.get(i)))
                               for c in closings for i, r in c.outcomes.items()])
             conn.executemany("UPDATE events SET state = ?, finished = ?, error = ?, "
                              "lease_until = NULL WHERE id = ?",
                              [(c.state, now, c.error, c.event_id) for c in closings])
+
+    # --- the audit trail: records logged once, after the commit that makes them true --
+    def audit_due(self, event_ids: list[int]) -> list[AuditDue]:
+        """The audit records of these events not yet logged, in `event_ids` order."""
+        if not event_ids:
+            return []
+        conn = self._conn()
+        marks = ",".join("?" * len(event_ids))
+        bodies = dict(conn.execute(f"SELECT id, body FROM events WHERE id IN ({marks}) "
+                                   "AND audit_due = 1", event_ids).fetchall())
+        decisions: dict[int, list[tuple[int, dict[str, Any]]]] = {}
+        for event_id, idx, audit in conn.execute(
+                f"SELECT event_id, idx, audit FROM outcomes WHERE event_id IN ({marks}) "
+                "AND audit IS NOT NULL ORDER BY event_id, idx", event_ids):
+            decisions.setdefault(event_id, []).append((idx, json.loads(audit)))
+        return [AuditDue(i, bytes(bodies[i]) if i in bodies else None, decisions.get(i, []))
+                for i in event_ids if i in bodies or i in decisions]
+
+    def audited(self, logged: list[AuditDue]) -> None:
+        """Mark records as logged (one commit for a batch)."""
+        if not logged:
+            return
+        with self._tx() as conn:
+            conn.executemany("UPDATE events SET audit_due = 0 WHERE id = ?",
+                             [(d.event_id,) for d in logged if d.body is not None])
+            conn.executemany("UPDATE outcomes SET audit = NULL WHERE event_id = ? AND idx = ?",
+                             [(d.event_id, idx) for d in logged for idx, _ in d.decisions])
+
+    def unaudited_finished(self, alive: Callable[[str], bool]) -> list[int]:
+        """Finished events with records not yet logged whose worker is gone (it died
+        between its closing commit and its log lines)."""
+        rows = self._conn().execute(
+            "SELECT id, owner FROM events WHERE state IN ('done', 'failed') AND (audit_due = 1 "
+            "OR id IN (SELECT event_id FROM outcomes WHERE audit IS NOT NULL)) "
+            "ORDER BY id").fetchall()
+        return [event_id for event_id, owner in rows if owner is None or not alive(owner)]
+
+    def release_dead_claims(self, alive: Callable[[str], bool]) -> int:
+        """Put back in the queue, due now, the events claimed by processes that are gone
+        (instead of waiting out their lease); returns how many."""
+        owners = [row[0] for row in self._conn().execute(
+            "SELECT DISTINCT owner FROM events WHERE state = 'running' AND owner IS NOT NULL")]
+        dead = [owner for owner in owners if not alive(owner)]
+        released = 0
+        for owner in dead:
+            with self._tx() as conn:
+                released += conn.execute(
+                    "UPDATE events SET state = 'pending', not_before = 0, lease_until = NULL "
+                    "WHERE state = 'running' AND owner = ?", (owner,)).rowcount
+        return released
 
     def retry_later(self, event_id: int, delay: float, error: str) -> None:
         with self._tx() as conn:
@@ -421,6 +540,22 @@ class EventStore:
                 tokens -= 1
             conn.execute("INSERT OR REPLACE INTO buckets VALUES (?, ?, ?)", (name, tokens, now))
         return wait
+
+
+def _json_or_none(value: dict[str, Any] | None) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+def _add_columns(conn: sqlite3.Connection) -> None:
+    for table, column, kind in _ADDED_COLUMNS:
+        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in have:
+            try:
+                _retry_busy(lambda t=table, c=column, k=kind:
+                            conn.execute(f"ALTER TABLE {t} ADD COLUMN {c} {k}"))
+            except sqlite3.OperationalError as exc:
+                if "duplicate column" not in str(exc):  # another process added it first
+                    raise
 
 
 class _transaction:

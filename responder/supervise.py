@@ -10,12 +10,15 @@ scrape of the server's /metrics includes the worker's action outcomes.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -37,7 +40,7 @@ WORKER_COMMAND = ("work", "--metrics-port", "0")
 class Supervisor:
     def __init__(self, settings: Settings, env: dict[str, str]):
         self.settings = settings
-        metrics_dir = Path(settings.state_dir).expanduser() / "metrics"
+        metrics_dir = metrics_directory(settings)
         self.env = {**env, "RESPONDER_WORKER": "off", MULTIPROC_ENV: str(metrics_dir)}
         self.metrics_dir = metrics_dir
         self._stop = threading.Event()
@@ -49,6 +52,12 @@ class Supervisor:
         self.metrics_dir.mkdir(parents=True)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: self._stop.set())
+        try:
+            return self._supervise()
+        finally:
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)  # memory, not disk
+
+    def _supervise(self) -> int:
         server = self._spawn("serve")
         # The worker starts once the server listens: a bad table or setting then stops
         # the server alone, with its errors printed once, and its exit status is ours.
@@ -103,6 +112,17 @@ class Supervisor:
         if self._stop.wait(pause):
             return dead, pause
         return self._spawn(*WORKER_COMMAND), min(pause * 2, RESTART_PAUSE[1])
+
+
+def metrics_directory(settings: Settings) -> Path:
+    """The processes' shared metrics files, in memory: prometheus-client maps them, and a
+    mapped file that cannot grow on a full disk kills its process with SIGBUS, so they
+    must not share the state volume (which fills with the queue). Named after the state
+    directory: one per service, cleared at each start, never one per crash."""
+    base = settings.metrics_dir or ("/dev/shm" if os.path.isdir("/dev/shm")
+                                    else tempfile.gettempdir())
+    state = str(Path(settings.state_dir).expanduser().resolve())
+    return Path(base) / f"falco-responder-metrics-{hashlib.sha256(state.encode()).hexdigest()[:12]}"
 
 
 def _stop_child(proc: subprocess.Popen, name: str, deadline: float) -> None:

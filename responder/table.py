@@ -125,11 +125,15 @@ def load_table(path: str | Path | None, registry: Registry) -> Table:
     if path is None:
         text = resources.files("responder").joinpath(DEFAULT_TABLE).read_text("utf-8")
         return parse_table(text, f"<packaged {DEFAULT_TABLE}>", registry)
+    return parse_table(read_table_text(path), str(path), registry)
+
+
+def read_table_text(path: str | Path) -> str:
+    """A table file's text; TableError when it cannot be read."""
     try:
-        text = Path(path).read_text("utf-8")
+        return Path(path).read_text("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise TableError(str(path), [f"cannot read the file: {exc}"]) from None
-    return parse_table(text, str(path), registry)
 
 
 def parse_table(text: str, source: str, registry: Registry) -> Table:

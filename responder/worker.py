@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -11,8 +12,9 @@ from pathlib import Path
 
 from .actions import Outcome, Result
 from .errors import EventError
-from .events import parse_event
-from .executor import ActionReport
+from .events import Event, parse_event
+from .executor import ActionReport, decision_fields, log_decision_fields
+from .owners import owner_alive, process_owner
 from .service import Responder, log_received
 from .shared import report_dropped
 from .spool import read_segment, segments, writer_gone
@@ -20,6 +22,7 @@ from .store import Added, Claimed, Closing, EventStore
 
 logger = logging.getLogger(__name__)
 LEASE_SECONDS = 60.0
+TAKE_OVER_SECONDS = 5.0  # how often a running worker looks for claims of dead processes
 
 
 def decision_slots(plan) -> list[str]:
@@ -54,14 +57,45 @@ def touched_cluster(report: ActionReport) -> bool:
                 or outcome in (Outcome.WOULD_RUN, Outcome.COALESCED))
 
 
+class Trouble:
+    """A failure that lasts (a full or read-only volume) is logged as it starts, with its
+    traceback, then at most once per `every` seconds, and once when it ends: not on every
+    poll, which would fill the log (and a full disk) meanwhile."""
+
+    def __init__(self, what: str, every: float = 60.0):
+        self.what = what
+        self.every = every
+        self.since: float | None = None
+        self._said = 0.0
+
+    def failed(self, exc: BaseException) -> None:
+        """Call from the `except` block that caught `exc`."""
+        now = time.monotonic()
+        if self.since is None:
+            self.since = self._said = now
+            logger.exception("%s failed; retrying", self.what)
+        elif now - self._said >= self.every:
+            self._said = now
+            logger.error("%s still failing after %.0f s: %s: %s", self.what, now - self.since,
+                         type(exc).__name__, exc)
+
+    def passed(self) -> None:
+        if self.since is not None:
+            logger.warning("%s works again after %.0f s", self.what,
+                           time.monotonic() - self.since)
+            self.since = None
+
+
 class Worker:
     """Processes due events. One per process; several processes share the journal safely."""
 
     def __init__(self, responder: Responder, store: EventStore, max_attempts: int = 20,
                  batch: int = 50, poll_seconds: float = 0.05, sync_seconds: float = 0.1,
                  retention_seconds: float = 86400.0, lease_seconds: float = LEASE_SECONDS,
-                 spool_dir: Path | None = None):
+                 spool_dir: Path | None = None, owner: str | None = None):
         self.responder = responder
+        #: Written on each claim, so a worker started later can tell ours from a dead one's.
+        self.owner = owner or process_owner()
         self.store = store
         self.spool_dir = spool_dir
         self.max_attempts = max_attempts
@@ -73,6 +107,11 @@ class Worker:
         self.wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        #: The events of the batch in hand, parsed once (for their audit records too).
+        self._parsed: dict[int, Event] = {}
+        self._troubles = {name: Trouble(what) for name, what in (
+            ("ingest", "taking spooled events into the journal"),
+            ("loop", "the worker loop"), ("sync", "journal housekeeping"))}
 
     def run_pending(self, deadline: float | None = None) -> int:
         """Take in what the intake spooled, then process every event that is due now (no
@@ -81,35 +120,71 @@ class Worker:
         handled = 0
         self._ingest_safely()
         while (deadline is None or time.monotonic() < deadline) and \
-                (claimed := self.store.claim(self.batch, self.lease_seconds)):
-            # One commit closes the batch: after a crash its events are planned again, and
-            # only what touched no cluster is computed again (the rest was recorded at once).
-            closings: list[Closing] = []
-            try:
-                for item in claimed:
-                    if not self.store.still_ours(item, self.lease_seconds):
-                        continue  # its lease ran out meanwhile: another worker has it
-                    try:
-                        self.process(item, closings)
-                    except Exception as exc:  # noqa: BLE001 - one event must not stall the rest
-                        logger.exception("event %s: processing failed", item.key)
-                        self._give_back(item, f"{type(exc).__name__} while processing")
-                    handled += 1
-                    # A request waiting for this CPU gets it now, not when our time slice
-                    # ends: the intake's p99 at concurrency 1 went from ~4.6 to ~3.5 ms
-                    # with the server and this worker sharing 2 cores (bench/).
-                    os.sched_yield()
-            finally:
-                self.store.finish_many(closings)
+                (claimed := self.store.claim(self.batch, self.lease_seconds, self.owner)):
+            handled += self._run_batch(claimed)
             self._ingest_safely()  # what arrived meanwhile joins the queue behind older ones
         return handled
+
+    def _run_batch(self, claimed: list[Claimed]) -> int:
+        # One commit closes the batch: after a crash its events are planned again, and
+        # only what touched no cluster is computed again (the rest was recorded at once).
+        closings: list[Closing] = []
+        handled: list[int] = []
+        self._parsed.clear()
+        try:
+            for item in claimed:
+                if not self.store.still_ours(item, self.lease_seconds):
+                    continue  # its lease ran out meanwhile: another worker has it
+                try:
+                    self.process(item, closings)
+                except Exception as exc:  # noqa: BLE001 - one event must not stall the rest
+                    logger.exception("event %s: processing failed", item.key)
+                    self._give_back(item, f"{type(exc).__name__} while processing")
+                handled.append(item.id)
+                # A request waiting for this CPU gets it now, not when our time slice
+                # ends: the intake's p99 at concurrency 1 went from ~4.6 to ~3.5 ms
+                # with the server and this worker sharing 2 cores (bench/).
+                os.sched_yield()
+        finally:
+            self.store.finish_many(closings)
+        # Logged once committed: a crash before this plans the batch again, and logs it
+        # then; one after it leaves the records marked due, for the next worker to log.
+        self.log_audit(handled)
+        return len(handled)
+
+    def log_audit(self, event_ids: list[int]) -> None:
+        """Log the audit records these events owe (`event`, then its `decisions`), then
+        mark them logged."""
+        due = self.store.audit_due(event_ids)
+        for item in due:
+            if item.body is not None:
+                with contextlib.suppress(EventError):  # a corrupted row: its error says so
+                    log_received(self._parsed.get(item.event_id) or parse_event(item.body))
+            for _, fields in item.decisions:
+                log_decision_fields(fields)
+        self.store.audited(due)
+
+    def take_over(self) -> int:
+        """At start: claims of processes that died are due again now, not when their lease
+        runs out, and records they committed but never logged are logged. Returns how many
+        claims were taken over."""
+        released = self.store.release_dead_claims(owner_alive)
+        if released:
+            logger.warning("%d event(s) claimed by a worker that is gone are due again",
+                           released)
+        left = self.store.unaudited_finished(owner_alive)
+        for start in range(0, len(left), 500):  # bounded by SQLite's variable limit
+            self.log_audit(left[start:start + 500])
+        return released
 
     def _ingest_safely(self) -> None:
         """Events already in the journal are processed even when taking more in fails."""
         try:
             self.ingest()
-        except Exception:  # noqa: BLE001 - e.g. the journal's disk full: say so, go on
-            logger.exception("cannot take spooled events into the journal; retrying")
+        except Exception as exc:  # noqa: BLE001 - e.g. the journal's disk full: say so, go on
+            self._troubles["ingest"].failed(exc)
+        else:
+            self._troubles["ingest"].passed()
 
     def ingest(self) -> int:
         """Move spooled events into the journal (deduplicated, capped); returns how many
@@ -165,36 +240,39 @@ class Worker:
         except EventError as exc:  # validated at intake; only a corrupted row gets here
             closings.append(Closing(item.id, "failed", f"unreadable event: {exc}", {}))
             return
-        if item.attempts == 1:
-            log_received(event)  # the audit record, once, as the event leaves the queue
+        self._parsed[item.id] = event
         plan = self.responder.plan(event)
         # A first claim has nothing recorded; only a retry (or a crash's) can have.
         prior = prior_results(plan, self.store.recorded(item.id).values()) \
             if item.attempts > 1 else {}
         last_try = item.attempts >= self.max_attempts
         deferred: dict[int, dict] = {}
+        audits: dict[int, dict] = {}
 
         def record(index: int, report: ActionReport) -> None:
             if report.result.retryable and not last_try:
                 return  # a transient failure is not final unless this was the last try
             stored = {**report.to_dict(), "slot": slots[index]}
+            audit = decision_fields(plan, report.decision, report.target, report.result)
             if touched_cluster(report):
                 # Durable at once: after a crash this action must not run again.
-                self.store.record(item.id, index, stored, self.lease_seconds)
+                self.store.record(item.id, index, stored, self.lease_seconds, audit)
             else:
-                deferred[index] = stored  # recomputed identically if lost
+                deferred[index], audits[index] = stored, audit  # recomputed if lost
 
         # Coalescing on every try: a window knows the event that opened it, so a retry (or a
         # restart after a crash) acts for the opener and stays coalesced for the others.
         slots = decision_slots(plan)
         reports = self.responder.executor.execute(
-            plan, prior, record, heartbeat=lambda: self.store.renew(item.id, self.lease_seconds))
+            plan, prior, record, heartbeat=lambda: self.store.renew(item.id, self.lease_seconds),
+            log=False)
         transient = [r for r in reports if r.result.retryable]
         if transient and not last_try:
             self._retry_later(item, transient[0].result.reason or "transient failure")
             return
         failed = any(r.result.outcome is Outcome.FAILED for r in reports)
-        closings.append(Closing(item.id, "failed" if failed else "done", None, deferred))
+        closings.append(Closing(item.id, "failed" if failed else "done", None, deferred,
+                                audits))
         self.responder.after_actions(plan, reports)
 
     def _give_back(self, item: Claimed, reason: str) -> None:
@@ -214,6 +292,10 @@ class Worker:
 
     # --- background threads ----------------------------------------------------------
     def start(self) -> None:
+        try:
+            self.take_over()
+        except Exception as exc:  # noqa: BLE001 - e.g. a full volume: the leases still run out
+            self._troubles["loop"].failed(exc)
         for target, name in ((self._loop, "event-worker"), (self._housekeeping, "journal-sync")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -240,15 +322,20 @@ class Worker:
         return left
 
     def _loop(self) -> None:
+        trouble = self._troubles["loop"]
         while not self._stop.is_set():
             try:
                 self.run_pending()
-            except Exception:  # noqa: BLE001 - the worker must survive; the row stays leased
-                logger.exception("worker loop failed; retrying")
+            except Exception as exc:  # noqa: BLE001 - the worker must survive; the row stays leased
+                trouble.failed(exc)
+            else:
+                trouble.passed()
             # Woken at once by our own intake; the poll catches other processes' events
             # (the spool's in `responder serve`), so it is short: an idle poll only lists a
-            # directory and reads the journal, taking no write lock.
-            self.wake.wait(self.poll_seconds)
+            # directory and reads the journal, taking no write lock. While the journal
+            # fails (a full volume), once a second is often enough to see it recover.
+            stuck = any(t.since is not None for t in self._troubles.values())
+            self.wake.wait(1.0 if stuck else self.poll_seconds)
             self.wake.clear()
 
     def _housekeeping(self) -> None:
@@ -257,11 +344,16 @@ class Worker:
             try:
                 self.store.sync()
                 pruned_at += self.sync_seconds
+                if pruned_at % TAKE_OVER_SECONDS < self.sync_seconds:
+                    # A sibling process (gunicorn's, with RESPONDER_WORKER=thread) died.
+                    self.store.release_dead_claims(owner_alive)
                 if pruned_at >= 60:
                     pruned_at = 0.0
                     self.store.prune(self.retention_seconds)
-            except Exception:  # noqa: BLE001
-                logger.exception("journal housekeeping failed")
+            except Exception as exc:  # noqa: BLE001 - e.g. a full volume: retried
+                self._troubles["sync"].failed(exc)
+            else:
+                self._troubles["sync"].passed()
 
 
 def _size(path: Path) -> int:
