@@ -16,6 +16,10 @@ def process_owner() -> str:
     return owner_of(os.getpid())
 
 
+# A forked child (a gunicorn worker) is another process: it must not inherit the parent's name.
+os.register_at_fork(after_in_child=process_owner.cache_clear)
+
+
 def owner_of(pid: int) -> str:
     return f"{_boot_id()}:{pid}:{_start_time(pid)}"
 

@@ -157,3 +157,20 @@ def test_a_journal_from_before_owners_and_audit_marks_is_upgraded_on_open(tmp_pa
     (due,) = store.audit_due([claimed.id])
     assert (due.body, due.decisions) == (b"{}", [(0, {"uuid": "new"})])
     store.close()
+
+
+def test_a_forked_child_names_itself_not_its_parent():
+    from responder.owners import owner_alive, process_owner
+
+    parent = process_owner()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its own name, then leave without pytest's teardown
+        os.write(write, process_owner().encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 200).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert child != parent and child.split(":")[1] == str(pid)
+    assert not owner_alive(child)  # it has exited: its claims may be taken up
