@@ -60,12 +60,15 @@ class AuditQueue:
                 self._thread.start()
 
     def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
-            event, reports = item
+        while True:
+            item = self._queue.get()
             try:
+                if item is None:
+                    return
+                event, reports = item
                 self.recorder.record_all(event, reports)
             except Exception:  # noqa: BLE001 - record_all never raises; a bug must not stop us
-                logger.exception("recording audit Events for event %s failed", event.uuid)
+                logger.exception("recording audit Events failed")
             finally:
                 self._queue.task_done()
 
@@ -84,6 +87,7 @@ class AuditQueue:
         """Record what is queued (within `timeout`), then stop the thread."""
         with self._lock:
             thread = self._thread if self._pid == os.getpid() else None
+            self._thread = None  # a later record_all starts another
         if thread is None:
             return
         if not self.wait(timeout):
