@@ -74,6 +74,7 @@ class Profile:
     act_bursts: int = 3  # section 4: bursts of 20 alerts for 20 other pods
     flood: int = 1_000  # section 4: alerts for as many pods, posted as fast as we can
     flood_watch: float = 15.0  # seconds of the flood's API requests checked against the budget
+    act_env: tuple[tuple[str, str], ...] = ()  # section 4: settings for `responder serve`
 
 
 FULL = Profile(10, 2, 10_000, 5.0, (5_000, 50_000, 100_000), 300.0)
@@ -653,10 +654,13 @@ def act_latency(profile: Profile, tta, api, env: dict[str, str], workdir: Path) 
     lifted = {**env, "RESPONDER_INTAKE": "inline", "RESPONDER_THREADS": str(BURST),
               **{name: "1000000" for name in UNLIMITED}}
     api_alone = "API alone (inline intake, no client rate limit)"
-    default = "responder serve, defaults"
+    changed = " ".join(f"{k}={v}" for k, v in profile.act_env)
+    default = f"responder serve, {changed or 'defaults'}"
+    served = {**env, **dict(profile.act_env)}
     rows, results = [], {}
     for n, (label, name, app, server_env) in enumerate((
-            (api_alone, "act-inline", RESPONDER_APP, lifted), (default, "act-serve", SERVE, env))):
+            (api_alone, "act-inline", RESPONDER_APP, lifted),
+            (default, "act-serve", SERVE, served))):
         with serving(workdir, (name, app, server_env)) as (server,):
             warm_up(tta, api, server, cluster.namespace, alerts + bursts * BURST + n)
             results[label] = act_runs(tta, api, server, cluster.namespace, alerts, bursts)
@@ -719,9 +723,9 @@ def act_flood(profile: Profile, tta, api, env: dict[str, str], workdir: Path) ->
     and containment keeps its own rate while the audit Events wait."""
     from responder.settings import Settings
 
-    defaults = Settings.from_env({})
+    defaults = Settings.from_env(dict(profile.act_env))
     cluster = tta.make_pods(api, profile.flood, "flood")
-    with serving(workdir, ("act-flood", SERVE, env)) as (server,):
+    with serving(workdir, ("act-flood", SERVE, {**env, **dict(profile.act_env)})) as (server,):
         mark, poster = api.audit_mark(), tta.Poster(server.port)
         began = time.monotonic()
         with ThreadPoolExecutor(4) as pool:
@@ -801,9 +805,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, metavar="N",
                         help="gunicorn threads per worker for every server of section 1 "
                              "(default: the responder's default)")
+    parser.add_argument("--act-env", action="append", default=[], metavar="VAR=VALUE",
+                        help="section 4: run `responder serve` with this setting (repeatable), "
+                             "e.g. RESPONDER_KUBE_QPS=5")
+    parser.add_argument("--act-alerts", type=int, metavar="N",
+                        help="section 4: alerts at 4/s (default 120, --quick 8)")
     args = parser.parse_args(argv)
     chosen = [SECTIONS[name] for name in args.sections.split(",")]
-    profile = replace(QUICK if args.quick else FULL, threads=args.threads)
+    profile = replace(QUICK if args.quick else FULL, threads=args.threads,
+                      act_env=tuple(tuple(e.split("=", 1)) for e in args.act_env))
+    if args.act_alerts:
+        profile = replace(profile, act_alerts=args.act_alerts)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="responder-bench-") as tmp:
         workdir = Path(tmp)
