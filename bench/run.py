@@ -707,7 +707,9 @@ def act_runs(tta, api, server: Server, namespace: str, alerts: int, bursts: int)
     rate = tta.latencies_ms(poster.sent, acted)
     burst_lat, last = [], []
     for n in range(bursts):
-        time.sleep(1.0)
+        # Each burst arrives at a rested responder: its containment bucket full again
+        # (RESPONDER_KUBE_BURST / RESPONDER_KUBE_QPS = 3 s at the defaults).
+        time.sleep(3.0)
         first = alerts + n * BURST
         mark, poster = api.audit_mark(), tta.Poster(server.port)
         started = poster.burst(namespace, range(first, first + BURST), run)

@@ -86,14 +86,16 @@ class Settings:
         60.0)
     retention_seconds: float = _env("RESPONDER_RETENTION_SECONDS",
                                     "how long finished events (and their uuids) are kept", 86400)
-    # A responder reads and acts (2 requests an alert, no watch, no cache), where client-go's
-    # 5/10 suit a controller that lists once and then watches: 20/50 act on a burst of 25
-    # alerts at once and on 10 alerts a second after it (bench/: time-to-act).
+    # A responder reads and acts (2-3 requests an alert, no watch, no cache), where client-go's
+    # 5/10 suit a controller that lists once and then watches (at 5/s, 4 alerts a second
+    # queue without end). Burst 60: a burst of 20 alerts of the default table's label and
+    # delete (read, PATCH, DELETE) runs at once; 20/s: 6-10 alerts a second after it
+    # (bench/run.py --sections time-to-act; README, "Time to act").
     kube_qps: float = _env("RESPONDER_KUBE_QPS",
                            "Kubernetes requests per second for containment (pod reads, "
                            "actions)", 20.0)
     kube_burst: int = _env("RESPONDER_KUBE_BURST", "Kubernetes request burst for containment",
-                           50)
+                           60)
     audit_qps: float = _env("RESPONDER_AUDIT_QPS",
                             "audit Event requests per second, a budget of their own beside "
                             "RESPONDER_KUBE_QPS", 10.0)
