@@ -1,5 +1,6 @@
 """Benchmark of falco-responder on this machine: intake throughput and latency against a bare
-Flask baseline, a 10,000-event storm against an armed table, and memory over 100,000 events.
+Flask baseline, time to act on a real kube-apiserver, a 10,000-event storm against an armed
+table, and memory over 100,000 events.
 
     python bench/run.py            # the full run (about 5 minutes on 2 cores)
     python bench/run.py --quick    # a smoke run of a few seconds per section
