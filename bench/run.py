@@ -539,10 +539,14 @@ def run_storm(profile: Profile, gen: Generator, server: Server, kube, slack) -> 
 def section_storm(profile: Profile, gen: Generator, workdir: Path) -> None:
     n = profile.storm_events
     header(f"2. Storm: {n:,} identical events for one pod, armed delete-pod")
+    from responder.settings import Settings
+
+    defaults = Settings.from_env({})
     print(f"rule {EVENT['rule']!r}, pod {EVENT['output_fields']['k8s.ns.name']}/"
           f"{EVENT['output_fields']['k8s.pod.name']}, distinct uuids, 4 keep-alive "
           f"connections; coalesce_seconds 300, RESPONDER_SLACK_WINDOW_SECONDS "
-          f"{profile.slack_window:g}, RESPONDER_KUBE_QPS/BURST at their defaults (5/10); "
+          f"{profile.slack_window:g}, RESPONDER_KUBE_QPS/BURST at their defaults "
+          f"({defaults.kube_qps:g}/{defaults.kube_burst}); "
           "the Kubernetes API (2 nodes) and Slack are the local stand-ins from tests/")
     modes = ("web-api", "webhook")
     with ExitStack() as stack:
