@@ -31,6 +31,7 @@ from .shared import LocalState, RedisState
 from .spool import SpoolWriter
 from .store import EventStore
 from .table import Table
+from .wakeup import WakeListener, WakeSender, Wakeups
 from .worker import Worker
 
 logger = logging.getLogger(__name__)
@@ -78,7 +79,9 @@ def create_app(settings: Settings | None = None, *, table: Table | None = None,
     metrics.watch_queue(lambda: _queue_state(store, spool))
     intake = None
     if spool is not None:
-        intake = Intake(responder, store, spool, shared, worker.wake,
+        # Our own worker (if any) and the queue worker process of `responder serve`.
+        sender = app.extensions["wake_sender"] = WakeSender(spool_dir)
+        intake = Intake(responder, store, spool, shared, Wakeups(worker.wake, sender),
                         settings.retention_seconds)
         if start_worker:
             spool.start_sync(settings.sync_seconds)
@@ -86,6 +89,7 @@ def create_app(settings: Settings | None = None, *, table: Table | None = None,
             # served any other way, this process runs the queue itself.
             if settings.worker != "off":
                 worker.start()
+                app.extensions["wakeup"] = WakeListener(spool_dir, worker.wake).start()
     _add_auth(app, settings, responder.metrics)
     _add_routes(app, responder, intake)
     _add_health_routes(app, responder)
@@ -114,8 +118,12 @@ def shutdown(app: Flask, timeout: float = 10.0) -> None:
     ext = app.extensions
     if ext["spool"]:
         ext["spool"].close()  # flushed: what was answered 202 is on disk
+    for wake in ("wake_sender", "wakeup"):
+        if ext.get(wake):
+            ext[wake].close()
     ext["worker"].stop(timeout)
     ext["worker"].drain(timeout)
+    ext["responder"].close(timeout)
     if ext["reloader"]:
         ext["reloader"].stop()
     responder = ext["responder"]

@@ -11,6 +11,7 @@ from kubernetes.client import ApiClient, CoreV1Api
 
 from .actions import Registry
 from .audit import EventRecorder
+from .auditqueue import AuditQueue
 from .decisions import Plan, plan_response
 from .events import Event
 from .executor import ActionReport, Executor
@@ -47,18 +48,23 @@ class Responder:
         self.shared = shared
         self.notifier = notifier
         self.api_client = api_client
-        self.recorder = None
+        self.recorder: EventRecorder | None = None
+        #: Where after_actions sends audit Events: the recorder itself (inline intake: the
+        #: reply waits for them), or a queue with its own thread (the queued worker).
+        self.audit: EventRecorder | AuditQueue | None = None
         self.executor = self._build_executor(api_client)
 
     def _build_executor(self, api_client: ApiClient | None) -> Executor:
         if api_client is None:
             return Executor(None, idle_reason="no Kubernetes cluster configured",
                             metrics=self.metrics)
+        timeout = self.settings.kube_timeout
+        self.recorder = EventRecorder(CoreV1Api(self._audit_client(api_client)), timeout)
+        self.audit = AuditQueue(self.recorder) if self.settings.intake == "queue" \
+            else self.recorder
         if self.shared is not None:
             api_client = ThrottledApiClient.wrap(api_client, self._throttle)
         core = CoreV1Api(api_client)
-        timeout = self.settings.kube_timeout
-        self.recorder = EventRecorder(core, timeout)
         guardrails = None
         if self.shared is not None:
             guardrails = Guardrails(
@@ -107,18 +113,35 @@ class Responder:
         if self.notifier is not None:
             self.notifier.maybe_notify(plan.event, reports, plan.matched,
                                        notify_choices(self.table, plan.matched))
-        if self.recorder is not None:
-            self.recorder.record_all(plan.event, reports)
+        if self.audit is not None:
+            self.audit.record_all(plan.event, reports)
 
     def alert(self, text: str) -> None:
         logger.warning("alert: %s", text)
         if self.notifier is not None:
             self.notifier.send_alert(text)
 
+    def _audit_client(self, api_client: ApiClient) -> ApiClient:
+        """Audit Events get a client (its own connections) and a budget of their own: a
+        containment call never waits behind one, for a connection or for a token."""
+        if self.shared is None:
+            return api_client
+        return ThrottledApiClient.wrap(api_client, self._audit_throttle)
+
     def _throttle(self) -> None:
-        while (wait := self.shared.take_token("kube-api", self.settings.kube_qps,
-                                              self.settings.kube_burst)) > 0:
+        self._take("kube-api", self.settings.kube_qps, self.settings.kube_burst)
+
+    def _audit_throttle(self) -> None:
+        self._take("kube-audit", self.settings.audit_qps, self.settings.audit_burst)
+
+    def _take(self, bucket: str, qps: float, burst: int) -> None:
+        while (wait := self.shared.take_token(bucket, qps, burst)) > 0:
             time.sleep(wait)
+
+    def close(self, timeout: float) -> None:
+        """Record the audit Events still queued (up to `timeout` seconds)."""
+        if isinstance(self.audit, AuditQueue):
+            self.audit.close(timeout)
 
     @property
     def armed(self) -> bool:

@@ -90,8 +90,20 @@ class Settings:
         60.0)
     retention_seconds: float = _env("RESPONDER_RETENTION_SECONDS",
                                     "how long finished events (and their uuids) are kept", 86400)
-    kube_qps: float = _env("RESPONDER_KUBE_QPS", "Kubernetes requests per second", 5.0)
-    kube_burst: int = _env("RESPONDER_KUBE_BURST", "Kubernetes request burst", 10)
+    # A responder reads and acts (2-3 requests an alert, no watch, no cache), where client-go's
+    # 5/10 suit a controller that lists once and then watches (at 5/s, 4 alerts a second
+    # queue without end). Burst 60: a burst of 20 alerts of the default table's label and
+    # delete (read, PATCH, DELETE) runs at once; 20/s: 6-10 alerts a second after it
+    # (bench/run.py --sections time-to-act; README, "Time to act").
+    kube_qps: float = _env("RESPONDER_KUBE_QPS",
+                           "Kubernetes requests per second for containment (pod reads, "
+                           "actions)", 20.0)
+    kube_burst: int = _env("RESPONDER_KUBE_BURST", "Kubernetes request burst for containment",
+                           60)
+    audit_qps: float = _env("RESPONDER_AUDIT_QPS",
+                            "audit Event requests per second, a budget of their own beside "
+                            "RESPONDER_KUBE_QPS", 10.0)
+    audit_burst: int = _env("RESPONDER_AUDIT_BURST", "audit Event request burst", 25)
     redis_url: str | None = _env("RESPONDER_REDIS_URL",
                                  "share idempotency keys, coalescing windows and rate limits "
                                  "between replicas", None, secret=True)
@@ -199,6 +211,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "max_attempts": _parse_positive_int, "retention_seconds": _parse_positive_float,
     "lease_seconds": _parse_positive_float,
     "kube_qps": _parse_positive_float, "kube_burst": _parse_positive_int, "redis_url": str,
+    "audit_qps": _parse_positive_float, "audit_burst": _parse_positive_int,
     "pod_name": str,
 }
 

@@ -324,19 +324,21 @@ class Worker:
     def _loop(self) -> None:
         trouble = self._troubles["loop"]
         while not self._stop.is_set():
+            # Cleared before the run, not after the wait: a wake-up during the run must
+            # start the next one at once, not wait for the poll.
+            self.wake.clear()
             try:
                 self.run_pending()
             except Exception as exc:  # noqa: BLE001 - the worker must survive; the row stays leased
                 trouble.failed(exc)
             else:
                 trouble.passed()
-            # Woken at once by our own intake; the poll catches other processes' events
-            # (the spool's in `responder serve`), so it is short: an idle poll only lists a
-            # directory and reads the journal, taking no write lock. While the journal
-            # fails (a full volume), once a second is often enough to see it recover.
+            # Woken at once by the intake (ours, or another process's through
+            # responder/wakeup.py); the poll is the fallback, short as an idle poll only
+            # lists a directory and reads the journal, taking no write lock. While the
+            # journal fails (a full volume), once a second is often enough to see it recover.
             stuck = any(t.since is not None for t in self._troubles.values())
             self.wake.wait(1.0 if stuck else self.poll_seconds)
-            self.wake.clear()
 
     def _housekeeping(self) -> None:
         pruned_at = 0.0

@@ -6,7 +6,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).parent.parent
 SECTIONS = ["== 1. Intake throughput and latency", "== 2. Storm", "-- Slack web-api mode --",
-            "-- Slack webhook mode --", "== 3. Memory", "done in"]
+            "-- Slack webhook mode --", "== 3. Memory", "== 4. Time to act", "done in"]
 
 
 def test_quick_benchmark_runs_every_section():

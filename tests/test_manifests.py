@@ -29,6 +29,7 @@ MANIFESTS = ROOT / "manifests"
 GEN_CERTS = ROOT / "scripts" / "gen-certs.sh"
 NAMESPACE = "falco-responder"
 APP_LABELS = {"app.kubernetes.io/name": "falco-responder"}
+REDIS = "falco-responder-redis"
 # The oldest Kubernetes minor we claim to support, and the newest the schemas know.
 KUBE_VERSIONS = ("1.30", latest_version())
 # Beyond what the actions declare: every action is recorded as an Event (the audit trail).
@@ -54,14 +55,29 @@ def quiet_env(home: Path) -> dict[str, str]:
             "KUBECONFIG": str(home / "no-kubeconfig")}
 
 
-@pytest.fixture(scope="module")
-def rendered(tmp_path_factory) -> list[dict]:
+def render(directory: Path, home: Path) -> list[dict]:
     kubectl = tool_or_fail("kubectl", kubectl_binary())
-    home = tmp_path_factory.mktemp("kubectl-home")
-    result = subprocess.run([kubectl, "kustomize", str(MANIFESTS)], capture_output=True,
+    result = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True,
                             text=True, timeout=120, env=quiet_env(home), check=False)
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+@pytest.fixture(scope="module")
+def rendered_all(tmp_path_factory) -> list[dict]:
+    """Everything `kubectl apply -k manifests/` creates, the Redis component's too."""
+    return render(MANIFESTS, tmp_path_factory.mktemp("kubectl-home"))
+
+
+def is_redis(obj: dict) -> bool:
+    return obj["metadata"].get("labels", {}).get("app.kubernetes.io/name") == REDIS
+
+
+@pytest.fixture(scope="module")
+def rendered(rendered_all) -> list[dict]:
+    """The responder's own objects (the Redis component's are tested in
+    test_manifests_redis.py)."""
+    return [o for o in rendered_all if not is_redis(o)]
 
 
 def only(objects: list[dict], kind: str) -> dict:
@@ -103,20 +119,20 @@ def scalars(node):
 
 # --- rendering and schema validation ------------------------------------------------------
 
-def test_kustomize_renders_every_object_into_the_responder_namespace(rendered):
+def test_kustomize_renders_every_object_into_the_responder_namespace(rendered, rendered_all):
     kinds = sorted(o["kind"] for o in rendered)
     assert kinds == sorted(["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
                             "ConfigMap", "Deployment", "Service", "PodDisruptionBudget",
                             "NetworkPolicy"])
     cluster_scoped = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
-    for obj in rendered:
+    for obj in rendered_all:
         if obj["kind"] not in cluster_scoped:
             assert obj["metadata"]["namespace"] == NAMESPACE, obj["metadata"]["name"]
 
 
 @pytest.mark.parametrize("version", KUBE_VERSIONS)
-def test_every_rendered_object_validates_strictly(rendered, version):
-    for obj in rendered:
+def test_every_rendered_object_validates_strictly(rendered_all, version):
+    for obj in rendered_all:
         kubernetes_validate.validate(obj, version, strict=True)
 
 

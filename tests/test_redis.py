@@ -154,10 +154,10 @@ def replicas(kube, make_table, make_app, redis_url):
     kube.api.add_node("node-a")
     kube.api.add_node("node-b")
 
-    def make(deletions_per_minute=10):
+    def make(deletions_per_minute=10, **settings):
         table = make_table(delete_pod_table(deletions_per_minute))
         return [make_app(table, api_client=kube.api_client(), redis_url=redis_url,
-                         namespace="falco-responder") for _ in range(2)]
+                         namespace="falco-responder", **settings) for _ in range(2)]
     return make
 
 
@@ -238,7 +238,7 @@ def test_the_pod_deletion_limit_is_shared_by_the_replicas(kube, replicas):
 
 
 def test_replicas_share_the_kubernetes_rate_limit(kube, replicas, redis_url):
-    apps = replicas()
+    apps = replicas(kube_qps=5, kube_burst=10)
     throttles = [app.extensions["responder"]._throttle for app in apps]
     started = time.monotonic()
     concurrently([throttles[i % 2] for i in range(14)])  # burst 10, then 5 per second

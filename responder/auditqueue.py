@@ -1,0 +1,100 @@
+"""Audit Events off the containment path: recorded by a thread of their own, through an API
+client and a request budget of their own (RESPONDER_AUDIT_QPS/BURST).
+
+The queued worker acts on one event after another; were it to create the audit Event of
+each action before turning to the next event, every alert of a burst would wait for the
+bookkeeping of all those before it, and a busy audit budget would hold up containment.
+Here a containment call never waits for a bookkeeping call: not for its request, not for
+its tokens. The decision itself is logged (and its outcome journalled) before the Event is
+queued, so the Event is the cluster-side copy of a record that already exists.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+
+from .audit import RECORDED, EventRecorder
+from .events import Event
+from .executor import ActionReport
+
+logger = logging.getLogger(__name__)
+CAPACITY = 10_000  # events whose Events wait; at 10/s that is a quarter of an hour
+
+
+class AuditQueue:
+    """`record_all` returns at once; a thread started on first use creates the Events."""
+
+    def __init__(self, recorder: EventRecorder, capacity: int = CAPACITY):
+        self.recorder = recorder
+        self._queue: queue.Queue = queue.Queue(capacity)
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def record_all(self, event: Event, reports: list[ActionReport]) -> int:
+        """Queue the Events of the reports that need one; how many were queued."""
+        wanted = [r for r in reports
+                  if not r.decision.dry_run and r.result.outcome in RECORDED]
+        if not wanted:
+            return 0
+        self._ensure_started()
+        try:
+            self._queue.put_nowait((event, wanted))
+        except queue.Full:
+            logger.error("audit queue full (%d events waiting): no Event for %d action(s) of "
+                         "event %s; the decision log has them", self._queue.maxsize,
+                         len(wanted), event.uuid)
+            return 0
+        return len(wanted)
+
+    def _ensure_started(self) -> None:
+        with self._lock:
+            # After a fork the thread is the parent's: start one in this process.
+            if self._thread is None or self._pid != os.getpid():
+                self._pid = os.getpid()
+                self._thread = threading.Thread(target=self._run, name="audit-events",
+                                                daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                event, reports = item
+                self.recorder.record_all(event, reports)
+            except Exception:  # noqa: BLE001 - record_all never raises; a bug must not stop us
+                logger.exception("recording audit Events failed")
+            finally:
+                self._queue.task_done()
+
+    def wait(self, timeout: float) -> bool:
+        """Until every queued Event is recorded (True), or `timeout` seconds pass."""
+        done = threading.Event()
+
+        def join() -> None:
+            self._queue.join()
+            done.set()
+
+        threading.Thread(target=join, daemon=True).start()
+        return done.wait(timeout)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Record what is queued (within `timeout`), then stop the thread."""
+        with self._lock:
+            thread = self._thread if self._pid == os.getpid() else None
+            self._thread = None  # a later record_all starts another
+        if thread is None:
+            return
+        if not self.wait(timeout):
+            logger.warning("stopping with %d audit Event(s) not recorded",
+                           self._queue.qsize())
+        try:
+            self._queue.put_nowait(None)
+        except queue.Full:
+            return  # the thread is a daemon: it goes with the process
+        thread.join(timeout)
