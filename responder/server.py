@@ -46,7 +46,8 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
     return {**_tls_options(settings),
         "bind": f"{settings.host}:{settings.port}",
         "workers": settings.workers,
-        "worker_class": "gthread",
+        # Our asyncio worker: gunicorn reads each request whole before a thread runs it.
+        "worker_class": "responder.bridge.BufferedWorker",
         "threads": settings.threads,
         # Falcosidekick never times out a request; we should not hang on one either.
         "timeout": 60,
