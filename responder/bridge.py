@@ -23,6 +23,8 @@ Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 Response = tuple[int, list[tuple[bytes, bytes]], bytes]
+# As gthread did: how long a stopping worker keeps its idle connections open.
+STOP_KEEPALIVE_LINGER = 2.0
 
 
 class BufferedWSGI:
@@ -35,6 +37,8 @@ class BufferedWSGI:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.executor = ThreadPoolExecutor(threads, thread_name_prefix="request")
+        self.in_flight = 0  # requests read and not yet answered
+
 
     async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -44,6 +48,13 @@ class BufferedWSGI:
         # Anything else (websocket) is not ours: returning refuses it.
 
     async def _serve(self, scope: Message, receive: Receive, send: Send) -> None:
+        self.in_flight += 1
+        try:
+            await self._answer(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, scope: Message, receive: Receive, send: Send) -> None:
         try:
             declared = _content_length(scope)
             if declared is not None and declared > self.max_body_bytes:
@@ -144,6 +155,8 @@ class BufferedWorker(ASGIWorker):
     """gunicorn's asyncio worker serving a WSGI app through BufferedWSGI, with `threads`
     threads. The WSGI app stays `self.wsgi`, as with gunicorn's own workers."""
 
+    asgi: BufferedWSGI
+
     @classmethod
     def check_config(cls, cfg: Any, log: Any) -> None:
         pass  # ASGIWorker warns about `threads`, which we use
@@ -153,3 +166,17 @@ class BufferedWorker(ASGIWorker):
         limit = getattr(self.wsgi, "config", {}).get("MAX_CONTENT_LENGTH") \
             or Settings().max_body_bytes
         self.asgi = BufferedWSGI(self.wsgi, limit, self.cfg.threads)
+
+    def handle_exit_signal(self) -> None:
+        """SIGTERM. ASGIWorker would wait for every connection to close, and an idle
+        keep-alive (Falcosidekick's) never does: the stop would take graceful_timeout, and
+        the arbiter would kill the worker before worker_exit drains. So: linger a moment for
+        a request a client may already be sending, then stop once none is in the app."""
+        super().handle_exit_signal()
+        self.loop.create_task(self._stop_when_idle())
+
+    async def _stop_when_idle(self) -> None:
+        await asyncio.sleep(STOP_KEEPALIVE_LINGER)
+        while self.asgi.in_flight:
+            await asyncio.sleep(0.05)
+        self.handle_quit_signal()  # ASGIWorker's immediate stop: idle connections close

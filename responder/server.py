@@ -1,4 +1,5 @@
-"""`responder serve`: gunicorn with gthread workers, configured from our settings."""
+"""`responder serve`: gunicorn's event loop reading requests, our app in a few threads
+(responder.bridge), configured from our settings."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ from .table import load_table
 
 # Falcosidekick's client (Go's default transport) keeps an idle connection 90 s and never
 # resends a POST that failed: were the server to close first (gunicorn's default: 2 s), an
-# event sent as it closed would be lost. Idle connections wait in gthread's poller, not
-# in a thread.
+# event sent as it closed would be lost. Idle connections wait in the event loop, not in
+# a thread.
 KEEPALIVE_SECONDS = 120
 
 
@@ -46,9 +47,12 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
     return {**_tls_options(settings),
         "bind": f"{settings.host}:{settings.port}",
         "workers": settings.workers,
-        # Our asyncio worker: gunicorn reads each request whole before a thread runs it.
+        # gthread gave each connection a thread before its request arrived: two slow
+        # clients stopped all intake. This asyncio worker reads each request whole first.
         "worker_class": "responder.bridge.BufferedWorker",
         "threads": settings.threads,
+        # The standard loop: nothing to install, and uvloop was not measurably faster here.
+        "asgi_loop": "asyncio",
         # Falcosidekick never times out a request; we should not hang on one either.
         "timeout": 60,
         "keepalive": KEEPALIVE_SECONDS,

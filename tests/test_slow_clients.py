@@ -184,4 +184,22 @@ def test_a_hundred_slow_connections_cost_bounded_memory_and_delay_nothing(server
     with hostile(server, headers):
         assert_answered_in_time(server)
         grown = rss_mib(port) - before
+    print(f"RSS {before:.1f} MiB, +{grown:.1f} MiB with {CONNECTIONS} stalled connections")
     assert grown < 16, f"{grown:.1f} MiB for {CONNECTIONS} stalled connections"
+
+
+def test_a_stop_with_an_idle_keep_alive_open_takes_seconds_not_the_graceful_timeout(tmp_path):
+    """Falcosidekick keeps a connection open between events: a rollout's SIGTERM must still
+    stop the server in seconds (the worker would be killed at gunicorn's 30 s, before its
+    shutdown hook drains), answering what was sent before it."""
+    context = served({"RESPONDER_STATE_DIR": str(tmp_path)})
+    url = context.__enter__()
+    conn = http.client.HTTPConnection(*address(url), timeout=5)
+    try:
+        conn.request("POST", "/", body=event_body(), headers={"Content-Type": "application/json"})
+        assert conn.getresponse().read()
+        start = time.monotonic()
+        context.__exit__(None, None, None)  # SIGTERM, then SIGKILL after 10 s
+        assert time.monotonic() - start < 6.0
+    finally:
+        conn.close()
