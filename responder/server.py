@@ -53,6 +53,9 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "threads": settings.threads,
         # The standard loop: nothing to install, and uvloop was not measurably faster here.
         "asgi_loop": "asyncio",
+        # What a connection stalled in its headers can hold: 32 fields of up to 8 KiB (256 KiB;
+        # gunicorn's default of 100 fields allowed 800 KiB). Falcosidekick sends a handful.
+        "limit_request_fields": 32,
         # Falcosidekick never times out a request; we should not hang on one either.
         "timeout": 60,
         "keepalive": KEEPALIVE_SECONDS,

@@ -110,3 +110,9 @@ def test_content_length_over_the_limit_is_413_at_once_and_holds_no_thread(server
             assert time.monotonic() - start < 1.0
             assert b"RESPONDER_MAX_BODY_BYTES" in reply
         assert_answered_in_time(server)
+
+
+def test_more_header_fields_than_a_stalled_connection_may_hold_is_431(server):
+    fields = b"".join(b"X-Field-%d: %d\r\n" % (i, i) for i in range(40))
+    status, body = exchange(server, b"POST / HTTP/1.1\r\nHost: x\r\n" + fields + b"\r\n")
+    assert status == 431, (status, body)
