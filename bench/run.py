@@ -151,7 +151,8 @@ class Server:
             return [("intake", pid) for pid in children(self.proc.pid)]
         found = []
         for pid in children(self.proc.pid):
-            if b"work" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            # An argument, not a substring: a checkout under /work/ would match too.
+            if b"work" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"):
                 found.append(("queue", pid))
             else:  # the gunicorn master, whose children serve
                 found.extend(("intake", worker) for worker in children(pid))
