@@ -39,7 +39,6 @@ class BufferedWSGI:
         self.executor = ThreadPoolExecutor(threads, thread_name_prefix="request")
         self.in_flight = 0  # requests read and not yet answered
 
-
     async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await _lifespan(receive, send)
@@ -48,13 +47,6 @@ class BufferedWSGI:
         # Anything else (websocket) is not ours: returning refuses it.
 
     async def _serve(self, scope: Message, receive: Receive, send: Send) -> None:
-        self.in_flight += 1
-        try:
-            await self._answer(scope, receive, send)
-        finally:
-            self.in_flight -= 1
-
-    async def _answer(self, scope: Message, receive: Receive, send: Send) -> None:
         try:
             declared = _content_length(scope)
             if declared is not None and declared > self.max_body_bytes:
@@ -70,11 +62,15 @@ class BufferedWSGI:
                 await _send_json(send, 408, "the request body did not arrive in full")
                 return
             size = len(body)
-        loop = asyncio.get_running_loop()
-        status, headers, content = await loop.run_in_executor(
-            self.executor, self._call, scope, body, size)
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": content})
+        # Counted from here: a stop waits for requests in the app, not for slow bodies.
+        self.in_flight += 1
+        try:
+            status, headers, content = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self._call, scope, body, size)
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": content})
+        finally:
+            self.in_flight -= 1
 
     def _call(self, scope: Message, body: bytes, size: int) -> Response:
         """In a thread: run the app on the whole request and collect its whole answer."""

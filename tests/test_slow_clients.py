@@ -6,19 +6,22 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import signal
 import socket
 import ssl
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
 import pytest
 
 from .certs import CA
 from .conftest import recorded_events
-from .serving import served
+from .serving import free_port, served
 
 pytestmark = pytest.mark.slow
 
@@ -188,18 +191,40 @@ def test_a_hundred_slow_connections_cost_bounded_memory_and_delay_nothing(server
     assert grown < 16, f"{grown:.1f} MiB for {CONNECTIONS} stalled connections"
 
 
-def test_a_stop_with_an_idle_keep_alive_open_takes_seconds_not_the_graceful_timeout(tmp_path):
-    """Falcosidekick keeps a connection open between events: a rollout's SIGTERM must still
-    stop the server in seconds (the worker would be killed at gunicorn's 30 s, before its
-    shutdown hook drains), answering what was sent before it."""
-    context = served({"RESPONDER_STATE_DIR": str(tmp_path)})
-    url = context.__enter__()
-    conn = http.client.HTTPConnection(*address(url), timeout=5)
+@contextmanager
+def own_server(state_dir: Path) -> Iterator[tuple[subprocess.Popen, str]]:
+    """`responder serve` in a process group of its own, so a stop that hangs fails the test
+    and leaves nothing behind (a killed parent would orphan its children)."""
+    port = free_port()
+    env = {**os.environ, "RESPONDER_HOST": "127.0.0.1", "RESPONDER_PORT": str(port),
+           "RESPONDER_KUBE_CONFIG": "none", "RESPONDER_STATE_DIR": str(state_dir)}
+    proc = subprocess.Popen([sys.executable, "-m", "responder.cli", "serve"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
     try:
+        deadline = time.monotonic() + 20
+        while genuine_post(url, timeout=1)[0] != 202:
+            assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
+            time.sleep(0.1)
+        yield proc, url
+    finally:
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_a_stop_with_idle_and_stalled_connections_open_takes_seconds_not_minutes(tmp_path):
+    """Falcosidekick keeps a connection open between events, and a hostile client may stall
+    its body: a rollout's SIGTERM must still stop the server in seconds (gunicorn would kill
+    the worker at its 30 s graceful timeout, before the shutdown hook drains)."""
+    with own_server(tmp_path) as (proc, url), ExitStack() as stack:
+        conn = http.client.HTTPConnection(*address(url), timeout=5)
+        stack.callback(conn.close)
         conn.request("POST", "/", body=event_body(), headers={"Content-Type": "application/json"})
         assert conn.getresponse().read()
-        start = time.monotonic()
-        context.__exit__(None, None, None)  # SIGTERM, then SIGKILL after 10 s
-        assert time.monotonic() - start < 6.0
-    finally:
-        conn.close()
+        stalled = stack.enter_context(socket.create_connection(address(url), timeout=5))
+        stalled.sendall(PARTIAL_BODY)
+        time.sleep(0.3)
+        proc.terminate()
+        assert proc.wait(timeout=6) == 0
