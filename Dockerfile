@@ -21,8 +21,8 @@ COPY --from=builder /opt/venv /opt/venv
 # Numeric, so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
 USER 10001
 EXPOSE 2801
-# `responder serve` runs two processes under one parent: gunicorn (gthread, 1 worker x 2
-# threads, on 0.0.0.0:2801 unless RESPONDER_HOST/PORT say otherwise; heartbeat in /dev/shm
+# `responder serve` runs two processes under one parent: gunicorn (1 worker: an event loop
+# reading requests whole, then 2 threads running the app, on 0.0.0.0:2801 unless RESPONDER_HOST/PORT say otherwise; heartbeat in /dev/shm
 # and no control socket, so a read-only root filesystem is enough) taking events in, and the
 # queue worker acting on them, on its own core rather than sharing the server's GIL. The
 # parent stops both on SIGTERM and restarts a worker that dies. TLS and mutual TLS come

@@ -1,4 +1,5 @@
-"""gunicorn configuration for the container image: the same options `responder serve` uses.
+"""gunicorn configuration for the container image: the same options `responder serve` uses,
+so the same worker (responder.bridge.BufferedWorker), which serves any WSGI app given:
 
     gunicorn --config python:responder.gunicorn_conf 'responder.app:create_app()'
 """

@@ -1,4 +1,5 @@
-"""`responder serve`: gunicorn with gthread workers, configured from our settings."""
+"""`responder serve`: gunicorn's event loop reading requests, our app in a few threads
+(responder.bridge), configured from our settings."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ from .settings import Settings
 
 # Falcosidekick's client (Go's default transport) keeps an idle connection 90 s and never
 # resends a POST that failed: were the server to close first (gunicorn's default: 2 s), an
-# event sent as it closed would be lost. Idle connections wait in gthread's poller, not
-# in a thread.
+# event sent as it closed would be lost. Idle connections wait in the event loop, not in
+# a thread.
 KEEPALIVE_SECONDS = 120
 
 
@@ -46,8 +47,15 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
     return {**_tls_options(settings),
         "bind": f"{settings.host}:{settings.port}",
         "workers": settings.workers,
-        "worker_class": "gthread",
+        # gthread gave each connection a thread before its request arrived: two slow
+        # clients stopped all intake. This asyncio worker reads each request whole first.
+        "worker_class": "responder.bridge.BufferedWorker",
         "threads": settings.threads,
+        # The standard loop: nothing to install, and uvloop was not measurably faster here.
+        "asgi_loop": "asyncio",
+        # What a connection stalled in its headers can hold: 32 fields of up to 8 KiB (256 KiB;
+        # gunicorn's default of 100 fields allowed 800 KiB). Falcosidekick sends a handful.
+        "limit_request_fields": 32,
         # Falcosidekick never times out a request; we should not hang on one either.
         "timeout": 60,
         "keepalive": KEEPALIVE_SECONDS,

@@ -50,7 +50,8 @@ class Settings:
     # Two: the intake is CPU-bound under the GIL, and more threads only contend for it
     # (measured in bench/: 4 threads took 15-25% off the rate at concurrency 8); the second
     # keeps a probe or a scrape answered while an event is in hand.
-    threads: int = _env("RESPONDER_THREADS", "threads per gunicorn worker", 2)
+    threads: int = _env("RESPONDER_THREADS",
+                        "threads per gunicorn worker running the app on requests read whole", 2)
     auth_token: str | None = _env(
         "RESPONDER_AUTH_TOKEN", "bearer token Falcosidekick must send (webhook.customheaders)",
         None, secret=True)

@@ -156,9 +156,10 @@ def test_entrypoint_is_responder_serve_in_exec_form(final):
     assert final.args("EXPOSE") == ["2801"]
 
 
-def test_the_entrypoints_server_is_gunicorn_gthread_on_2801_with_no_writes_to_root():
+def test_the_entrypoints_server_is_gunicorns_event_loop_on_2801_with_no_writes_to_root():
     options = gunicorn_options(Settings.from_env({}))
-    assert options["worker_class"] == "gthread" and options["bind"] == "0.0.0.0:2801"
+    assert options["worker_class"] == "responder.bridge.BufferedWorker"
+    assert options["bind"] == "0.0.0.0:2801"
     assert (options["workers"], options["threads"]) == (1, 2)  # as the Dockerfile says
     assert options["worker_tmp_dir"] == "/dev/shm" and options["control_socket_disable"]
 
