@@ -58,6 +58,7 @@ def test_transient_api_errors_are_retried_then_done(kube, armed, status):
     assert [c.method for c in kube.api.calls if c.path == POD].count("DELETE") == 3
 
 
+@pytest.mark.slow
 def test_retry_after_from_the_api_is_honoured(kube, armed):
     kube.api.fail("DELETE", POD, 429, "slow down", headers={"Retry-After": "1"})
     started = time.monotonic()
