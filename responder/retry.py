@@ -42,6 +42,8 @@ class RetryPolicy:
     attempts: int = 4
     initial: float = 0.2
     maximum: float = 5.0
+    #: How a wait between tries is spent; tests pass a recorder instead of sleeping.
+    sleep: Callable[[float], None] | None = None
 
     def backoff(self, attempt: int) -> float:
         """Exponential backoff with full jitter, as client-go and AWS recommend."""
@@ -61,6 +63,6 @@ class RetryPolicy:
             stop=tenacity.stop_after_attempt(self.attempts),
             wait=self.wait,
             reraise=True,
-            sleep=sleep or tenacity.nap.sleep,
+            sleep=sleep or self.sleep or tenacity.nap.sleep,
         )
         return retrying(fn)

@@ -9,6 +9,8 @@ import time
 import pytest
 from kubernetes import client
 
+from responder.retry import RetryPolicy
+
 from .netcat import FULL_CID
 from .netcat import netcat_event as base_netcat_event
 
@@ -40,6 +42,14 @@ def armed(kube, make_table, make_app):
     return app.test_client()
 
 
+def record_waits(test_client) -> list[float]:
+    """The waits between retries, recorded instead of slept through."""
+    waits: list[float] = []
+    executor = test_client.application.extensions["responder"].executor
+    executor.retry = RetryPolicy(sleep=waits.append)
+    return waits
+
+
 def post(test_client, event):
     reply = test_client.post("/", data=json.dumps(event), content_type="application/json")
     assert reply.status_code == 200, reply.get_json()
@@ -52,12 +62,15 @@ def outcomes(reply):
 
 @pytest.mark.parametrize("status", [409, 429, 500, 503])
 def test_transient_api_errors_are_retried_then_done(kube, armed, status):
+    waits = record_waits(armed)
     kube.api.fail("DELETE", POD, status, "try again", times=2)
     reply = post(armed, netcat_event())
     assert outcomes(reply)[1] == ("delete-pod", "done", None)
     assert [c.method for c in kube.api.calls if c.path == POD].count("DELETE") == 3
+    assert len(waits) == 2
 
 
+@pytest.mark.slow
 def test_retry_after_from_the_api_is_honoured(kube, armed):
     kube.api.fail("DELETE", POD, 429, "slow down", headers={"Retry-After": "1"})
     started = time.monotonic()
@@ -72,6 +85,7 @@ def test_retry_after_from_the_api_is_honoured(kube, armed):
     (500, "etcdserver: request timed out"),
 ])
 def test_api_errors_are_recorded_as_failed_with_the_api_message(kube, armed, status, message):
+    waits = record_waits(armed)
     kube.api.fail("DELETE", POD, status, message, times=10)
     reply = post(armed, netcat_event())
     assert outcomes(reply)[1] == ("delete-pod", "failed", f"HTTP {status}: {message}")
@@ -80,6 +94,7 @@ def test_api_errors_are_recorded_as_failed_with_the_api_message(kube, armed, sta
     # A refusal (403) is not retried; transient errors are, a bounded number of times.
     deletes = [c for c in kube.api.calls if c.method == "DELETE"]
     assert len(deletes) == (1 if status == 403 else 4)
+    assert len(waits) == len(deletes) - 1
 
 
 def test_refused_connection_is_recorded_as_failed(make_table, make_app):
@@ -90,6 +105,7 @@ def test_refused_connection_is_recorded_as_failed(make_table, make_app):
     configuration.retries = 0
     app = make_app(make_table(ARMED), api_client=client.ApiClient(configuration),
                    intake="inline")
+    record_waits(app.test_client())
     reply = post(app.test_client(), netcat_event())
     assert [d["outcome"] for d in reply["decisions"]] == ["failed", "failed", "failed"]
     assert "cannot reach the Kubernetes API" in reply["decisions"][0]["reason"]

@@ -124,16 +124,19 @@ def send(url, pki, client=None, token="s3cret-token"):
                                   "Content-Type": "application/json"})
 
 
+@pytest.mark.slow
 def test_mtls_accepts_a_client_cert_from_our_ca(mtls_server, pki):
     reply = send(mtls_server, pki, "client")
     assert reply.status_code == 202
     assert reply.json()["rule"] == "Terminal shell in container"
 
 
+@pytest.mark.slow
 def test_mtls_with_valid_cert_still_needs_the_token(mtls_server, pki):
     assert send(mtls_server, pki, "client", token="wrong").status_code == 401
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("client", [None, "foreign", "expired"])
 def test_mtls_rejects_missing_foreign_and_expired_certs_in_the_handshake(mtls_server, pki,
                                                                          client):
@@ -141,6 +144,7 @@ def test_mtls_rejects_missing_foreign_and_expired_certs_in_the_handshake(mtls_se
         send(mtls_server, pki, client)
 
 
+@pytest.mark.slow
 def test_plain_http_to_the_tls_port_fails(mtls_server):
     with pytest.raises(requests.exceptions.ConnectionError):
         requests.post(mtls_server.replace("https", "http") + "/", data=EVENT, timeout=5)

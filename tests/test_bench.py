@@ -4,6 +4,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+# Seconds to a minute each: the benchmark script end to end.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).parent.parent
 SECTIONS = ["== 1. Intake throughput and latency", "== 2. Storm", "-- Slack web-api mode --",
             "-- Slack webhook mode --", "== 3. Memory", "== 4. Time to act", "done in"]

@@ -115,6 +115,7 @@ def test_replay_to_url_exits_1_when_an_event_is_refused(capsys, tmp_path):
     assert json.loads(out) == {"status": 401, "reply": {"error": "unauthorized"}, "line": 1}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("worker", ["process", "thread"])
 def test_serve_refuses_to_start_with_a_bad_table(tmp_path, worker):
     bad = tmp_path / "bad.yaml"

@@ -22,6 +22,9 @@ from .netcat import FULL_CID, delete_pod_table, netcat_event
 from .serving import free_port
 from .slackserver import SlackServer
 
+# Each fault takes seconds to play out (outages, retries, a killed worker).
+pytestmark = pytest.mark.slow
+
 FINISHED = ("done", "failed")
 
 

@@ -13,6 +13,9 @@ from hypothesis import strategies as st
 
 from .conftest import recorded_events
 
+# Hundreds of generated bodies per test: seconds each.
+pytestmark = pytest.mark.slow
+
 EVENTS = recorded_events()
 ALLOWED = {200, 202, 400, 401, 413}
 # Small enough that huge strings reach the 413 path, large enough for every real event.

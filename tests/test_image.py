@@ -341,18 +341,21 @@ def served(image, tmp_path_factory):
         yield served
 
 
+@pytest.mark.slow
 def test_the_venv_runs_the_wheel_not_the_source_tree(image, served):
     where = run([str(image.venv / "bin" / "python"), "-c",
                  "import responder; print(responder.__file__)"], cwd=served.workdir)
     assert Path(where.strip()).is_relative_to(image.venv)
 
 
+@pytest.mark.slow
 def test_entrypoint_answers_healthz(served):
     status, body = get(served.url + "/healthz")
     assert status == 200
     assert json.loads(body) == {"status": "ok"}
 
 
+@pytest.mark.slow
 def test_entrypoint_answers_a_recorded_event_with_json(served):
     status, body = post_event(served)
     assert status in ACCEPTED, body
@@ -364,6 +367,7 @@ def test_entrypoint_answers_a_recorded_event_with_json(served):
                                      for d in done["decisions"])
 
 
+@pytest.mark.slow
 def test_an_idle_kept_alive_connection_outlives_the_senders_idle_timeout(served):
     # Falcosidekick reuses a connection idle for up to 90 s and never resends a POST: the
     # server must not be the side that closes it, or an event sent as it closes is lost.
@@ -397,6 +401,7 @@ def wait_done(served: Served, status_url: str, timeout: float = 10.0) -> dict:
     return done
 
 
+@pytest.mark.slow
 def test_the_servers_metrics_add_up_both_processes(served):
     """Events are counted by the server, outcomes by the queue worker; one scrape has both."""
     status, body = post_event(served)
@@ -408,6 +413,7 @@ def test_the_servers_metrics_add_up_both_processes(served):
     assert re.search(r"^responder_queue_depth 0\.0$", text, re.M), text
 
 
+@pytest.mark.slow
 def test_a_killed_queue_worker_is_restarted_and_takes_what_waited(image, tmp_path):
     with serving(image, tmp_path, {}) as served:
         (worker,) = [pid for pid in children(served.pid) if b"work" in cmdline(pid)]
@@ -421,6 +427,7 @@ def test_a_killed_queue_worker_is_restarted_and_takes_what_waited(image, tmp_pat
     assert not any(Path(f"/proc/{pid}").exists() for pid in now)
 
 
+@pytest.mark.slow
 def test_a_graceful_stop_leaves_nothing_accepted_unfinished(image, tmp_path):
     # Stopped moments after start: the queue worker may still be importing when SIGTERM
     # comes, and must drain all the same.
@@ -450,6 +457,7 @@ def cmdline(pid: int) -> bytes:
     return Path(f"/proc/{pid}/cmdline").read_bytes()
 
 
+@pytest.mark.slow
 def test_entrypoint_writes_nothing_but_its_tmpfs(image, served):
     """What a read-only root filesystem needs: no files in the venv, HOME or working dir
     (the event journal goes to RESPONDER_STATE_DIR, a volume in the Deployment)."""
@@ -501,22 +509,26 @@ def served_tls(image, certs, deployment_env, tmp_path_factory):
         yield served
 
 
+@pytest.mark.slow
 def test_entrypoint_takes_an_event_over_mutual_tls_with_the_token(served_tls, certs):
     status, body = post_event(served_tls, client_context(certs), TOKEN)
     assert status in ACCEPTED, body
     assert json.loads(body)["rule"] == recorded_events()[0]["rule"]
 
 
+@pytest.mark.slow
 def test_entrypoint_refuses_an_event_without_the_token(served_tls, certs):
     status, _ = post_event(served_tls, client_context(certs))
     assert status == 401
 
 
+@pytest.mark.slow
 def test_entrypoint_refuses_a_client_without_a_certificate(served_tls, certs):
     with pytest.raises((ssl.SSLError, ConnectionError, urllib.error.URLError)):
         post_event(served_tls, client_context(certs, cert=None), TOKEN)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("probe", ["livenessProbe", "readinessProbe"])
 def test_deployment_probes_pass_against_the_entrypoint(served_tls, deployment_env, probe):
     deployment = yaml.safe_load((ROOT / "manifests" / "deployment.yaml").read_text())

@@ -451,6 +451,7 @@ def test_maybe_notify_applies_the_table_choice_and_min_priority(slack, make_noti
     assert results == ["sent"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("webhook", [True, False], ids=["webhook", "web-api"])
 def test_429_with_retry_after_is_honoured_then_sent(slack, make_notifier, results, webhook):
     notifier = make_notifier(webhook=webhook)
@@ -463,6 +464,7 @@ def test_429_with_retry_after_is_honoured_then_sent(slack, make_notifier, result
     assert [r.status for r in slack.state.requests] == [429, 200]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("webhook", [True, False], ids=["webhook", "web-api"])
 def test_500_is_counted_as_failed_and_logged_without_secrets(slack, make_notifier, results,
                                                              logs, webhook):

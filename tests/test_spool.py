@@ -173,6 +173,7 @@ def test_an_event_dropped_when_taken_in_says_so_in_its_status(make_app, make_tab
     assert 'responder_events_intake_total{status="dropped"} 1.0' in metrics
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_a_507_naming_the_spool_never_a_500(tmp_path):
     # A file size limit stands in for a full disk: the append fails with EFBIG.
     code = (
