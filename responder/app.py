@@ -20,16 +20,17 @@ from .auth import TokenAuth
 from .errors import EventError, StorageError
 from .events import parse_event
 from .intake import Intake
+from .journal import EventStore
 from .lastgood import StartupTable, keep_copy, load_startup_table
+from .localstate import LocalState
 from .logs import clipped, configure_logging
 from .metrics import Metrics
 from .notify import SlackConfig, SlackNotifier, slack_status
 from .reload import TableReloader
 from .service import Responder
 from .settings import Settings
-from .shared import LocalState, RedisState
+from .shared import RedisState
 from .spool import SpoolWriter
-from .store import EventStore
 from .table import Table
 from .wakeup import WakeListener, WakeSender, Wakeups
 from .worker import Worker

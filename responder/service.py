@@ -16,13 +16,13 @@ from .decisions import Plan, plan_response
 from .events import Event
 from .executor import ActionReport, Executor
 from .guardrails import Guardrails
+from .journal import EventStore
 from .kube import ThrottledApiClient
 from .logs import clipped
 from .metrics import Metrics
 from .notify import SlackNotifier, notify_choices
 from .settings import Settings
 from .shared import SharedState
-from .store import EventStore
 from .table import Table
 
 logger = logging.getLogger(__name__)
