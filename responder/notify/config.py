@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from ..envvars import (
+    MASK,
+    BadValue,
+    is_http_url,
+    is_set,
+    non_negative_float,
+    positive_float,
+    read_fields,
+    setting,
+)
 from ..errors import ConfigError
 from ..events import Priority
-from ..settings import read_secret_file
 
 WEBHOOK_URL = "RESPONDER_SLACK_WEBHOOK_URL"
 TOKEN = "RESPONDER_SLACK_TOKEN"
@@ -18,8 +27,13 @@ MIN_PRIORITY = "RESPONDER_SLACK_MIN_PRIORITY"
 API_URL = "RESPONDER_SLACK_API_URL"
 WINDOW = "RESPONDER_SLACK_WINDOW_SECONDS"
 TIMEOUT = "RESPONDER_SLACK_TIMEOUT"
-DEFAULT_API_URL = "https://slack.com/api/"
-MASK = "***"
+
+
+def _priority(raw: str) -> Priority:
+    try:
+        return Priority.parse(raw)
+    except ValueError as exc:
+        raise BadValue(str(exc)) from None  # names the priorities it accepts
 
 
 @dataclass(frozen=True)
@@ -31,21 +45,25 @@ class SlackConfig:
     response the responder really made should not go unreported unless the operator asks.
     """
 
-    #: Incoming-webhook URL; it is a credential, so it is never shown.
-    webhook_url: str | None = field(default=None, repr=False)
-    #: Bot token (xoxb-…) for chat.postMessage; never shown.
-    token: str | None = field(default=None, repr=False)
-    #: Channel for chat.postMessage; incoming webhooks post where they were created.
-    channel: str | None = None
-    #: Events below this priority never go to Slack, whatever the table says.
-    min_priority: Priority = Priority.DEBUG
-    #: Web API base URL (WebClient base_url), for tests and egress proxies.
-    api_url: str = DEFAULT_API_URL
-    #: Identical notifications (Falco rule, namespace, pod) within this many seconds are
-    #: folded into one summary message with a count; 0 turns aggregation off.
-    window_seconds: float = 60.0
-    #: Seconds per HTTP request to Slack (retries come on top, see default_retry_handlers).
-    timeout: float = 10.0
+    webhook_url: str | None = setting(
+        WEBHOOK_URL, "incoming-webhook URL; a credential, never shown", None,
+        secret=True, from_file=True)
+    token: str | None = setting(TOKEN, "bot token (xoxb-…) for chat.postMessage; never shown",
+                                None, secret=True, from_file=True)
+    channel: str | None = setting(
+        CHANNEL, "channel for chat.postMessage (incoming webhooks post where they were "
+        "created)", None)
+    min_priority: Priority = setting(
+        MIN_PRIORITY, "events below this priority never go to Slack, whatever the table says",
+        Priority.DEBUG, _priority)
+    api_url: str = setting(API_URL, "Web API base URL, for tests and egress proxies",
+                           "https://slack.com/api/")
+    window_seconds: float = setting(
+        WINDOW, "identical notifications (Falco rule, namespace, pod) within this many "
+        "seconds are folded into one summary message with a count; 0 turns aggregation off",
+        60.0, non_negative_float)
+    timeout: float = setting(TIMEOUT, "seconds per HTTP request to Slack (retries come on "
+                             "top, see default_retry_handlers)", 10.0, positive_float)
     #: Messages waiting to be sent; beyond this, notifications are dropped (and counted).
     queue_size: int = 100
 
@@ -57,11 +75,11 @@ class SlackConfig:
         if self.webhook_url and self.channel:
             raise ConfigError(f"{CHANNEL}: only used with {TOKEN}; an incoming webhook "
                               "posts to the channel chosen when it was created")
-        if self.webhook_url and not _is_http_url(self.webhook_url):
+        if self.webhook_url and not is_http_url(self.webhook_url):
             raise ConfigError(f"{WEBHOOK_URL}: must be an http(s) URL")  # value not echoed
         if self.token and any(c.isspace() for c in self.token):
             raise ConfigError(f"{TOKEN}: must not contain whitespace")
-        if not _is_http_url(self.api_url):
+        if not is_http_url(self.api_url):
             raise ConfigError(f"{API_URL}: must be an http(s) URL")
         if self.window_seconds < 0 or self.timeout <= 0 or self.queue_size < 1:
             raise ConfigError(f"{WINDOW} must be >= 0, {TIMEOUT} > 0 and queue_size >= 1")
@@ -75,19 +93,9 @@ class SlackConfig:
         Raises ConfigError naming the variable; secret values never appear in errors.
         """
         env = os.environ if env is None else env
-        webhook_url = read_secret(env, WEBHOOK_URL)
-        token = read_secret(env, TOKEN)
-        if webhook_url is None and token is None:
+        if not (is_set(env, WEBHOOK_URL) or is_set(env, TOKEN)):
             return None
-        return cls(
-            webhook_url=webhook_url,
-            token=token,
-            channel=_value(env, CHANNEL),
-            min_priority=_parse(env, MIN_PRIORITY, Priority.parse, Priority.DEBUG),
-            api_url=_value(env, API_URL) or DEFAULT_API_URL,
-            window_seconds=_parse(env, WINDOW, _non_negative, 60.0),
-            timeout=_parse(env, TIMEOUT, _positive, 10.0),
-        )
+        return cls(**read_fields(cls, env))
 
     @property
     def mode(self) -> str:
@@ -116,48 +124,3 @@ def slack_status(config: SlackConfig | None) -> str:
              else f"chat.postMessage to {config.channel}")
     return (f"Slack notifications on: {where}, min priority {config.min_priority.label}, "
             f"aggregation window {config.window_seconds:g}s")
-
-
-def read_secret(env: Mapping[str, str], name: str) -> str | None:
-    """A secret from `name` or from the file named by `name`_FILE; None when neither is set."""
-    value, path = _value(env, name), _value(env, f"{name}_FILE")
-    if value is not None and path is not None:
-        raise ConfigError(f"{name} and {name}_FILE: set one, not both")
-    if path is None:
-        return value.strip() if value is not None else None
-    return read_secret_file(f"{name}_FILE", path)
-
-
-def _value(env: Mapping[str, str], name: str) -> str | None:
-    raw = env.get(name)
-    return raw if raw is not None and raw.strip() else None
-
-
-def _parse(env: Mapping[str, str], name: str, parser: Callable[[str], Any], default: Any) -> Any:
-    raw = _value(env, name)
-    if raw is None:
-        return default
-    try:
-        return parser(raw.strip())
-    except ValueError as exc:
-        reason = str(exc) if "must" in str(exc) or "priority" in str(exc) else (
-            f"cannot parse {raw!r}")
-        raise ConfigError(f"{name}: {reason}") from None
-
-
-def _positive(raw: str) -> float:
-    value = float(raw)
-    if not value > 0:
-        raise ValueError("must be a positive number of seconds")
-    return value
-
-
-def _non_negative(raw: str) -> float:
-    value = float(raw)
-    if not value >= 0:
-        raise ValueError("must be 0 or a positive number of seconds")
-    return value
-
-
-def _is_http_url(url: str) -> bool:
-    return url.startswith(("https://", "http://")) and len(url) > len("https://")

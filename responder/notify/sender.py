@@ -24,9 +24,10 @@ from slack_sdk.http_retry.builtin_handlers import ServerErrorRetryHandler
 from slack_sdk.webhook import WebhookClient
 
 from ..actions import Outcome
+from ..envvars import MASK
 from ..events import Event
 from ..executor import ActionReport
-from .config import MASK, SlackConfig
+from .config import SlackConfig
 from .message import build_alert_message, build_slack_message, message_target
 from .policy import ACTED, should_notify
 
