@@ -160,11 +160,5 @@ def readable_file(raw: str) -> str:
     return raw
 
 
-def http_url(raw: str) -> str:
-    if not is_http_url(raw):
-        raise BadValue("must be an http(s) URL")
-    return raw
-
-
 def is_http_url(url: str) -> bool:
     return url.startswith(("https://", "http://")) and len(url) > len("https://")

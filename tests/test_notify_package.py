@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,3 +36,26 @@ def test_only_the_sender_talks_to_slack():
     users = sorted(p.stem for p in PACKAGE.glob("*.py")
                    if any(n.startswith("slack_sdk") for n in imported(p.stem)))
     assert users == ["sender"]
+
+
+def test_reading_settings_loads_neither_the_slack_nor_the_kubernetes_client():
+    # responder.settings imports notify.config; `responder serve`'s supervisor and
+    # `responder work` (before its SIGTERM handler) must stay small and quick to start.
+    code = ("import sys, responder.cli, responder.settings; "
+            "print(sorted(m for m in ('slack_sdk', 'kubernetes', 'flask', "
+            "'responder.notify.sender') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_the_package_still_offers_every_name():
+    import responder.notify as notify
+
+    assert {name: getattr(notify, name).__module__.rsplit(".", 1)[-1]
+            for name in ("SlackConfig", "SlackNotifier", "should_notify",
+                         "build_slack_message")} == {
+        "SlackConfig": "config", "SlackNotifier": "sender", "should_notify": "policy",
+        "build_slack_message": "message"}
+    with pytest.raises(AttributeError):
+        _ = notify.no_such_name
