@@ -429,10 +429,10 @@ def section_throughput(profile: Profile, gen: Generator, workdir: Path) -> None:
     from responder.settings import Settings
 
     defaults = Settings.from_env({})
-    threads = profile.threads or defaults.threads
+    threads = profile.threads or defaults.intake.threads
     env = {"RESPONDER_THREADS": str(threads)}
-    print(f"gunicorn's event loop, {defaults.workers} worker x {threads} threads ("
-          + ("the responder's defaults" if threads == defaults.threads else "--threads")
+    print(f"gunicorn's event loop, {defaults.intake.workers} worker x {threads} threads ("
+          + ("the responder's defaults" if threads == defaults.intake.threads else "--threads")
           + ") for all; "
           f"{profile.warmup} s warm-up, then {profile.seconds} s per run; the responder runs "
           "the packaged table (dry-run), no cluster, and acts on every event while it is "
@@ -559,7 +559,7 @@ def section_storm(profile: Profile, gen: Generator, workdir: Path) -> None:
           f"{EVENT['output_fields']['k8s.pod.name']}, distinct uuids, 4 keep-alive "
           f"connections; coalesce_seconds 300, RESPONDER_SLACK_WINDOW_SECONDS "
           f"{profile.slack_window:g}, RESPONDER_KUBE_QPS/BURST at their defaults "
-          f"({defaults.kube_qps:g}/{defaults.kube_burst}); "
+          f"({defaults.kubernetes.qps:g}/{defaults.kubernetes.burst}); "
           "the Kubernetes API (2 nodes) and Slack are the local stand-ins from tests/")
     modes = ("web-api", "webhook")
     with ExitStack() as stack:
@@ -757,16 +757,16 @@ def act_flood(profile: Profile, tta, api, env: dict[str, str], workdir: Path) ->
     print(f"\n{profile.flood:,} alerts for {profile.flood:,} pods posted in {posting:.2f} s "
           f"(statuses {poster.statuses}); the responder's requests in the first "
           f"{profile.flood_watch:g} s, against RESPONDER_KUBE_QPS/BURST "
-          f"{defaults.kube_qps:g}/{defaults.kube_burst} (containment: pod reads and "
-          f"actions) and RESPONDER_AUDIT_QPS/BURST {defaults.audit_qps:g}/"
-          f"{defaults.audit_burst} (audit Events)")
+          f"{defaults.kubernetes.qps:g}/{defaults.kubernetes.burst} (containment: pod reads and "
+          f"actions) and RESPONDER_AUDIT_QPS/BURST {defaults.kubernetes.audit_qps:g}/"
+          f"{defaults.kubernetes.audit_burst} (audit Events)")
     groups = {"containment": ([s.received for s in seen if s.resource == "pods"],
-                              defaults.kube_qps, defaults.kube_burst),
+                              defaults.kubernetes.qps, defaults.kubernetes.burst),
               "audit Events": ([s.received for s in seen if s.resource == "events"],
-                               defaults.audit_qps, defaults.audit_burst)}
+                               defaults.kubernetes.audit_qps, defaults.kubernetes.audit_burst)}
     groups["all"] = (groups["containment"][0] + groups["audit Events"][0],
-                     defaults.kube_qps + defaults.audit_qps,
-                     defaults.kube_burst + defaults.audit_burst)
+                     defaults.kubernetes.qps + defaults.kubernetes.audit_qps,
+                     defaults.kubernetes.burst + defaults.kubernetes.audit_burst)
     rows = []
     for name, (times, qps, burst) in groups.items():
         excess = tta.budget_excess(times, qps, burst)

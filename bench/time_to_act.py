@@ -210,8 +210,9 @@ def peak_per_second(times: list[float]) -> int:
 def redis_round_trips(url: str, state_dir: Path, samples: int) -> dict[str, tuple[float, float]]:
     """p50/p99 ms of each shared-state operation an alert makes, on Redis at `url` and on
     the one-replica SQLite state in `state_dir`."""
-    from responder.shared import LocalState, RedisState
-    from responder.store import EventStore
+    from responder.journal import EventStore
+    from responder.localstate import LocalState
+    from responder.shared import RedisState
 
     found = {}
     for name, state in (("redis", RedisState(url)), ("local", LocalState(EventStore(state_dir)))):

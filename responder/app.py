@@ -20,16 +20,17 @@ from .auth import TokenAuth
 from .errors import EventError, StorageError
 from .events import parse_event
 from .intake import Intake
+from .journal import EventStore
 from .lastgood import StartupTable, keep_copy, load_startup_table
+from .localstate import LocalState
 from .logs import clipped, configure_logging
 from .metrics import Metrics
 from .notify import SlackConfig, SlackNotifier, slack_status
 from .reload import TableReloader
 from .service import Responder
 from .settings import Settings
-from .shared import LocalState, RedisState
+from .shared import RedisState
 from .spool import SpoolWriter
-from .store import EventStore
 from .table import Table
 from .wakeup import WakeListener, WakeSender, Wakeups
 from .worker import Worker
@@ -48,32 +49,34 @@ def create_app(settings: Settings | None = None, *, table: Table | None = None,
     Tests pass their own parts; `start_worker=False` leaves the queue to `worker.run_pending`.
     """
     settings = settings or Settings.from_env()
-    configure_logging(settings.log_format, settings.log_level)
+    configure_logging(settings.log.format, settings.log.level)
     registry = registry or default_registry()
-    state_dir = Path(settings.state_dir).expanduser()
+    state_dir = Path(settings.storage.state_dir).expanduser()
     startup = StartupTable(table) if table else \
-        load_startup_table(settings.actions_file, registry, state_dir)
+        load_startup_table(settings.table.actions_file, registry, state_dir)
     if api_client is _UNSET:
         api_client, where = kube.connect(settings)
     else:
         where = "given" if api_client is not None else "no cluster"
-    slack = SlackConfig.from_env() if slack is _UNSET else slack
+    slack = settings.slack if slack is _UNSET else slack
     metrics = Metrics()
-    store = EventStore(state_dir, settings.max_pending, settings.drop_policy)
-    shared = RedisState(settings.redis_url) if settings.redis_url else LocalState(store)
+    store = EventStore(state_dir, settings.intake.max_pending, settings.intake.drop_policy)
+    redis_url = settings.storage.redis_url
+    shared = RedisState(redis_url) if redis_url else LocalState(store)
     notifier = SlackNotifier(slack, on_result=lambda r: metrics.inc(metrics.slack, r)) \
         if slack else None
     responder = Responder(settings, startup.table, registry, api_client, metrics=metrics,
                           store=store, shared=shared, notifier=notifier)
     spool_dir = store.path.parent / "spool"
-    worker = Worker(responder, store, settings.max_attempts, sync_seconds=settings.sync_seconds,
-                    retention_seconds=settings.retention_seconds,
-                    lease_seconds=settings.lease_seconds, spool_dir=spool_dir)
+    worker = Worker(responder, store, settings.intake.max_attempts,
+                    sync_seconds=settings.storage.sync_seconds,
+                    retention_seconds=settings.storage.retention_seconds,
+                    lease_seconds=settings.intake.lease_seconds, spool_dir=spool_dir)
     log_startup(responder, where, slack_status(slack))
 
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    spool = SpoolWriter(spool_dir) if settings.intake == "queue" else None
+    app.config["MAX_CONTENT_LENGTH"] = settings.intake.max_body_bytes
+    spool = SpoolWriter(spool_dir) if settings.intake.mode == "queue" else None
     app.extensions.update(responder=responder, worker=worker, store=store, spool=spool,
                           reloader=_start_reloader(settings, responder, startup))
     metrics.watch_queue(lambda: _queue_state(store, spool))
@@ -82,12 +85,12 @@ def create_app(settings: Settings | None = None, *, table: Table | None = None,
         # Our own worker (if any) and the queue worker process of `responder serve`.
         sender = app.extensions["wake_sender"] = WakeSender(spool_dir)
         intake = Intake(responder, store, spool, shared, Wakeups(worker.wake, sender),
-                        settings.retention_seconds)
+                        settings.storage.retention_seconds)
         if start_worker:
-            spool.start_sync(settings.sync_seconds)
+            spool.start_sync(settings.storage.sync_seconds)
             # "process" is `responder serve`'s to honour (it runs its server with "off");
             # served any other way, this process runs the queue itself.
-            if settings.worker != "off":
+            if settings.intake.worker != "off":
                 worker.start()
                 app.extensions["wakeup"] = WakeListener(spool_dir, worker.wake).start()
     _add_auth(app, settings, responder.metrics)
@@ -140,10 +143,10 @@ def _start_reloader(settings: Settings, responder: Responder,
     metrics = responder.metrics
     # 1 for the packaged default too: what serves is valid, and nothing is pending.
     metrics.table_valid.set(0 if startup.refused else 1)
-    if not settings.actions_file:
+    if not settings.table.actions_file:
         return None
-    state_dir = Path(settings.state_dir).expanduser()
-    source = settings.actions_file
+    state_dir = Path(settings.storage.state_dir).expanduser()
+    source = settings.table.actions_file
     refused = metrics.table_refused.labels(source)
     refused.set(1 if startup.refused else 0)
 
@@ -160,13 +163,13 @@ def _start_reloader(settings: Settings, responder: Responder,
     reloader = TableReloader(source, responder.registry, apply, refuse,
                              keep=lambda text: keep_copy(state_dir, source, text),
                              refused=startup.refused.problems if startup.refused else None)
-    if settings.reload_seconds > 0:
-        reloader.start(settings.reload_seconds)
+    if settings.table.reload_seconds > 0:
+        reloader.start(settings.table.reload_seconds)
     return reloader
 
 
 def _add_auth(app: Flask, settings: Settings, metrics: Metrics) -> None:
-    token = settings.token
+    token = settings.auth.token
     if token:
         auth = TokenAuth(token)
 
@@ -179,7 +182,7 @@ def _add_auth(app: Flask, settings: Settings, metrics: Metrics) -> None:
                     metrics.inc(metrics.rejected, "401")
                 return refused
             return None
-    if not token and not settings.tls_client_ca_file:
+    if not token and not settings.auth.tls_client_ca_file:
         logger.warning("NO AUTHENTICATION: anyone who can reach this port can send events. "
                        "Set RESPONDER_AUTH_TOKEN(_FILE) or RESPONDER_TLS_CLIENT_CA_FILE.")
 
@@ -276,14 +279,14 @@ def log_startup(responder: Responder, where: str, slack: str) -> None:
     logger.info("settings: %s", responder.settings.describe())
     logger.info("action table %s: %d rule(s); cluster: %s",
                 responder.table.source, len(responder.table.rules), where)
-    logger.info("intake: %s, journal %s; %s", responder.settings.intake,
+    logger.info("intake: %s, journal %s; %s", responder.settings.intake.mode,
                 responder.store.path if responder.store else "-", slack)
     if not responder.armed:
         logger.warning("DRY-RUN: no action will change the cluster (%s)", _dry_run_cause(responder))
 
 
 def _dry_run_cause(responder: Responder) -> str:
-    if responder.settings.force_dry_run:
+    if responder.settings.table.force_dry_run:
         return "RESPONDER_DRY_RUN=true"
     if responder.api_client is None:
         return "no Kubernetes cluster configured"

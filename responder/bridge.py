@@ -160,7 +160,7 @@ class BufferedWorker(ASGIWorker):
     def load_wsgi(self) -> None:
         self.wsgi = self.app.wsgi()
         limit = getattr(self.wsgi, "config", {}).get("MAX_CONTENT_LENGTH") \
-            or Settings().max_body_bytes
+            or Settings().intake.max_body_bytes
         self.asgi = BufferedWSGI(self.wsgi, limit, self.cfg.threads)
 
     def handle_exit_signal(self) -> None:

@@ -70,7 +70,7 @@ def _serve(args: argparse.Namespace) -> int:
                  if v is not None}
     env = {**os.environ, **overrides}
     settings = Settings.from_env(env)
-    if settings.worker == "process" and settings.intake == "queue":
+    if settings.intake.worker == "process" and settings.intake.mode == "queue":
         from .supervise import Supervisor
 
         # The children check the table and the rest; a server that cannot start stops both.
@@ -156,8 +156,8 @@ def replay_events(stream: TextIO, table: Table, settings: Settings | None = None
         except EventError as exc:
             yield {"line": number, "error": str(exc)}
             continue
-        plan = plan_response(table, registry, event, own_namespace=settings.namespace,
-                             force_dry_run=settings.force_dry_run)
+        plan = plan_response(table, registry, event, own_namespace=settings.kubernetes.namespace,
+                             force_dry_run=settings.table.force_dry_run)
         yield replay_line(plan, executor.execute(plan))
 
 

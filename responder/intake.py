@@ -11,10 +11,10 @@ from typing import Any
 
 from .errors import StorageError
 from .events import parse_event
+from .journal import EventStore
 from .service import Responder, queued_body
 from .shared import SharedState, forget_dropped, report_dropped
 from .spool import SpoolWriter
-from .store import EventStore
 
 logger = logging.getLogger(__name__)
 RECENT_KEYS = 10_000

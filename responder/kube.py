@@ -16,8 +16,8 @@ logger = logging.getLogger(__name__)
 
 
 def connect(settings: Settings) -> tuple[client.ApiClient | None, str]:
-    """An API client per `settings.kube_mode`, and a description of where it points."""
-    mode = settings.kube_mode
+    """An API client per `settings.kubernetes.mode`, and a description of where it points."""
+    mode = settings.kubernetes.mode
     if mode in ("auto", "in-cluster"):
         try:
             config.load_incluster_config()

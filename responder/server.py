@@ -45,12 +45,12 @@ class ResponderServer(BaseApplication):
 def gunicorn_options(settings: Settings) -> dict[str, Any]:
     """Options shared by `responder serve` and the image (via responder.gunicorn_conf)."""
     return {**_tls_options(settings),
-        "bind": f"{settings.host}:{settings.port}",
-        "workers": settings.workers,
+        "bind": f"{settings.intake.host}:{settings.intake.port}",
+        "workers": settings.intake.workers,
         # gthread gave each connection a thread before its request arrived: two slow
         # clients stopped all intake. This asyncio worker reads each request whole first.
         "worker_class": "responder.bridge.BufferedWorker",
-        "threads": settings.threads,
+        "threads": settings.intake.threads,
         # The standard loop: nothing to install, and uvloop was not measurably faster here.
         "asgi_loop": "asyncio",
         # What a connection stalled in its headers can hold: 32 fields of up to 8 KiB (256 KiB;
@@ -94,14 +94,14 @@ def _worker_exit(server: Any, worker: Any) -> None:
 
 
 def _tls_options(settings: Settings) -> dict[str, Any]:
-    if not settings.tls_cert_file:
+    if not settings.auth.tls_cert_file:
         return {}
-    options: dict[str, Any] = {"certfile": settings.tls_cert_file,
-                               "keyfile": settings.tls_key_file}
-    if settings.tls_client_ca_file:
+    options: dict[str, Any] = {"certfile": settings.auth.tls_cert_file,
+                               "keyfile": settings.auth.tls_key_file}
+    if settings.auth.tls_client_ca_file:
         # Mutual TLS: a client without a cert signed by this CA fails the handshake and
         # never reaches the app.
-        options.update(ca_certs=settings.tls_client_ca_file, cert_reqs=ssl.CERT_REQUIRED)
+        options.update(ca_certs=settings.auth.tls_client_ca_file, cert_reqs=ssl.CERT_REQUIRED)
     return options
 
 
@@ -110,7 +110,7 @@ def run_server(env: Mapping[str, str]) -> int:
     settings = Settings.from_env(env)
     # Fail here, with every table error listed, rather than in each gunicorn worker; a
     # refused table with a last good copy kept serves that copy (responder.lastgood).
-    load_startup_table(settings.actions_file, default_registry(), settings.state_dir)
+    load_startup_table(settings.table.actions_file, default_registry(), settings.storage.state_dir)
     ResponderServer(settings, gunicorn_options(settings)).run()
     return 0
 
@@ -127,11 +127,13 @@ def run_worker(metrics_port: int, stop: threading.Event) -> int:
 
     from .app import create_app, shutdown
 
-    settings = dataclasses.replace(Settings.from_env(), worker="thread", intake="queue")
+    settings = Settings.from_env()
+    settings = dataclasses.replace(settings, intake=dataclasses.replace(
+        settings.intake, worker="thread", mode="queue"))
     app = create_app(settings)
     if metrics_port:
         # Action outcomes, Slack sends and limit trips are counted here, not by the servers.
-        start_http_server(metrics_port, addr=settings.host,
+        start_http_server(metrics_port, addr=settings.intake.host,
                           registry=app.extensions["responder"].metrics.registry)
     gc.freeze()
     stop.wait()

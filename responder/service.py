@@ -16,13 +16,13 @@ from .decisions import Plan, plan_response
 from .events import Event
 from .executor import ActionReport, Executor
 from .guardrails import Guardrails
+from .journal import EventStore
 from .kube import ThrottledApiClient
 from .logs import clipped
 from .metrics import Metrics
 from .notify import SlackNotifier, notify_choices
 from .settings import Settings
 from .shared import SharedState
-from .store import EventStore
 from .table import Table
 
 logger = logging.getLogger(__name__)
@@ -58,9 +58,9 @@ class Responder:
         if api_client is None:
             return Executor(None, idle_reason="no Kubernetes cluster configured",
                             metrics=self.metrics)
-        timeout = self.settings.kube_timeout
+        timeout = self.settings.kubernetes.timeout
         self.recorder = EventRecorder(CoreV1Api(self._audit_client(api_client)), timeout)
-        self.audit = AuditQueue(self.recorder) if self.settings.intake == "queue" \
+        self.audit = AuditQueue(self.recorder) if self.settings.intake.mode == "queue" \
             else self.recorder
         if self.shared is not None:
             api_client = ThrottledApiClient.wrap(api_client, self._throttle)
@@ -69,7 +69,8 @@ class Responder:
         if self.shared is not None:
             guardrails = Guardrails(
                 self.table.limits, self.shared, core, timeout,
-                own_pod=(self.settings.namespace, self.settings.pod_name), alert=self.alert,
+                own_pod=(self.settings.kubernetes.namespace, self.settings.kubernetes.pod_name),
+                alert=self.alert,
                 on_trip=lambda name: self.metrics.inc(self.metrics.limit_trips, name))
         return Executor(self.registry.instantiate(core, timeout), metrics=self.metrics,
                         guardrails=guardrails, shared=self.shared,
@@ -90,8 +91,8 @@ class Responder:
 
     def plan(self, event: Event) -> Plan:
         return plan_response(self.table, self.registry, event,
-                             own_namespace=self.settings.namespace,
-                             force_dry_run=self.settings.force_dry_run)
+                             own_namespace=self.settings.kubernetes.namespace,
+                             force_dry_run=self.settings.table.force_dry_run)
 
     def respond(self, event: Event) -> dict[str, Any]:
         """Inline intake: plan, act, and return the reply body for the event."""
@@ -129,10 +130,11 @@ class Responder:
         return ThrottledApiClient.wrap(api_client, self._audit_throttle)
 
     def _throttle(self) -> None:
-        self._take("kube-api", self.settings.kube_qps, self.settings.kube_burst)
+        self._take("kube-api", self.settings.kubernetes.qps, self.settings.kubernetes.burst)
 
     def _audit_throttle(self) -> None:
-        self._take("kube-audit", self.settings.audit_qps, self.settings.audit_burst)
+        kubernetes = self.settings.kubernetes
+        self._take("kube-audit", kubernetes.audit_qps, kubernetes.audit_burst)
 
     def _take(self, bucket: str, qps: float, burst: int) -> None:
         while (wait := self.shared.take_token(bucket, qps, burst)) > 0:
@@ -146,7 +148,7 @@ class Responder:
     @property
     def armed(self) -> bool:
         """True when at least one table rule would really act on a cluster."""
-        if self.api_client is None or self.settings.force_dry_run:
+        if self.api_client is None or self.settings.table.force_dry_run:
             return False
         return any(not self.table.is_dry_run(rule) for rule in self.table.rules)
 

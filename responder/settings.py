@@ -1,248 +1,252 @@
-"""Settings: parsed once from RESPONDER_* environment variables, typed, failing fast."""
+"""Settings: parsed once from RESPONDER_* environment variables, typed, failing fast.
+
+Grouped by concern (intake, kubernetes, auth, storage, table, log, slack); each field names
+its variable, default and parser in one place, and `envvars.read_fields` is the one reader
+of them all (secrets from `<NAME>_FILE` included).
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .envvars import (
+    BadValue,
+    describe,
+    non_negative_float,
+    one_of,
+    parse_bool,
+    positive_float,
+    positive_int,
+    read_fields,
+    readable_file,
+    setting,
+    variables,
+)
 from .errors import ConfigError
+from .notify.config import SlackConfig
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-KUBE_MODES = ("auto", "in-cluster", "kubeconfig", "none")
-LOG_FORMATS = ("text", "json")
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-INTAKES = ("queue", "inline")
-WORKER_MODES = ("process", "thread", "off")
-DROP_POLICIES = ("drop-new", "drop-oldest")
+PREFIX = "RESPONDER_"
 
 
-def _env(name: str, doc: str, default: Any, secret: bool = False) -> Any:
-    return field(default=default, metadata={"env": name, "doc": doc, "secret": secret},
-                 repr=not secret)
+def _port(raw: str) -> int:
+    value = int(raw)
+    if not 0 < value < 65536:
+        raise BadValue("must be between 1 and 65535")
+    return value
+
+
+def _body_bytes(raw: str) -> int:
+    value = int(raw)
+    if value < 1024:
+        raise BadValue("must be at least 1024")
+    return value
+
+
+def _redis_url(raw: str) -> str:
+    if not raw.startswith(("redis://", "rediss://", "unix://")):
+        # The URL may hold a password: never echo it.
+        raise BadValue("must start with redis://, rediss:// or unix://")
+    return raw
 
 
 @dataclass(frozen=True)
-class Settings:
-    """Everything the service can be told; each field names its environment variable."""
+class IntakeSettings:
+    """How events come in (the HTTP server) and are worked off (the queue, its worker)."""
 
-    host: str = _env("RESPONDER_HOST", "address to listen on", "0.0.0.0")
-    port: int = _env("RESPONDER_PORT", "TCP port to listen on", 2801)
-    actions_file: str | None = _env(
-        "RESPONDER_ACTIONS_FILE", "action table YAML; unset = the packaged default", None)
-    force_dry_run: bool = _env(
-        "RESPONDER_DRY_RUN", "true forces dry-run for every rule, whatever the table says",
-        False)
-    max_body_bytes: int = _env("RESPONDER_MAX_BODY_BYTES", "largest accepted request body",
-                               1024 * 1024)
-    log_format: str = _env("RESPONDER_LOG_FORMAT", "text or json", "text")
-    log_level: str = _env("RESPONDER_LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR", "INFO")
-    kube_mode: str = _env("RESPONDER_KUBE_CONFIG",
-                          "auto (in-cluster, else kubeconfig, else none), in-cluster, "
-                          "kubeconfig or none", "auto")
-    kube_timeout: float = _env("RESPONDER_KUBE_TIMEOUT", "seconds per Kubernetes API call", 10.0)
-    namespace: str | None = _env(
-        "RESPONDER_NAMESPACE", "the responder's own namespace, always protected; "
-        "default: the service account's namespace", None)
-    workers: int = _env("RESPONDER_WORKERS", "gunicorn worker processes", 1)
+    host: str = setting("RESPONDER_HOST", "address to listen on", "0.0.0.0")
+    port: int = setting("RESPONDER_PORT", "TCP port to listen on", 2801, _port)
+    workers: int = setting("RESPONDER_WORKERS", "gunicorn worker processes", 1, positive_int)
     # Two: the intake is CPU-bound under the GIL, and more threads only contend for it
     # (measured in bench/: 4 threads took 15-25% off the rate at concurrency 8); the second
     # keeps a probe or a scrape answered while an event is in hand.
-    threads: int = _env("RESPONDER_THREADS",
-                        "threads per gunicorn worker running the app on requests read whole", 2)
-    auth_token: str | None = _env(
-        "RESPONDER_AUTH_TOKEN", "bearer token Falcosidekick must send (webhook.customheaders)",
-        None, secret=True)
-    auth_token_file: str | None = _env(
-        "RESPONDER_AUTH_TOKEN_FILE", "file holding the bearer token (a mounted Secret)", None)
-    tls_cert_file: str | None = _env("RESPONDER_TLS_CERT_FILE", "serve HTTPS with this cert",
-                                     None)
-    tls_key_file: str | None = _env("RESPONDER_TLS_KEY_FILE", "private key of the cert", None)
-    tls_client_ca_file: str | None = _env(
-        "RESPONDER_TLS_CLIENT_CA_FILE", "require client certs signed by this CA (mutual TLS)",
-        None)
-    intake: str = _env("RESPONDER_INTAKE",
-                       "queue: record durably, reply 202, act in a worker; inline: act before "
-                       "replying 200 (simple, but a slow API stalls Falcosidekick)", "queue")
-    worker: str = _env("RESPONDER_WORKER",
-                       "process: `responder serve` runs the queue in a process of its own "
-                       "beside the server; thread: in the serving process; off: intake only "
-                       "(run `responder work` yourself)", "process")
-    state_dir: str = _env("RESPONDER_STATE_DIR", "directory of the durable event journal",
-                          "~/.local/state/falco-responder")
-    metrics_dir: str | None = _env(
-        "RESPONDER_METRICS_DIR", "where `responder serve` keeps its processes' metrics files: "
-        "memory, off the state volume, whose filling must not crash a process "
-        "(default /dev/shm, else the system's temporary directory)", None)
-    max_pending: int = _env("RESPONDER_MAX_PENDING",
-                            "unfinished events kept before the drop policy applies", 100_000)
-    drop_policy: str = _env("RESPONDER_DROP_POLICY",
-                            "drop-new (keep the first events of a storm) or drop-oldest",
-                            "drop-new")
-    sync_seconds: float = _env("RESPONDER_SYNC_SECONDS",
-                               "interval of the batched fsync (WAL checkpoint)", 0.1)
-    max_attempts: int = _env("RESPONDER_MAX_ATTEMPTS",
-                             "tries of an event whose actions keep failing transiently", 20)
-    lease_seconds: float = _env(
+    threads: int = setting("RESPONDER_THREADS",
+                           "threads per gunicorn worker running the app on requests read whole",
+                           2, positive_int)
+    max_body_bytes: int = setting("RESPONDER_MAX_BODY_BYTES", "largest accepted request body",
+                                  1024 * 1024, _body_bytes)
+    mode: str = setting("RESPONDER_INTAKE",
+                        "queue: record durably, reply 202, act in a worker; inline: act before "
+                        "replying 200 (simple, but a slow API stalls Falcosidekick)", "queue",
+                        one_of("queue", "inline"))
+    worker: str = setting("RESPONDER_WORKER",
+                          "process: `responder serve` runs the queue in a process of its own "
+                          "beside the server; thread: in the serving process; off: intake "
+                          "only (run `responder work` yourself)", "process",
+                          one_of("process", "thread", "off"))
+    max_pending: int = setting("RESPONDER_MAX_PENDING",
+                               "unfinished events kept before the drop policy applies", 100_000,
+                               positive_int)
+    drop_policy: str = setting("RESPONDER_DROP_POLICY",
+                               "drop-new (keep the first events of a storm) or drop-oldest",
+                               "drop-new", one_of("drop-new", "drop-oldest"))
+    max_attempts: int = setting("RESPONDER_MAX_ATTEMPTS",
+                                "tries of an event whose actions keep failing transiently", 20,
+                                positive_int)
+    lease_seconds: float = setting(
         "RESPONDER_LEASE_SECONDS", "how long a worker holds a claimed event before another "
         "process may take it over (after a crash); longer than one event's slowest actions",
-        60.0)
-    retention_seconds: float = _env("RESPONDER_RETENTION_SECONDS",
-                                    "how long finished events (and their uuids) are kept", 86400)
+        60.0, positive_float)
+
+
+@dataclass(frozen=True)
+class KubernetesSettings:
+    """Which cluster, who the responder is in it, and how hard it may call the API."""
+
+    mode: str = setting("RESPONDER_KUBE_CONFIG",
+                        "auto (in-cluster, else kubeconfig, else none), in-cluster, "
+                        "kubeconfig or none", "auto",
+                        one_of("auto", "in-cluster", "kubeconfig", "none"))
+    timeout: float = setting("RESPONDER_KUBE_TIMEOUT", "seconds per Kubernetes API call", 10.0,
+                             positive_float)
+    namespace: str | None = setting(
+        "RESPONDER_NAMESPACE", "the responder's own namespace, always protected; "
+        "default: the service account's namespace", None)
+    pod_name: str | None = setting("RESPONDER_POD_NAME",
+                                   "the responder's own pod (never acted on)", None)
     # A responder reads and acts (2-3 requests an alert, no watch, no cache), where client-go's
     # 5/10 suit a controller that lists once and then watches (at 5/s, 4 alerts a second
     # queue without end). Burst 60: a burst of 20 alerts of the default table's label and
     # delete (read, PATCH, DELETE) runs at once; 20/s: 6-10 alerts a second after it
-    # (bench/run.py --sections time-to-act; README, "Time to act").
-    kube_qps: float = _env("RESPONDER_KUBE_QPS",
-                           "Kubernetes requests per second for containment (pod reads, "
-                           "actions)", 20.0)
-    kube_burst: int = _env("RESPONDER_KUBE_BURST", "Kubernetes request burst for containment",
-                           60)
-    audit_qps: float = _env("RESPONDER_AUDIT_QPS",
-                            "audit Event requests per second, a budget of their own beside "
-                            "RESPONDER_KUBE_QPS", 10.0)
-    audit_burst: int = _env("RESPONDER_AUDIT_BURST", "audit Event request burst", 25)
-    redis_url: str | None = _env("RESPONDER_REDIS_URL",
-                                 "share idempotency keys, coalescing windows and rate limits "
-                                 "between replicas", None, secret=True)
-    pod_name: str | None = _env("RESPONDER_POD_NAME", "the responder's own pod (never acted on)",
-                                None)
-    reload_seconds: float = _env(
+    # (bench/run.py --sections time-to-act; docs/benchmark.md, "Time to act").
+    qps: float = setting("RESPONDER_KUBE_QPS",
+                         "Kubernetes requests per second for containment (pod reads, actions)",
+                         20.0, positive_float)
+    burst: int = setting("RESPONDER_KUBE_BURST", "Kubernetes request burst for containment", 60,
+                         positive_int)
+    audit_qps: float = setting("RESPONDER_AUDIT_QPS",
+                               "audit Event requests per second, a budget of their own beside "
+                               "RESPONDER_KUBE_QPS", 10.0, positive_float)
+    audit_burst: int = setting("RESPONDER_AUDIT_BURST", "audit Event request burst", 25,
+                               positive_int)
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """Who may send events: a bearer token, client certificates, or both."""
+
+    token: str | None = setting(
+        "RESPONDER_AUTH_TOKEN", "bearer token Falcosidekick must send (webhook.customheaders); "
+        "or RESPONDER_AUTH_TOKEN_FILE, a file holding it (a mounted Secret)", None,
+        secret=True, from_file=True)
+    tls_cert_file: str | None = setting("RESPONDER_TLS_CERT_FILE",
+                                        "serve HTTPS with this cert", None, readable_file)
+    tls_key_file: str | None = setting("RESPONDER_TLS_KEY_FILE", "private key of the cert",
+                                       None, readable_file)
+    tls_client_ca_file: str | None = setting(
+        "RESPONDER_TLS_CLIENT_CA_FILE", "require client certs signed by this CA (mutual TLS)",
+        None, readable_file)
+
+    def __post_init__(self) -> None:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ConfigError("RESPONDER_TLS_CERT_FILE and RESPONDER_TLS_KEY_FILE: set both")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ConfigError("RESPONDER_TLS_CLIENT_CA_FILE: needs RESPONDER_TLS_CERT_FILE too")
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """Where state is kept: the journal on disk, metrics files, the shared Redis."""
+
+    state_dir: str = setting("RESPONDER_STATE_DIR", "directory of the durable event journal",
+                             "~/.local/state/falco-responder")
+    metrics_dir: str | None = setting(
+        "RESPONDER_METRICS_DIR", "where `responder serve` keeps its processes' metrics files: "
+        "memory, off the state volume, whose filling must not crash a process "
+        "(default /dev/shm, else the system's temporary directory)", None)
+    sync_seconds: float = setting("RESPONDER_SYNC_SECONDS",
+                                  "interval of the batched fsync (WAL checkpoint)", 0.1,
+                                  positive_float)
+    retention_seconds: float = setting("RESPONDER_RETENTION_SECONDS",
+                                       "how long finished events (and their uuids) are kept",
+                                       86400, positive_float)
+    redis_url: str | None = setting("RESPONDER_REDIS_URL",
+                                    "share idempotency keys, coalescing windows and rate "
+                                    "limits between replicas", None, _redis_url, secret=True)
+
+
+@dataclass(frozen=True)
+class TableSettings:
+    """The action table: where it is, how often to look for changes, and the dry-run lock."""
+
+    actions_file: str | None = setting(
+        "RESPONDER_ACTIONS_FILE", "action table YAML; unset = the packaged default", None)
+    force_dry_run: bool = setting(
+        "RESPONDER_DRY_RUN", "true forces dry-run for every rule, whatever the table says",
+        False, parse_bool)
+    reload_seconds: float = setting(
         "RESPONDER_RELOAD_SECONDS", "how often to look for a changed action table; 0 = never",
-        5.0)
+        5.0, non_negative_float)
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """How the service logs."""
+
+    format: str = setting("RESPONDER_LOG_FORMAT", "text or json", "text", one_of("text", "json"))
+    level: str = setting("RESPONDER_LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR", "INFO",
+                         one_of("DEBUG", "INFO", "WARNING", "ERROR", normalise=str.upper))
+
+
+#: The groups of Settings, by attribute.
+GROUPS: dict[str, type] = {
+    "intake": IntakeSettings, "kubernetes": KubernetesSettings, "auth": AuthSettings,
+    "storage": StorageSettings, "table": TableSettings, "log": LogSettings,
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service can be told, by concern; each field names its variable."""
+
+    intake: IntakeSettings = field(default_factory=IntakeSettings)
+    kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    table: TableSettings = field(default_factory=TableSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+    #: None: Slack is off (neither a webhook nor a token is set).
+    slack: SlackConfig | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read every RESPONDER_* variable; ConfigError names the first bad one."""
         env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = env.get(f.metadata["env"])
-            if raw is not None and raw != "":
-                values[f.name] = _convert(f.metadata["env"], raw, _PARSERS[f.name])
-        settings = cls(**values)
-        settings.validate()
-        if settings.namespace is None:
-            settings = replace(settings, namespace=_service_account_namespace())
+        groups = {name: group(**read_fields(group, env)) for name, group in GROUPS.items()}
+        settings = cls(**groups, slack=SlackConfig.from_env(env))
+        if settings.kubernetes.namespace is None:
+            kubernetes = replace(settings.kubernetes, namespace=_service_account_namespace())
+            settings = replace(settings, kubernetes=kubernetes)
         return settings
 
-    def validate(self) -> None:
-        for env, value, allowed in (("RESPONDER_LOG_FORMAT", self.log_format, LOG_FORMATS),
-                                    ("RESPONDER_KUBE_CONFIG", self.kube_mode, KUBE_MODES),
-                                    ("RESPONDER_LOG_LEVEL", self.log_level, LOG_LEVELS),
-                                    ("RESPONDER_INTAKE", self.intake, INTAKES),
-                                    ("RESPONDER_WORKER", self.worker, WORKER_MODES),
-                                    ("RESPONDER_DROP_POLICY", self.drop_policy, DROP_POLICIES)):
-            if value not in allowed:
-                raise ConfigError(f"{env}: must be one of {', '.join(allowed)}")
-        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://",
-                                                             "unix://")):
-            # The URL may hold a password: never echo it.
-            raise ConfigError("RESPONDER_REDIS_URL: must start with redis://, rediss:// or "
-                              "unix://")
-        if not 0 < self.port < 65536:
-            raise ConfigError("RESPONDER_PORT: must be between 1 and 65535")
-        if self.max_body_bytes < 1024:
-            raise ConfigError("RESPONDER_MAX_BODY_BYTES: must be at least 1024")
-        if self.auth_token is not None and self.auth_token_file is not None:
-            raise ConfigError("RESPONDER_AUTH_TOKEN and RESPONDER_AUTH_TOKEN_FILE: set only one")
-        if bool(self.tls_cert_file) != bool(self.tls_key_file):
-            raise ConfigError("RESPONDER_TLS_CERT_FILE and RESPONDER_TLS_KEY_FILE: set both")
-        if self.tls_client_ca_file and not self.tls_cert_file:
-            raise ConfigError("RESPONDER_TLS_CLIENT_CA_FILE: needs RESPONDER_TLS_CERT_FILE too")
-        for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file", "auth_token_file"):
-            _check_readable(self, name)
-
-    @property
-    def token(self) -> str | None:
-        """The bearer token, from the variable or the file; None when token auth is off."""
-        if self.auth_token_file:
-            return read_secret_file("RESPONDER_AUTH_TOKEN_FILE", self.auth_token_file)
-        return self.auth_token
+    @classmethod
+    def of(cls, **values: Any) -> Settings:
+        """Settings from Python values, each named as its variable without RESPONDER_, in
+        lower case (`state_dir=...`, `kube_qps=...`, `auth_token_file=...`); parsed and
+        checked exactly as from the environment. For tests and embedding."""
+        env = {f"{PREFIX}{name.upper()}": str(value) for name, value in values.items()
+               if value is not None}
+        unknown = sorted(set(env) - set(all_variables()))
+        if unknown:
+            raise TypeError(f"no such setting: {', '.join(unknown)}")
+        return cls.from_env(env)
 
     def describe(self) -> dict[str, Any]:
-        """Effective settings for the start-up log, secrets masked."""
-        return {f.metadata["env"]: ("***" if f.metadata["secret"] and getattr(self, f.name)
-                                    else getattr(self, f.name)) for f in fields(self)}
+        """Effective settings for the start-up log, secrets masked (Slack has its own line)."""
+        return {name: value for group in GROUPS for name, value in
+                describe(getattr(self, group)).items()}
 
 
-def _parse_bool(raw: str) -> bool:
-    lowered = raw.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("must be true or false")
-
-
-def _parse_positive_int(raw: str) -> int:
-    value = int(raw)
-    if value <= 0:
-        raise ValueError("must be a positive integer")
-    return value
-
-
-def _parse_non_negative_float(raw: str) -> float:
-    value = float(raw)
-    if value < 0:
-        raise ValueError("must be 0 or more")
-    return value
-
-
-def _parse_positive_float(raw: str) -> float:
-    value = float(raw)
-    if value <= 0:
-        raise ValueError("must be a positive number")
-    return value
-
-
-_PARSERS: dict[str, Callable[[str], Any]] = {
-    "host": str, "port": int, "actions_file": str, "force_dry_run": _parse_bool,
-    "max_body_bytes": _parse_positive_int, "log_format": str.lower, "log_level": str.upper,
-    "kube_mode": str.lower, "kube_timeout": _parse_positive_float, "namespace": str,
-    "workers": _parse_positive_int, "threads": _parse_positive_int,
-    "auth_token": str.strip, "auth_token_file": str, "tls_cert_file": str, "tls_key_file": str,
-    "tls_client_ca_file": str, "reload_seconds": _parse_non_negative_float,
-    "intake": str.lower, "worker": str.lower, "state_dir": str, "max_pending": _parse_positive_int,
-    "metrics_dir": str,
-    "drop_policy": str.lower, "sync_seconds": _parse_positive_float,
-    "max_attempts": _parse_positive_int, "retention_seconds": _parse_positive_float,
-    "lease_seconds": _parse_positive_float,
-    "kube_qps": _parse_positive_float, "kube_burst": _parse_positive_int, "redis_url": str,
-    "audit_qps": _parse_positive_float, "audit_burst": _parse_positive_int,
-    "pod_name": str,
-}
-
-
-def _convert(name: str, raw: str, parser: Callable[[str], Any]) -> Any:
-    try:
-        return parser(raw)
-    except ValueError as exc:
-        reason = str(exc) if "must" in str(exc) else f"cannot parse {raw!r}"
-        raise ConfigError(f"{name}: {reason}") from None
-
-
-def _check_readable(settings: Settings, name: str) -> None:
-    path = getattr(settings, name)
-    env = next(f.metadata["env"] for f in fields(settings) if f.name == name)
-    if path is not None and not os.access(path, os.R_OK):
-        raise ConfigError(f"{env}: cannot read {path}")
-
-
-def read_secret_file(env: str, path: str) -> str:
-    """The stripped text of a mounted secret file; ConfigError (naming `env`) otherwise."""
-    try:
-        value = Path(path).read_text("utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(f"{env}: cannot read {path}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{env}: {path} is not UTF-8 text") from None
-    if not value:
-        raise ConfigError(f"{env}: {path} is empty")
-    return value
+def all_variables() -> dict[str, str]:
+    """Every variable the responder reads, to its doc."""
+    found: dict[str, str] = {}
+    for group in (*GROUPS.values(), SlackConfig):
+        found.update(variables(group))
+    return found
 
 
 def _service_account_namespace() -> str | None:
@@ -250,3 +254,4 @@ def _service_account_namespace() -> str | None:
         return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or None
     except OSError:
         return None
+

@@ -1,5 +1,6 @@
 """State that several workers or replicas must agree on: idempotency keys, coalescing
-windows and rate limits. Local (SQLite, one replica) or Redis (every replica)."""
+windows and rate limits: the protocol, and Redis (every replica). One replica's own
+state, in SQLite beside the journal, is `responder.localstate`."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import time
 import uuid
 from typing import Protocol
 
-from .store import RESERVED_PREFIX, EventStore
+from .journal import EventStore
 
 logger = logging.getLogger(__name__)
+#: Marks a place held in a sliding-window limit, not yet a hit (never a pod uid or a key).
+RESERVED_PREFIX = "reserved:"
 
 
 class SharedState(Protocol):
@@ -64,39 +67,6 @@ def forget_dropped(shared: SharedState | None, key: str | None) -> None:
     except Exception as exc:  # noqa: BLE001 - e.g. Redis down
         logger.warning("cannot forget dropped event %s in the shared state (%s)", key,
                        type(exc).__name__)
-
-
-class LocalState:
-    """One replica: the event store's SQLite file is shared by its gunicorn workers."""
-
-    def __init__(self, store: EventStore):
-        self.store = store
-
-    def first_seen(self, key: str, seconds: float) -> bool:
-        return True  # the store's unique key already deduplicates on this replica
-
-    def forget(self, key: str) -> None:
-        pass  # a dropped event never reached the store's unique key
-
-    def open_window(self, key: str, seconds: float, member: str | None = None) -> int:
-        return self.store.open_window(key, seconds, member)
-
-    def close_window(self, key: str, member: str) -> None:
-        self.store.close_window(key, member)
-
-    def take_token(self, name: str, rate: float, burst: float) -> float:
-        return self.store.take_token(name, rate, burst)
-
-    def allow_in_window(self, name: str, limit: int, seconds: float,
-                        member: str | None = None) -> bool:
-        return self.store.allow_in_window(name, limit, seconds, member)
-
-    def reserve_in_window(self, name: str, limit: int, seconds: float,
-                          member: str) -> str | None:
-        return self.store.reserve_in_window(name, limit, seconds, member)
-
-    def settle_in_window(self, name: str, token: str, member: str, happened: bool) -> None:
-        self.store.settle_in_window(name, token, member, happened)
 
 
 # Token bucket, atomically in Redis: KEYS[1] bucket; ARGV rate, burst, now (seconds).

@@ -46,7 +46,7 @@ class Supervisor:
         self._stop = threading.Event()
 
     def run(self) -> int:
-        configure_logging(self.settings.log_format, self.settings.log_level)
+        configure_logging(self.settings.log.format, self.settings.log.level)
         # Values of an earlier run's processes must not be added to this run's.
         shutil.rmtree(self.metrics_dir, ignore_errors=True)
         self.metrics_dir.mkdir(parents=True)
@@ -86,12 +86,12 @@ class Supervisor:
         """True once the server accepts connections; False if it exited or we were told
         to stop first (then it is stopped)."""
         host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(
-            self.settings.host, self.settings.host)
+            self.settings.intake.host, self.settings.intake.host)
         while not self._stop.is_set():
             if server.poll() is not None:
                 return False
             try:
-                socket.create_connection((host, self.settings.port), timeout=1).close()
+                socket.create_connection((host, self.settings.intake.port), timeout=1).close()
                 return True
             except OSError:
                 self._stop.wait(0.1)
@@ -119,9 +119,9 @@ def metrics_directory(settings: Settings) -> Path:
     mapped file that cannot grow on a full disk kills its process with SIGBUS, so they
     must not share the state volume (which fills with the queue). Named after the state
     directory: one per service, cleared at each start, never one per crash."""
-    base = settings.metrics_dir or ("/dev/shm" if os.path.isdir("/dev/shm")
+    base = settings.storage.metrics_dir or ("/dev/shm" if os.path.isdir("/dev/shm")
                                     else tempfile.gettempdir())
-    state = str(Path(settings.state_dir).expanduser().resolve())
+    state = str(Path(settings.storage.state_dir).expanduser().resolve())
     return Path(base) / f"falco-responder-metrics-{hashlib.sha256(state.encode()).hexdigest()[:12]}"
 
 

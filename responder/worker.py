@@ -14,11 +14,11 @@ from .actions import Outcome, Result
 from .errors import EventError
 from .events import Event, parse_event
 from .executor import ActionReport, decision_fields, log_decision_fields
+from .journal import Added, Claimed, Closing, EventStore
 from .owners import owner_alive, process_owner
 from .service import Responder, log_received
 from .shared import report_dropped
 from .spool import read_segment, segments, writer_gone
-from .store import Added, Claimed, Closing, EventStore
 
 logger = logging.getLogger(__name__)
 LEASE_SECONDS = 60.0

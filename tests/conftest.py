@@ -66,7 +66,7 @@ def make_app(registry, tmp_path):
 
     def make(table, api_client=None, slack=None, start_worker=False, **settings):
         settings.setdefault("state_dir", str(tmp_path / f"state-{len(apps)}"))
-        app = create_app(Settings(**settings), table=table, registry=registry,
+        app = create_app(Settings.of(**settings), table=table, registry=registry,
                          api_client=api_client, slack=slack, start_worker=start_worker)
         apps.append(app)
         return app

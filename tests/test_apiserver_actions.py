@@ -183,7 +183,7 @@ def test_dry_run_sends_no_request_at_all(cluster, apiserver, shop, respond):
 
 def test_forced_dry_run_setting_overrides_an_armed_table(cluster, apiserver, shop,
                                                         make_app, make_table):
-    app = make_app(make_table(ARMED), api_client=apiserver.api_client(), force_dry_run=True,
+    app = make_app(make_table(ARMED), api_client=apiserver.api_client(), dry_run=True,
                    intake="inline")
     mark = apiserver.audit_mark()
     reply = app.test_client().post("/", data=json.dumps(

@@ -73,7 +73,7 @@ def test_no_auth_logs_a_loud_warning(make_app, make_table, capsys):
 
 
 def test_token_never_appears_in_logs_or_repr(make_app, make_table, capsys):
-    settings = Settings(auth_token="s3cret-token")
+    settings = Settings.of(auth_token="s3cret-token")
     make_app(make_table(ARMED), auth_token="s3cret-token")
     assert "s3cret-token" not in capsys.readouterr().out
     assert "s3cret-token" not in repr(settings) + str(settings.describe())

@@ -135,7 +135,7 @@ def kill_worker_during_a_delete(pid: int, kube, after: int) -> float:
 def test_a_journal_from_before_owners_and_audit_marks_is_upgraded_on_open(tmp_path):
     import sqlite3
 
-    from responder.store import EventStore
+    from responder.journal import EventStore
 
     old = sqlite3.connect(tmp_path / "events.sqlite3")
     old.executescript("""

@@ -7,8 +7,9 @@ from collections import Counter
 
 import pytest
 
-from responder.shared import LocalState, RedisState
-from responder.store import EventStore
+from responder.journal import EventStore
+from responder.localstate import LocalState
+from responder.shared import RedisState
 
 from .netcat import FULL_CID, delete_pod_table, netcat_event
 from .redisserver import RedisServer

@@ -11,9 +11,9 @@ from responder.decisions import plan_response
 from responder.events import parse_event
 from responder.executor import Executor
 from responder.guardrails import Guardrails
+from responder.journal import EventStore
+from responder.localstate import LocalState
 from responder.retry import RetryPolicy
-from responder.shared import LocalState
-from responder.store import EventStore
 
 from .netcat import FULL_CID, netcat_event
 

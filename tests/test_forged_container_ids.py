@@ -47,7 +47,7 @@ def send(cluster, tmp_path):
 
     def post(event, table=TABLE, registry=None):
         registry = registry or default_registry()
-        app = create_app(Settings(state_dir=str(tmp_path / f"state-{len(apps)}"),
+        app = create_app(Settings.of(state_dir=str(tmp_path / f"state-{len(apps)}"),
                                   intake="inline"),
                          table=parse_table(table, "test-table.yaml", registry),
                          registry=registry, api_client=cluster.api_client(), start_worker=False)

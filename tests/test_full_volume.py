@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from responder.store import EventStore
+from responder.journal import EventStore
 
 from .conftest import recorded_events
 from .test_faults import remote_status, responder_process, wait_finished

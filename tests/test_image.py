@@ -32,9 +32,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from responder.journal import EventStore
 from responder.server import gunicorn_options
 from responder.settings import Settings
-from responder.store import EventStore
 
 from .conftest import recorded_events
 

@@ -3,8 +3,8 @@
 import json
 import socket
 
+from responder.journal import EventStore
 from responder.spool import read_segment, segments
-from responder.store import EventStore
 
 from .conftest import recorded_events
 

@@ -3,7 +3,7 @@ outcomes and audit records. Time is an injected clock, so leases and delays run 
 
 import pytest
 
-from responder.store import Closing, EventStore
+from responder.journal import Closing, EventStore
 
 
 class Clock:

@@ -57,7 +57,7 @@ def mount(tmp_path):
 
 @pytest.fixture
 def app(mount, tmp_path):
-    app = create_app(Settings(actions_file=mount.path, reload_seconds=0, intake="inline",
+    app = create_app(Settings.of(actions_file=mount.path, reload_seconds=0, intake="inline",
                               state_dir=str(tmp_path / "state")), api_client=None, slack=None)
     yield app
     shutdown(app)
@@ -102,7 +102,7 @@ def test_invalid_new_table_keeps_the_last_good_one_and_says_why(capsys, app, mou
 def test_background_thread_reloads_without_help(mount):
     import time
 
-    app = create_app(Settings(actions_file=mount.path, reload_seconds=0.05, intake="inline",
+    app = create_app(Settings.of(actions_file=mount.path, reload_seconds=0.05, intake="inline",
                               state_dir=str(mount.root / "..state")), api_client=None, slack=None)
     try:
         mount.update(V2)

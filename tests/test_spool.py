@@ -180,7 +180,7 @@ def test_a_full_disk_is_a_507_naming_the_spool_never_a_500(tmp_path):
         "import json, resource, signal, sys\n"
         "from responder.app import create_app\n"
         "from responder.settings import Settings\n"
-        "app = create_app(Settings(state_dir=sys.argv[1]), api_client=None,"
+        "app = create_app(Settings.of(state_dir=sys.argv[1]), api_client=None,"
         " start_worker=False)\n"
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))\n"

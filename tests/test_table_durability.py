@@ -196,7 +196,7 @@ def test_an_unwritable_state_dir_only_loses_the_copy(tmp_path, caplog):
 
 
 def test_the_packaged_default_table_reads_as_valid(tmp_path):
-    app = create_app(Settings(intake="inline", state_dir=str(tmp_path)), api_client=None,
+    app = create_app(Settings.of(intake="inline", state_dir=str(tmp_path)), api_client=None,
                      slack=None)
     try:
         text = app.test_client().get("/metrics").get_data(as_text=True)

@@ -3,6 +3,10 @@
 The request path only inserts a row; the worker claims rows with a lease, records each
 action's outcome as it happens, and marks the row finished. A restart therefore resumes
 unfinished events and never repeats an action whose outcome was already recorded.
+
+The one-replica shared state (coalescing windows, rate limits: `responder.localstate`)
+lives in the same file and uses these connections and this write lock, but not this
+module's tables.
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ import os
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,16 +58,6 @@ CREATE TRIGGER IF NOT EXISTS depth_out AFTER UPDATE OF state ON events
 CREATE TRIGGER IF NOT EXISTS depth_gone AFTER DELETE ON events
     WHEN OLD.state IN ('pending', 'running')
     BEGIN UPDATE depth SET n = n - 1; END;
--- Coalescing windows remember the event that opened them, so its own retries still run.
-CREATE TABLE IF NOT EXISTS coalescing (key TEXT PRIMARY KEY, opener TEXT NOT NULL,
-                                       expires REAL NOT NULL, count INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS buckets (name TEXT PRIMARY KEY, tokens REAL NOT NULL,
-                                    updated REAL NOT NULL);
--- Sliding-window limits; a member (e.g. one pod's deletion, however often it is retried)
--- counts once per window.
-CREATE TABLE IF NOT EXISTS limit_hits (name TEXT NOT NULL, member TEXT NOT NULL,
-                                       at REAL NOT NULL, PRIMARY KEY (name, member));
-CREATE INDEX IF NOT EXISTS limit_hits_by_time ON limit_hits (name, at);
 -- How far each intake spool segment has been taken in, in the same commit as its events;
 -- offset -1 once it is read to its end and removed (kept a while, so a reader that was
 -- late cannot take it in again).
@@ -80,8 +73,6 @@ _DUE = ("WHERE (state = 'pending' AND not_before <= ?) "
         "OR (state = 'running' AND lease_until < ?)")
 # Waits for the write lock, in seconds: SQLite's own busy handler sleeps 1, 2, 5, 10 ... ms,
 # which alone would put the intake's p99 past 5 ms whenever the worker is committing.
-#: Marks a place held in a sliding-window limit, not yet a hit (never a pod uid or a key).
-RESERVED_PREFIX = "reserved:"
 _BUSY_WAITS = (0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002)
 _BUSY_GIVE_UP = 30.0
 
@@ -146,14 +137,16 @@ class EventStore:
         self._read_only = False  # a connection was opened while the file was read-only
         self._generation = 0  # of the connections; _reopen_all starts a new one
         try:
-            self._conn()
+            self.connection()
         except (OSError, sqlite3.Error) as exc:
             # A full or read-only volume must not stop a process from starting: it answers
             # 507 meanwhile, and the journal is set up on first use once there is room.
             logger.error("cannot open the journal %s now (%s); trying again on use",
                          self.path, exc)
 
-    def _conn(self) -> sqlite3.Connection:
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection to the journal's file (opened, and the schema set up,
+        on first use). `responder.localstate` keeps its tables in the same file."""
         conn = getattr(self._local, "conn", None)
         if self._read_only and os.access(self.path, os.W_OK):
             self._reopen_all()
@@ -165,7 +158,7 @@ class EventStore:
             conn = sqlite3.connect(self.path, timeout=0, isolation_level=None,
                                    check_same_thread=False)
             try:
-                _retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL"))
+                retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL"))
                 # NORMAL: a commit survives a process crash at once; the WAL reaches the
                 # disk at each checkpoint, which `sync` runs on a timer (batched fsyncs).
                 conn.execute("PRAGMA synchronous=NORMAL")
@@ -177,7 +170,7 @@ class EventStore:
                 self._connections.append(conn)
                 self._read_only = self._read_only or not os.access(self.path, os.W_OK)
         if not self._ready:
-            _retry_busy(lambda: conn.executescript(SCHEMA))
+            retry_busy(lambda: conn.executescript(SCHEMA))
             _add_columns(conn)
             self._ready = True
         return conn
@@ -202,8 +195,9 @@ class EventStore:
             self._write_lock.release()
         logger.warning("the journal %s is writable again", self.path)
 
-    def _tx(self, conn: sqlite3.Connection | None = None) -> _transaction:
-        return _transaction(conn or self._conn(), self._write_lock)
+    def transaction(self, conn: sqlite3.Connection | None = None) -> _transaction:
+        """A write transaction, queued behind this process's other writers to the file."""
+        return _transaction(conn or self.connection(), self._write_lock)
 
     def close(self) -> None:
         with self._lock:
@@ -215,8 +209,8 @@ class EventStore:
     # --- intake --------------------------------------------------------------------
     def add(self, key: str, body: bytes) -> Added:
         """Record an event durably unless its key is known; honour the cap's drop policy."""
-        conn = self._conn()
-        with self._tx(conn):
+        conn = self.connection()
+        with self.transaction(conn):
             return self._insert(conn, key, body)
 
     def _insert(self, conn: sqlite3.Connection, key: str, body: bytes,
@@ -243,7 +237,7 @@ class EventStore:
     # --- the intake spool ------------------------------------------------------------
     def spool_offset(self, segment: str, conn: sqlite3.Connection | None = None) -> int:
         """Bytes of `segment` taken in so far; -1 once it is finished."""
-        row = (conn or self._conn()).execute(
+        row = (conn or self.connection()).execute(
             "SELECT offset FROM spool_offsets WHERE segment = ?", (segment,)).fetchone()
         return row[0] if row else 0
 
@@ -251,7 +245,7 @@ class EventStore:
                 records: list[tuple[str, bytes]]) -> list[Added] | None:
         """Insert a segment's records read from byte `start` and move its offset to `end`,
         in one commit; None if another process took them in first."""
-        with self._tx() as conn:
+        with self.transaction() as conn:
             if self.spool_offset(segment, conn) != start:
                 return None
             added = [self._insert(conn, key, body, keep_dropped=True) for key, body in records]
@@ -263,17 +257,17 @@ class EventStore:
     def spooled_records(self, segments: list[str]) -> dict[str, int]:
         """How many records of each named segment are in the journal."""
         marks = ",".join("?" * len(segments))
-        return dict(self._conn().execute(
+        return dict(self.connection().execute(
             f"SELECT segment, records FROM spool_offsets WHERE segment IN ({marks})",
             segments).fetchall()) if segments else {}
 
     def finish_segment(self, segment: str) -> None:
         """Mark a segment read to its end, durably (the caller deletes the file next: its
         events must be on disk in the journal first, not only in the page cache)."""
-        conn = self._conn()
+        conn = self.connection()
         conn.execute("PRAGMA synchronous=FULL")  # this commit fsyncs the WAL, and all before
         try:
-            with self._tx(conn):
+            with self.transaction(conn):
                 conn.execute("INSERT INTO spool_offsets VALUES (?, -1, 0, ?) ON CONFLICT "
                              "(segment) DO UPDATE SET offset = -1, finished = excluded.finished",
                              (segment, self.clock()))
@@ -297,11 +291,11 @@ class EventStore:
         lease, and another process may meanwhile have claimed what this one has not begun."""
         now = self.clock()
         lease_until = now + lease_seconds
-        conn = self._conn()
+        conn = self.connection()
         # A read first: an idle poll must not take the write lock the intake needs.
         if not conn.execute(f"SELECT id FROM events {_DUE} LIMIT 1", (now, now)).fetchone():
             return []
-        with self._tx(conn):
+        with self.transaction(conn):
             rows = conn.execute(
                 f"SELECT id, key, body, attempts, received FROM events {_DUE} "
                 "ORDER BY id LIMIT ?",
@@ -321,14 +315,14 @@ class EventStore:
             # claimed), and half a lease is left, renewed by heartbeats in a long action.
             # This saves a commit per event in a busy batch.
             return True
-        with self._tx() as conn:
+        with self.transaction() as conn:
             return conn.execute(
                 "UPDATE events SET lease_until = ? WHERE id = ? AND state = 'running' "
                 "AND lease_until = ?",
                 (self.clock() + lease_seconds, item.id, item.lease_until)).rowcount == 1
 
     def renew(self, event_id: int, lease_seconds: float) -> None:
-        with self._tx() as conn:
+        with self.transaction() as conn:
             conn.execute("UPDATE events SET lease_until = ? WHERE id = ?",
                          (self.clock() + lease_seconds, event_id))
 
@@ -337,7 +331,7 @@ class EventStore:
                ) -> None:
         """Remember one action's outcome as soon as it is known (renewing the lease in the
         same commit when `lease_seconds` is given), with its decision record to log."""
-        with self._tx() as conn:
+        with self.transaction() as conn:
             conn.execute("INSERT OR REPLACE INTO outcomes (event_id, idx, report, audit) "
                          "VALUES (?, ?, ?, ?)",
                          (event_id, index, json.dumps(report), _json_or_none(audit)))
@@ -346,7 +340,7 @@ class EventStore:
                              (self.clock() + lease_seconds, event_id))
 
     def recorded(self, event_id: int) -> dict[int, dict[str, Any]]:
-        rows = self._conn().execute("SELECT idx, report FROM outcomes WHERE event_id = ?",
+        rows = self.connection().execute("SELECT idx, report FROM outcomes WHERE event_id = ?",
                                     (event_id,)).fetchall()
         return {idx: json.loads(report) for idx, report in rows}
 
@@ -361,7 +355,7 @@ class EventStore:
         if not closings:
             return
         now = self.clock()
-        with self._tx() as conn:
+        with self.transaction() as conn:
             conn.executemany("INSERT OR REPLACE INTO outcomes (event_id, idx, report, audit) "
                              "VALUES (?, ?, ?, ?)",
                              [(c.event_id, i, json.dumps(r), _json_or_none(c.audits.get(i)))
@@ -375,7 +369,7 @@ class EventStore:
         """The audit records of these events not yet logged, in `event_ids` order."""
         if not event_ids:
             return []
-        conn = self._conn()
+        conn = self.connection()
         marks = ",".join("?" * len(event_ids))
         bodies = dict(conn.execute(f"SELECT id, body FROM events WHERE id IN ({marks}) "
                                    "AND audit_due = 1", event_ids).fetchall())
@@ -391,7 +385,7 @@ class EventStore:
         """Mark records as logged (one commit for a batch)."""
         if not logged:
             return
-        with self._tx() as conn:
+        with self.transaction() as conn:
             conn.executemany("UPDATE events SET audit_due = 0 WHERE id = ?",
                              [(d.event_id,) for d in logged if d.body is not None])
             conn.executemany("UPDATE outcomes SET audit = NULL WHERE event_id = ? AND idx = ?",
@@ -400,7 +394,7 @@ class EventStore:
     def unaudited_finished(self, alive: Callable[[str], bool]) -> list[int]:
         """Finished events with records not yet logged whose worker is gone (it died
         between its closing commit and its log lines)."""
-        rows = self._conn().execute(
+        rows = self.connection().execute(
             "SELECT id, owner FROM events WHERE state IN ('done', 'failed') AND (audit_due = 1 "
             "OR id IN (SELECT event_id FROM outcomes WHERE audit IS NOT NULL)) "
             "ORDER BY id").fetchall()
@@ -409,35 +403,35 @@ class EventStore:
     def release_dead_claims(self, alive: Callable[[str], bool]) -> int:
         """Put back in the queue, due now, the events claimed by processes that are gone
         (instead of waiting out their lease); returns how many."""
-        owners = [row[0] for row in self._conn().execute(
+        owners = [row[0] for row in self.connection().execute(
             "SELECT DISTINCT owner FROM events WHERE state = 'running' AND owner IS NOT NULL")]
         dead = [owner for owner in owners if not alive(owner)]
         released = 0
         for owner in dead:
-            with self._tx() as conn:
+            with self.transaction() as conn:
                 released += conn.execute(
                     "UPDATE events SET state = 'pending', not_before = 0, lease_until = NULL "
                     "WHERE state = 'running' AND owner = ?", (owner,)).rowcount
         return released
 
     def retry_later(self, event_id: int, delay: float, error: str) -> None:
-        with self._tx() as conn:
+        with self.transaction() as conn:
             conn.execute("UPDATE events SET state = 'pending', not_before = ?, error = ?, "
                          "lease_until = NULL WHERE id = ?",
                          (self.clock() + delay, error, event_id))
 
     # --- inspection and housekeeping ----------------------------------------------
     def pending(self) -> int:
-        return self._conn().execute("SELECT n FROM depth").fetchone()[0]
+        return self.connection().execute("SELECT n FROM depth").fetchone()[0]
 
     def oldest_pending_age(self) -> float:
-        row = self._conn().execute("SELECT MIN(received) FROM events "
+        row = self.connection().execute("SELECT MIN(received) FROM events "
                                    "WHERE state IN ('pending', 'running')").fetchone()
         return max(0.0, self.clock() - row[0]) if row and row[0] is not None else 0.0
 
     def status(self, key: str) -> dict[str, Any] | None:
-        row = self._conn().execute("SELECT id, state, attempts, error FROM events WHERE key = ?",
-                                   (key,)).fetchone()
+        row = self.connection().execute(
+            "SELECT id, state, attempts, error FROM events WHERE key = ?", (key,)).fetchone()
         if row is None:
             return None
         outcomes = self.recorded(row[0])
@@ -446,100 +440,19 @@ class EventStore:
 
     def sync(self) -> None:
         """Checkpoint the WAL: the batched fsync that makes recent commits power-safe."""
-        self._conn().execute("PRAGMA wal_checkpoint(PASSIVE)")
+        self.connection().execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def prune(self, keep_seconds: float) -> int:
         """Forget finished events older than `keep_seconds` (their keys stop deduplicating)."""
-        conn = self._conn()
+        conn = self.connection()
         cutoff = self.clock() - keep_seconds
-        with self._tx(conn):
+        with self.transaction(conn):
             conn.execute("DELETE FROM outcomes WHERE event_id IN (SELECT id FROM events "
                          "WHERE state IN ('done', 'failed') AND finished < ?)", (cutoff,))
             gone = conn.execute("DELETE FROM events WHERE state IN ('done', 'failed') "
                                 "AND finished < ?", (cutoff,)).rowcount
-            conn.execute("DELETE FROM coalescing WHERE expires < ?", (self.clock(),))
             conn.execute("DELETE FROM spool_offsets WHERE finished < ?", (cutoff,))
         return gone
-
-    # --- local shared state (one replica; Redis replaces it across replicas) -------
-    def open_window(self, key: str, seconds: float, member: str | None = None) -> int:
-        """Count an occurrence in `key`'s window; 1 means it opened a new window, or that
-        `member` is the one that opened it (a retry of the opening event)."""
-        now = self.clock()
-        member = member or uuid.uuid4().hex
-        conn = self._conn()
-        with self._tx(conn):
-            row = conn.execute("SELECT expires, count, opener FROM coalescing WHERE key = ?",
-                               (key,)).fetchone()
-            if row is None or row[0] <= now:
-                conn.execute("INSERT OR REPLACE INTO coalescing VALUES (?, ?, ?, 1)",
-                             (key, member, now + seconds))
-                return 1
-            if row[2] == member:
-                return 1
-            conn.execute("UPDATE coalescing SET count = count + 1 WHERE key = ?", (key,))
-            return row[1] + 1
-
-    def close_window(self, key: str, member: str) -> None:
-        with self._tx() as conn:
-            conn.execute("DELETE FROM coalescing WHERE key = ? AND opener = ?", (key, member))
-
-    def allow_in_window(self, name: str, limit: int, seconds: float,
-                        member: str | None = None) -> bool:
-        """Sliding window log: record a hit unless `limit` hits fall in the last `seconds`.
-        A `member` already recorded in the window is allowed again without a new hit."""
-        member = member or uuid.uuid4().hex
-        token = self.reserve_in_window(name, limit, seconds, member)
-        if token is None:
-            return False
-        self.settle_in_window(name, token, member, happened=True)
-        return True
-
-    def reserve_in_window(self, name: str, limit: int, seconds: float,
-                          member: str) -> str | None:
-        """Hold a place in the window for something about to be tried: None when `limit`
-        hits and held places fall in the last `seconds`; "" when `member` already counts
-        (a retry); else a token that counts until `settle_in_window` settles it."""
-        now = self.clock()
-        conn = self._conn()
-        with self._tx(conn):
-            conn.execute("DELETE FROM limit_hits WHERE name = ? AND at <= ?",
-                         (name, now - seconds))
-            if conn.execute("SELECT 1 FROM limit_hits WHERE name = ? AND member = ?",
-                            (name, member)).fetchone():
-                return ""
-            count = conn.execute("SELECT COUNT(*) FROM limit_hits WHERE name = ?",
-                                 (name,)).fetchone()
-            if count[0] >= limit:
-                return None
-            token = RESERVED_PREFIX + uuid.uuid4().hex
-            conn.execute("INSERT INTO limit_hits VALUES (?, ?, ?)", (name, token, now))
-        return token
-
-    def settle_in_window(self, name: str, token: str, member: str, happened: bool) -> None:
-        """A held place becomes a hit of `member` if the thing happened, else it is freed."""
-        if not token:
-            return
-        with self._tx() as conn:
-            if happened:
-                # OR IGNORE: `member` may count already (a concurrent try of the same pod).
-                conn.execute("UPDATE OR IGNORE limit_hits SET member = ? "
-                             "WHERE name = ? AND member = ?", (member, name, token))
-            conn.execute("DELETE FROM limit_hits WHERE name = ? AND member = ?", (name, token))
-
-    def take_token(self, name: str, rate: float, burst: float) -> float:
-        """Token bucket: 0 when a token was taken, else seconds until one is available."""
-        now = self.clock()
-        conn = self._conn()
-        with self._tx(conn):
-            row = conn.execute("SELECT tokens, updated FROM buckets WHERE name = ?",
-                               (name,)).fetchone()
-            tokens = burst if row is None else min(burst, row[0] + (now - row[1]) * rate)
-            wait = 0.0 if tokens >= 1 else (1 - tokens) / rate
-            if wait == 0.0:
-                tokens -= 1
-            conn.execute("INSERT OR REPLACE INTO buckets VALUES (?, ?, ?)", (name, tokens, now))
-        return wait
 
 
 def _json_or_none(value: dict[str, Any] | None) -> str | None:
@@ -551,7 +464,7 @@ def _add_columns(conn: sqlite3.Connection) -> None:
         have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
         if column not in have:
             try:
-                _retry_busy(lambda t=table, c=column, k=kind:
+                retry_busy(lambda t=table, c=column, k=kind:
                             conn.execute(f"ALTER TABLE {t} ADD COLUMN {c} {k}"))
             except sqlite3.OperationalError as exc:
                 if "duplicate column" not in str(exc):  # another process added it first
@@ -582,10 +495,10 @@ class _transaction:
 
 
 def _begin_immediate(conn: sqlite3.Connection) -> None:
-    _retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"))
+    retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"))
 
 
-def _retry_busy(statement: Callable[[], Any]) -> Any:
+def retry_busy(statement: Callable[[], Any]) -> Any:
     """Run a statement that needs the write lock, waiting for another process's lock in
     short steps."""
     deadline = time.monotonic() + _BUSY_GIVE_UP
