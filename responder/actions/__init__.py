@@ -2,19 +2,27 @@
 
 from .base import (
     Action,
+    Clearance,
+    Guard,
+    Kind,
+    Limit,
+    Limits,
     ObjectRef,
     Outcome,
     Param,
+    PodFacts,
     Rbac,
     Registry,
     Result,
     Target,
     api_failure,
     object_ref,
+    rbac_dict,
 )
 from .nodes import CordonNode
 from .pods import DeletePod, LabelPod
 
+#: Adding an action: its module here, and one line in this tuple.
 BUILTIN_ACTIONS = (DeletePod, LabelPod, CordonNode)
 
 
@@ -24,7 +32,8 @@ def default_registry() -> Registry:
 
 
 __all__ = [
-    "Action", "ObjectRef", "object_ref", "Outcome", "Param", "Rbac", "Registry", "Result",
-    "Target", "api_failure",
+    "Action", "Clearance", "Guard", "Kind", "Limit", "Limits", "ObjectRef", "object_ref",
+    "Outcome", "Param", "PodFacts", "Rbac", "rbac_dict", "Registry", "Result", "Target",
+    "api_failure",
     "CordonNode", "DeletePod", "LabelPod", "BUILTIN_ACTIONS", "default_registry",
 ]
