@@ -238,7 +238,7 @@ class Action:
     def describe(cls) -> dict[str, Any]:
         """Everything the action declares, for `responder actions` and docs/actions.md."""
         return {
-            "name": cls.name, "summary": (cls.__doc__ or "").strip().splitlines()[0],
+            "name": cls.name, "summary": next(iter((cls.__doc__ or "").strip().splitlines()), ""),
             "acts_on": f"{cls.acts_on.kind} ({cls.acts_on.api_version})" if cls.acts_on
             else None,
             "needs": list(cls.needs),
