@@ -1,4 +1,10 @@
-"""The response actions and the registry that names them."""
+"""The response actions and the registry that names them.
+
+Adding an action: one module here with an `Action` subclass declaring its name, needs,
+params, the object it acts on, its RBAC (each verb with why), its limits, `refusal`/`clear`
+where it has its own checks, and `reversal`/`undo`; one line in BUILTIN_ACTIONS; its tests.
+Then `responder actions --markdown > docs/actions.md`, and grant any new verb in
+manifests/rbac.yaml (tests fail until both match the declarations)."""
 
 from .base import (
     Action,
