@@ -79,12 +79,8 @@ def involved_object(report: ActionReport) -> ObjectRef | None:
     """
     if report.result.involved is not None:
         return report.result.involved
-    target = report.target
-    if "pod" in report.decision.needs and target.pod and target.namespace:
-        return ObjectRef("Pod", target.pod, target.namespace)
-    if "node" in report.decision.needs and target.node:
-        return ObjectRef("Node", target.node)
-    return None
+    kind = report.decision.acts_on
+    return kind.ref(report.target) if kind is not None else None
 
 
 def build_audit_event(event: Event, report: ActionReport, ref: ObjectRef, instance: str,

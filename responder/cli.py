@@ -1,4 +1,5 @@
-"""The `responder` command: serve, check an action table, replay recorded events."""
+"""The `responder` command: serve, check an action table, replay recorded events, list the
+actions."""
 
 from __future__ import annotations
 
@@ -60,6 +61,15 @@ def _parser() -> argparse.ArgumentParser:
                         help="instead, POST each event to a running responder and print replies")
     replay.add_argument("--token", help="bearer token for --to (or RESPONDER_REPLAY_TOKEN)")
     replay.set_defaults(run=_replay)
+
+    actions = sub.add_parser("actions", help="list every action: parameters, needs, limits, "
+                             "RBAC")
+    shape = actions.add_mutually_exclusive_group()
+    shape.add_argument("--json", action="store_const", const="json", dest="shape",
+                       help="as JSON")
+    shape.add_argument("--markdown", action="store_const", const="markdown", dest="shape",
+                       help="as the Markdown of docs/actions.md")
+    actions.set_defaults(run=_actions, shape="text")
     return parser
 
 
@@ -111,6 +121,20 @@ def _check(args: argparse.Namespace) -> int:
         print(f"{path}: OK, {len(table.rules)} rule(s)"
               f"{'' if table.dry_run else ', dry_run is OFF by default'}")
     return status
+
+
+def _actions(args: argparse.Namespace) -> int:
+    from .actions import default_registry
+    from .catalog import describe_actions, format_markdown, format_text
+
+    catalog = describe_actions(default_registry())
+    if args.shape == "json":
+        print(json.dumps(catalog, indent=2))
+    elif args.shape == "markdown":
+        sys.stdout.write(format_markdown(catalog))
+    else:
+        print(format_text(catalog))
+    return 0
 
 
 def _replay(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .actions import Registry, Target
+from .actions import Kind, Limits, Registry, Target
 from .events import Event
 from .table import Table, match_rules
 
@@ -30,6 +30,8 @@ class Decision:
     destructive: bool = False
     #: The table rule lets this destructive action act on an event it cannot verify.
     allow_unverified: bool = False
+    #: The kind of object the action acts on (Action.acts_on), for its audit Event.
+    acts_on: Kind | None = None
 
     @property
     def target_keys(self) -> tuple[str, ...]:
@@ -42,6 +44,8 @@ class Plan:
     event: Event
     matched: tuple[str, ...]
     decisions: tuple[Decision, ...]
+    #: The limits of the table the plan was made from: a reload never mixes two tables'.
+    limits: Limits = Limits()
 
 
 def resolve_target(event: Event) -> Target:
@@ -89,8 +93,8 @@ def plan_response(table: Table, registry: Registry, event: Event,
             reason = skip_reason(target, action.needs, protected)
             decisions.append(Decision(rule.name, spec.action, spec.params, target, action.needs,
                                       dry_run, reason, action.destructive,
-                                      rule.allow_unverified))
-    return Plan(event, tuple(r.name for r in rules), tuple(decisions))
+                                      rule.allow_unverified, action.acts_on))
+    return Plan(event, tuple(r.name for r in rules), tuple(decisions), table.limits)
 
 
 def skip_reason(target: Target, needs: tuple[str, ...], protected: set[str] | frozenset[str]

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -14,7 +12,6 @@ from typing import Any
 from .actions import Action, Outcome, Result, Target, api_failure
 from .decisions import Decision, Plan
 from .guardrails import (
-    Clearance,
     Guardrails,
     PodFacts,
     Verdict,
@@ -67,20 +64,21 @@ class _Run:
 
 
 class Executor:
-    """Runs decisions. With no actions (no cluster, or a replay) everything 'would run'."""
+    """Runs decisions. With no actions (no cluster, or a replay) everything 'would run'.
+    Live actions always run behind guardrails; the limits are the plan's own."""
 
     def __init__(self, actions: Mapping[str, Action] | None, idle_reason: str | None = None,
                  metrics: Metrics | None = None, guardrails: Guardrails | None = None,
-                 shared: SharedState | None = None, retry: RetryPolicy | None = None,
-                 coalesce_seconds: Callable[[], float] = lambda: 30.0):
+                 shared: SharedState | None = None, retry: RetryPolicy | None = None):
+        if actions is not None and guardrails is None:
+            # Without them, nothing checks the event's container, the own pod or any limit.
+            raise ValueError("an executor with live actions needs guardrails")
         self.actions = actions
         self.idle_reason = idle_reason
         self.metrics = metrics
         self.guardrails = guardrails
         self.shared = shared
         self.retry = retry or RetryPolicy()
-        self.coalesce_seconds = coalesce_seconds
-        self._cordon_lock = threading.Lock()
 
     def execute(self, plan: Plan, prior: Mapping[int, Result] | None = None,
                 record: Callable[[int, ActionReport], None] | None = None,
@@ -139,7 +137,7 @@ class Executor:
         if decision.table_rule in run.coalesced:
             return Result(Outcome.COALESCED, f"same table rule and target already handled "
                           f"{run.coalesced[decision.table_rule] - 1} time(s) within the last "
-                          f"{self.coalesce_seconds():g} s")
+                          f"{run.plan.limits.coalesce_seconds:g} s")
         if self.actions is None:
             return Result(Outcome.WOULD_RUN, self.idle_reason)
         if decision.dry_run:
@@ -155,12 +153,10 @@ class Executor:
         action = self.actions[decision.action]
         if "pod" in action.needs and (target.namespace, target.pod) in run.gone:
             return Result(Outcome.SKIPPED, "pod was deleted by an earlier action")
-        # Check and act under one lock for cordons: two threads must not both see room for
-        # "one more" cordon (nor both leave the last schedulable node).
-        with self._cordon_lock if decision.action == "cordon-node" else contextlib.nullcontext():
+        with action.exclusive():
             try:
-                clearance = self.guardrails.check(decision, target, run.pod, run.verification) \
-                    if self.guardrails else Clearance()
+                clearance = self.guardrails.check(action, decision, target, run.pod,
+                                                  run.verification, run.plan.limits)
             except Exception as exc:  # noqa: BLE001 - e.g. listing nodes failed
                 return Result(Outcome.FAILED, f"guardrail check failed: {api_failure(exc)}",
                               retryable=is_retryable(exc))
@@ -184,7 +180,7 @@ class Executor:
                     time.monotonic() - started)
 
     def _inspect_pod(self, run: _Run, prior: Mapping[int, Result]) -> None:
-        """Read the event's pod once, before any action changes it: its node for cordoning,
+        """Read the event's pod once, before any action changes it: its node for node actions,
         its containers and owners for the guardrails."""
         live = [d for i, d in enumerate(run.plan.decisions) if i not in prior
                 and not d.skip_reason and not d.dry_run and d.table_rule not in run.coalesced
@@ -207,7 +203,7 @@ class Executor:
         The event that opened a window is its member, so a retry of it still acts."""
         if self.shared is None:
             return
-        seconds = self.coalesce_seconds()
+        seconds = run.plan.limits.coalesce_seconds
         for index, decision in enumerate(run.plan.decisions):
             rule = decision.table_rule
             # Dry-run and idle decisions open no window: they must not hide a real response.

@@ -1,4 +1,7 @@
-"""Blast-radius guardrails, checked against the live cluster just before an action runs."""
+"""Blast-radius guardrails, checked against the live cluster just before an action runs.
+
+PodFacts and Clearance live in responder.actions (actions read and return them); they are
+named here too for the modules that use the guardrails."""
 
 from __future__ import annotations
 
@@ -12,26 +15,15 @@ from typing import Any
 from kubernetes.client import CoreV1Api
 from kubernetes.client.exceptions import ApiException
 
-from .actions import Outcome, Result, Target
+from .actions import Action, Clearance, Guard, Limits, PodFacts, Target
 from .decisions import Decision
 from .shared import SharedState
-from .table import Limits
 
+__all__ = ["Clearance", "Guardrails", "PodFacts", "Verdict", "Verification", "read_pod",
+           "unverified_reason", "verify_container"]
 logger = logging.getLogger(__name__)
-DELETIONS = "pod-deletions"  # the limit's name, in the shared state and the trips metric
 #: A container.id as Falco sends it: the 12-character short id or the full 64-character id.
 CONTAINER_ID = re.compile(r"\A(?:[0-9a-f]{12}|[0-9a-f]{64})\Z")
-
-
-@dataclass(frozen=True)
-class PodFacts:
-    """What the API says about the event's pod, read once per event before any action."""
-
-    exists: bool
-    node: str | None = None
-    uid: str | None = None
-    container_ids: tuple[str, ...] = ()
-    owner_kinds: tuple[str, ...] = ()
 
 
 def read_pod(core: CoreV1Api, target: Target, timeout: float) -> PodFacts:
@@ -146,97 +138,44 @@ def unverified_reason(decision: Decision, verification: Verification) -> str | N
             f"{decision.table_rule} may say allow_unverified: true)")
 
 
-@dataclass(frozen=True)
-class Clearance:
-    """The guardrails' answer for one action: `reason` to skip it; else run it and tell
-    `settle` the result (a deletion then counts against the limit only if it happened)."""
-
-    reason: str | None = None
-    settle: Callable[[Result], None] = lambda result: None
-
-
 class Guardrails:
-    """Decides whether an action may run now (a Clearance), and settles what it spent."""
+    """Decides whether an action may run now (a Clearance): the checks every action gets,
+    then the action's own (`Action.refusal`, `Action.clear`). Knows no action by name."""
 
-    def __init__(self, limits: Limits, shared: SharedState, core: CoreV1Api, timeout: float,
+    def __init__(self, shared: SharedState,
                  own_pod: tuple[str | None, str | None] = (None, None),
                  alert: Callable[[str], None] | None = None,
                  on_trip: Callable[[str], None] | None = None):
-        self.limits = limits
         self.shared = shared
-        self.core = core
-        self.timeout = timeout
         self.own_pod = own_pod
         self.alert = alert or (lambda text: None)
         self.on_trip = on_trip or (lambda name: None)
 
-    def check(self, decision: Decision, target: Target, pod: PodFacts | None,
-              verification: Verification) -> Clearance:
-        """Whether the action may run now; a destructive one must be run and settled."""
+    def check(self, action: Action, decision: Decision, target: Target, pod: PodFacts | None,
+              verification: Verification, limits: Limits) -> Clearance:
+        """Whether the action may run now under the plan's `limits`; a cleared action must be
+        run and its result settled."""
         if verification.verdict is Verdict.CONTRADICTED:
             # A node taken from a pod that is not the event's would be the wrong node, too.
             return Clearance(verification.reason)
-        if "pod" in decision.needs and (reason := self._pod_reason(decision, target, pod)):
+        if "pod" in decision.needs and (
+                reason := self._pod_reason(action, decision, target, pod, limits)):
             return Clearance(reason)
         if reason := unverified_reason(decision, verification):
             return Clearance(reason)
-        if decision.action == "delete-pod":
-            return self._reserve_deletion(target, pod)
-        if decision.action == "cordon-node":
-            return Clearance(self._cordon_limit(target.node))
-        return Clearance()
+        return action.clear(Guard(limits, self.shared, self._trip), target, pod)
 
-    def _pod_reason(self, decision: Decision, target: Target, pod: PodFacts | None
-                    ) -> str | None:
+    def _pod_reason(self, action: Action, decision: Decision, target: Target,
+                    pod: PodFacts | None, limits: Limits) -> str | None:
         own_namespace, own_name = self.own_pod
         if own_name and target.pod == own_name and own_namespace in (None, target.namespace):
             return "the responder's own pod"
         if pod is None or not pod.exists:
             return None  # the action itself reports "already gone" / "no longer exists"
-        if (decision.action == "delete-pod" and "DaemonSet" in pod.owner_kinds
-                and not _param(decision, "allow_daemonset")):
-            return "pod belongs to a DaemonSet (set allow_daemonset: true to delete it)"
-        if not pod.owner_kinds and self.limits.skip_standalone_pods:
+        if reason := action.refusal(pod, decision.params):
+            return reason
+        if not pod.owner_kinds and limits.skip_standalone_pods:
             return "standalone pod: nothing would recreate it (skip_standalone_pods is on)"
-        return None
-
-    def _reserve_deletion(self, target: Target, pod: PodFacts | None) -> Clearance:
-        """Hold a place in the deletion limit before the DELETE, so that concurrent deletes
-        never exceed it; it counts only once the API deleted the pod."""
-        limit = self.limits.max_pod_deletions_per_minute
-        # Keyed by the pod (its uid: a recreated pod is a new deletion), so the retries of
-        # one deletion after transient API errors count once, not once per attempt.
-        member = (pod.uid if pod and pod.uid else None) or f"{target.namespace}/{target.pod}"
-        token = self.shared.reserve_in_window(DELETIONS, limit, 60.0, member)
-        if token is None:
-            return Clearance(self._trip(DELETIONS,
-                                        f"pod deletion limit reached ({limit} per minute)"))
-        return Clearance(settle=lambda result: self._settle_deletion(token, member, result))
-
-    def _settle_deletion(self, token: str, member: str, result: Result) -> None:
-        # A 404 ("already gone"), a refusal or a replaced pod deleted nothing: its place
-        # goes back. A failure the event will retry may have deleted (a timeout after the
-        # API acted), so it keeps its place, which the retry then reuses.
-        happened = result.outcome is Outcome.DONE or (
-            result.outcome is Outcome.FAILED and result.retryable)
-        try:
-            self.shared.settle_in_window(DELETIONS, token, member, happened)
-        except Exception as exc:  # noqa: BLE001 - e.g. Redis down: the place just runs out
-            logger.warning("cannot settle a pod deletion in the limit (%s)", type(exc).__name__)
-
-    def _cordon_limit(self, node_name: str | None) -> str | None:
-        nodes = self.core.list_node(_request_timeout=self.timeout).items
-        cordoned = {n.metadata.name for n in nodes if n.spec and n.spec.unschedulable}
-        if node_name in cordoned:
-            return None  # the action reports "already cordoned"
-        limit = self.limits.max_cordoned_nodes
-        if len(cordoned) >= limit:
-            return self._trip("cordoned-nodes",
-                              f"cordon limit reached ({len(cordoned)} of at most {limit} "
-                              "nodes already cordoned)")
-        schedulable = [n for n in nodes if n.metadata.name not in cordoned]
-        if len(schedulable) <= 1:
-            return self._trip("last-node", "would cordon the last schedulable node")
         return None
 
     def _trip(self, name: str, reason: str) -> str:
@@ -244,7 +183,3 @@ class Guardrails:
         self.on_trip(name)
         self.alert(f"falco-responder guardrail tripped: {reason}. Actions are being skipped.")
         return reason
-
-
-def _param(decision: Decision, name: str) -> Any:
-    return decision.params.get(name, False)

@@ -120,23 +120,29 @@ DRAIN_SECONDS = 20.0
 
 def run_worker(metrics_port: int, stop: threading.Event) -> int:
     """`responder work`: the queue worker in a process of its own, beside intake-only
-    servers (RESPONDER_WORKER=off) sharing RESPONDER_STATE_DIR, until `stop` is set."""
+    servers (RESPONDER_WORKER=off) sharing RESPONDER_STATE_DIR, until `stop` is set.
+    Built by the same wiring as the web process, without a web app."""
     import dataclasses
 
     from prometheus_client import start_http_server
 
-    from .app import create_app, shutdown
+    from .wakeup import WakeListener
+    from .wiring import build_components, start_reloader, stop_components, watch_queue
 
     settings = Settings.from_env()
     settings = dataclasses.replace(settings, intake=dataclasses.replace(
         settings.intake, worker="thread", mode="queue"))
-    app = create_app(settings)
+    parts = build_components(settings)
+    reloader = start_reloader(parts)
+    watch_queue(parts, spool=None)  # this process spools nothing
+    parts.worker.start()
+    wakeup = WakeListener(parts.spool_dir, parts.worker.wake).start()
     if metrics_port:
         # Action outcomes, Slack sends and limit trips are counted here, not by the servers.
-        start_http_server(metrics_port, addr=settings.intake.host,
-                          registry=app.extensions["responder"].metrics.registry)
+        start_http_server(metrics_port, addr=settings.intake.host, registry=parts.metrics.registry)
     gc.freeze()
     stop.wait()
     # The servers stopped first (responder serve does that): what they took in is acted on.
-    shutdown(app, timeout=DRAIN_SECONDS)
+    wakeup.close()
+    stop_components(parts, reloader, timeout=DRAIN_SECONDS)
     return 0

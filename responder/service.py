@@ -35,8 +35,8 @@ class Responder:
     """Plans and runs the response to each event. Dependencies are passed in, never global."""
 
     def __init__(self, settings: Settings, table: Table, registry: Registry,
-                 api_client: ApiClient | None, *, metrics: Metrics | None = None,
-                 store: EventStore | None = None, shared: SharedState | None = None,
+                 api_client: ApiClient | None, *, shared: SharedState,
+                 metrics: Metrics | None = None, store: EventStore | None = None,
                  notifier: SlackNotifier | None = None):
         self.settings = settings
         self.registry = registry
@@ -62,19 +62,13 @@ class Responder:
         self.recorder = EventRecorder(CoreV1Api(self._audit_client(api_client)), timeout)
         self.audit = AuditQueue(self.recorder) if self.settings.intake.mode == "queue" \
             else self.recorder
-        if self.shared is not None:
-            api_client = ThrottledApiClient.wrap(api_client, self._throttle)
-        core = CoreV1Api(api_client)
-        guardrails = None
-        if self.shared is not None:
-            guardrails = Guardrails(
-                self.table.limits, self.shared, core, timeout,
-                own_pod=(self.settings.kubernetes.namespace, self.settings.kubernetes.pod_name),
-                alert=self.alert,
-                on_trip=lambda name: self.metrics.inc(self.metrics.limit_trips, name))
-        return Executor(self.registry.instantiate(core, timeout), metrics=self.metrics,
-                        guardrails=guardrails, shared=self.shared,
-                        coalesce_seconds=lambda: self.table.limits.coalesce_seconds)
+        throttled = ThrottledApiClient.wrap(api_client, self._throttle)
+        kubernetes = self.settings.kubernetes
+        guardrails = Guardrails(
+            self.shared, own_pod=(kubernetes.namespace, kubernetes.pod_name),
+            alert=self.alert, on_trip=lambda name: self.metrics.inc(self.metrics.limit_trips, name))
+        return Executor(self.registry.instantiate(throttled, timeout), metrics=self.metrics,
+                        guardrails=guardrails, shared=self.shared)
 
     @property
     def table(self) -> Table:
@@ -82,12 +76,10 @@ class Responder:
 
     @table.setter
     def table(self, table: Table) -> None:
-        # One attribute assignment: a request sees the old table or the new, never a mix.
+        # One attribute assignment: a request sees the old table or the new, never a mix;
+        # its limits travel with each plan made from it.
         self._table = table
         self.metrics.table_rules.set(len(table.rules))
-        guardrails = getattr(getattr(self, "executor", None), "guardrails", None)
-        if guardrails is not None:
-            guardrails.limits = table.limits
 
     def plan(self, event: Event) -> Plan:
         return plan_response(self.table, self.registry, event,
@@ -125,8 +117,6 @@ class Responder:
     def _audit_client(self, api_client: ApiClient) -> ApiClient:
         """Audit Events get a client (its own connections) and a budget of their own: a
         containment call never waits behind one, for a connection or for a token."""
-        if self.shared is None:
-            return api_client
         return ThrottledApiClient.wrap(api_client, self._audit_throttle)
 
     def _throttle(self) -> None:

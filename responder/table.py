@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from .actions import Registry
+from .actions import Limits, Registry
 from .errors import TableError
 from .events import Event, Priority
 
@@ -25,8 +25,8 @@ _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
     "==": operator.eq, "!=": operator.ne,
 }
 _TOP_KEYS = {"defaults", "rules"}
-_DEFAULT_KEYS = {"dry_run", "protected_namespaces", "coalesce_seconds",
-                 "max_pod_deletions_per_minute", "max_cordoned_nodes", "skip_standalone_pods"}
+#: The defaults every table has; the actions' limits (Action.limits) add theirs.
+_DEFAULT_KEYS = {"dry_run", "protected_namespaces", "coalesce_seconds", "skip_standalone_pods"}
 _RULE_KEYS = {"name", "match", "actions", "continue", "dry_run", "notify", "allow_unverified"}
 NOTIFIERS = ("slack",)
 _MATCH_KEYS = {"rules", "priority", "tags", "source", "output_fields"}
@@ -94,18 +94,6 @@ class TableRule:
     #: Destructive actions may act on events whose pod cannot be verified (no container.id,
     #: as in every k8s_audit event). Never on one whose container.id contradicts the pod.
     allow_unverified: bool = False
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Blast-radius limits from the table's `defaults`."""
-
-    #: Events for the same (table rule, namespace, pod) inside this window run once.
-    coalesce_seconds: float = 30.0
-    max_pod_deletions_per_minute: int = 10
-    #: Cordoning stops once this many nodes are unschedulable (existing cordons count).
-    max_cordoned_nodes: int = 1
-    skip_standalone_pods: bool = False
 
 
 @dataclass(frozen=True)
@@ -201,8 +189,8 @@ def _build_table(doc: Any, source: str, registry: Registry, problems: list[str])
     for key in sorted(set(doc) - _TOP_KEYS, key=str):
         top.add(str(key), "unknown key (known: defaults, rules)")
     defaults = _Problems(problems, "defaults")
-    dry_run, protected = _build_defaults(doc.get("defaults", {}), defaults)
-    limits = _build_limits(doc.get("defaults", {}), defaults)
+    dry_run, protected = _build_defaults(doc.get("defaults", {}), registry, defaults)
+    limits = _build_limits(doc.get("defaults", {}), registry, defaults)
     raw_rules = doc.get("rules")
     if not isinstance(raw_rules, list):
         top.add("rules", "must be a list" if "rules" in doc else "required key is missing")
@@ -212,12 +200,14 @@ def _build_table(doc: Any, source: str, registry: Registry, problems: list[str])
     return Table(source, tuple(rules), dry_run, protected, limits)
 
 
-def _build_defaults(raw: Any, problems: _Problems) -> tuple[bool, frozenset[str]]:
+def _build_defaults(raw: Any, registry: Registry, problems: _Problems
+                    ) -> tuple[bool, frozenset[str]]:
     if not isinstance(raw, dict):
         problems.add("", "must be a mapping")
         return True, frozenset({"kube-system"})
-    for key in sorted(set(raw) - _DEFAULT_KEYS, key=str):
-        problems.add(str(key), f"unknown key (known: {', '.join(sorted(_DEFAULT_KEYS))})")
+    known = _DEFAULT_KEYS | {limit.key for limit in registry.limits()}
+    for key in sorted(set(raw) - known, key=str):
+        problems.add(str(key), f"unknown key (known: {', '.join(sorted(known))})")
     dry_run = raw.get("dry_run", True)
     if not isinstance(dry_run, bool):
         problems.add("dry_run", "must be true or false")
@@ -229,26 +219,32 @@ def _build_defaults(raw: Any, problems: _Problems) -> tuple[bool, frozenset[str]
     return dry_run, frozenset(protected)
 
 
-def _build_limits(raw: Any, problems: _Problems) -> Limits:
+def _build_limits(raw: Any, registry: Registry, problems: _Problems) -> Limits:
     if not isinstance(raw, dict):
         return Limits()
     values: dict[str, Any] = {}
-    for name, kind, low in (("coalesce_seconds", (int, float), 0),
-                            ("max_pod_deletions_per_minute", (int,), 0),
-                            ("max_cordoned_nodes", (int,), 0)):
-        value = raw.get(name)
+    coalesce = raw.get("coalesce_seconds")
+    if coalesce is not None:
+        if isinstance(coalesce, bool) or not isinstance(coalesce, int | float) or coalesce < 0:
+            problems.add("coalesce_seconds", "must be a number of at least 0")
+        else:
+            values["coalesce_seconds"] = coalesce
+    declared: dict[str, int] = {}
+    for limit in registry.limits():
+        value = raw.get(limit.key)
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, kind) or value < low:
-            problems.add(name, f"must be a number of at least {low}")
-        else:
-            values[name] = value
+        found = limit.problems(value)
+        for problem in found:
+            problems.add(limit.key, problem)
+        if not found:
+            declared[limit.key] = value
     standalone = raw.get("skip_standalone_pods", False)
     if not isinstance(standalone, bool):
         problems.add("skip_standalone_pods", "must be true or false")
     else:
         values["skip_standalone_pods"] = standalone
-    return Limits(**values)
+    return Limits(**values, declared=declared)
 
 
 def _build_rule(index: int, raw: Any, registry: Registry, sink: list[str]) -> TableRule:

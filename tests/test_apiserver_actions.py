@@ -4,7 +4,6 @@ outcomes (done, already-done, 404, 409 on the uid precondition) and the requests
 import json
 
 import pytest
-from kubernetes import client
 
 from responder.actions import Outcome, Target, default_registry
 
@@ -145,7 +144,7 @@ def test_already_cordoned_node_is_a_success_without_a_patch(cluster, apiserver, 
 
 def test_delete_with_the_uid_of_a_replaced_pod_is_refused_by_the_server(cluster, admin_api,
                                                                         shop):
-    action = default_registry().instantiate(client.CoreV1Api(admin_api), 5)["delete-pod"]
+    action = default_registry().instantiate(admin_api, 5)["delete-pod"]
     old_uid = "9d6f0c4e-0000-4000-8000-000000000000"
     result = action.run(Target(cluster.namespace, "web", pod_uid=old_uid), {})
     # 409 "Precondition failed: UID in precondition ... UID in object meta ...".
@@ -155,7 +154,7 @@ def test_delete_with_the_uid_of_a_replaced_pod_is_refused_by_the_server(cluster,
 
 
 def test_delete_with_the_current_uid_deletes(cluster, admin_api, shop):
-    action = default_registry().instantiate(client.CoreV1Api(admin_api), 5)["delete-pod"]
+    action = default_registry().instantiate(admin_api, 5)["delete-pod"]
     uid = cluster.pod("web").metadata.uid
     result = action.run(Target(cluster.namespace, "web", pod_uid=uid),
                         {"grace_period_seconds": 0})

@@ -8,10 +8,14 @@ import pytest
 from kubernetes import client
 
 from responder.actions import ObjectRef, Outcome, Result, Target
+from responder.actions.pods import POD
 from responder.audit import EventRecorder
 from responder.decisions import Decision, plan_response
 from responder.events import event_from_dict
 from responder.executor import ActionReport, Executor
+from responder.guardrails import Guardrails
+from responder.journal import EventStore
+from responder.localstate import LocalState
 
 from .netcat import CID, FULL_CID
 
@@ -57,19 +61,23 @@ def pod(cluster):
 
 
 @pytest.fixture
-def respond(core, make_table, registry):
+def respond(core, make_table, registry, tmp_path):
     """Run the armed table against the apiserver; the action reports."""
     table = make_table(ARMED)
-    executor = Executor(registry.instantiate(core, 5))
+    store = EventStore(tmp_path)
+    executor = Executor(registry.instantiate(core.api_client, 5),
+                        guardrails=Guardrails(LocalState(store)))
 
     def run(event):
         return executor.execute(plan_response(table, registry, event))
-    return run
+    yield run
+    store.close()
 
 
 def report(namespace, outcome, dry_run=False, involved=None, reason=None):
     target = Target(namespace, "web-1", "node-1")
-    decision = Decision("kill-shells", "delete-pod", {}, target, ("namespace", "pod"), dry_run)
+    decision = Decision("kill-shells", "delete-pod", {}, target, ("namespace", "pod"), dry_run,
+                        acts_on=POD)
     return ActionReport(decision, target, Result(outcome, reason, involved))
 
 

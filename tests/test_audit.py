@@ -12,6 +12,7 @@ import pytest
 from kubernetes import client
 
 from responder.actions import ObjectRef, Outcome, Result, Target
+from responder.actions.pods import POD
 from responder.audit import EventRecorder, event_name
 from responder.decisions import Decision
 from responder.events import event_from_dict
@@ -42,7 +43,8 @@ def recorder(core):
 
 def report(outcome, dry_run=False, involved=None, reason=None):
     target = Target("prod", "web-1", "node-1")
-    decision = Decision("kill-shells", "delete-pod", {}, target, ("namespace", "pod"), dry_run)
+    decision = Decision("kill-shells", "delete-pod", {}, target, ("namespace", "pod"), dry_run,
+                        acts_on=POD)
     return ActionReport(decision, target, Result(outcome, reason, involved))
 
 

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from responder.actions import Outcome, Result, Target
+from responder.actions.pods import POD
 from responder.auditqueue import AuditQueue
 from responder.decisions import Decision
 from responder.events import event_from_dict
@@ -103,7 +104,8 @@ class SlowRecorder:
 
 def report(outcome: Outcome, dry_run: bool = False) -> ActionReport:
     target = Target("shop", "web", "node-a")
-    decision = Decision("quarantine", "label-pod", {}, target, ("namespace", "pod"), dry_run)
+    decision = Decision("quarantine", "label-pod", {}, target, ("namespace", "pod"), dry_run,
+                        acts_on=POD)
     return ActionReport(decision, target, Result(outcome))
 
 

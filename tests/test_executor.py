@@ -5,7 +5,6 @@ an injected recorder, so nothing here sleeps."""
 import json
 
 import pytest
-from kubernetes.client import CoreV1Api
 
 from responder.decisions import plan_response
 from responder.events import parse_event
@@ -58,13 +57,11 @@ def run(cluster, store, make_table, registry):
     waits the executor asked for, `run.executor` the last executor built."""
     def execute(text: str, event: dict, own_pod=(None, None), prior=None, record=None):
         table = make_table(text)
-        core = CoreV1Api(cluster.api_client())
         shared = LocalState(store)
-        guardrails = Guardrails(table.limits, shared, core, 5.0, own_pod=own_pod)
+        guardrails = Guardrails(shared, own_pod=own_pod)
         execute.executor = Executor(
-            registry.instantiate(core, 5.0), guardrails=guardrails, shared=shared,
-            retry=RetryPolicy(sleep=execute.waits.append),
-            coalesce_seconds=lambda: table.limits.coalesce_seconds)
+            registry.instantiate(cluster.api_client(), 5.0), guardrails=guardrails,
+            shared=shared, retry=RetryPolicy(sleep=execute.waits.append))
         plan = plan_response(table, registry, parse_event(json.dumps(event).encode()))
         reports = execute.executor.execute(plan, prior=prior, record=record)
         return [(r.decision.action, str(r.result.outcome), r.result.reason) for r in reports]

@@ -20,6 +20,7 @@ import yaml
 from kubernetes_validate.utils import latest_version
 
 from responder.actions import default_registry
+from responder.permissions import required_permissions
 from responder.table import load_table, parse_table
 
 from .apiserver import kubectl_binary
@@ -32,8 +33,6 @@ APP_LABELS = {"app.kubernetes.io/name": "falco-responder"}
 REDIS = "falco-responder-redis"
 # The oldest Kubernetes minor we claim to support, and the newest the schemas know.
 KUBE_VERSIONS = ("1.30", latest_version())
-# Beyond what the actions declare: every action is recorded as an Event (the audit trail).
-AUDIT_PERMISSIONS = {("", "events", "create")}
 SERVICE_DNS_NAMES = {"falco-responder", "falco-responder.falco-responder",
                      "falco-responder.falco-responder.svc",
                      "falco-responder.falco-responder.svc.cluster.local"}
@@ -148,11 +147,9 @@ def test_the_example_secret_is_valid_but_not_rendered(rendered, version):
 # --- RBAC ----------------------------------------------------------------------------------
 
 def declared_permissions() -> set[tuple[str, str, str]]:
-    """(apiGroup, resource, verb) the registered actions need, plus the audit Events."""
-    registry = default_registry()
-    needed = {(rule.api_group, rule.resource, verb)
-              for action in registry for rule in action.rbac for verb in rule.verbs}
-    return needed | AUDIT_PERMISSIONS
+    """(apiGroup, resource, verb) the registered actions declare, plus the responder's own
+    needs (responder.permissions.OWN_RBAC: the audit Events)."""
+    return required_permissions(default_registry())
 
 
 def granted_permissions(role: dict) -> set[tuple[str, str, str]]:

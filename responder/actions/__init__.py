@@ -1,20 +1,34 @@
-"""The response actions and the registry that names them."""
+"""The response actions and the registry that names them.
+
+Adding an action: one module here with an `Action` subclass declaring its name, needs,
+params, the object it acts on, its RBAC (each verb with why), its limits, `refusal`/`clear`
+where it has its own checks, and `reversal`/`undo`; one line in BUILTIN_ACTIONS; its tests.
+Then `responder actions --markdown > docs/actions.md`, and grant any new verb in
+manifests/rbac.yaml (tests fail until both match the declarations)."""
 
 from .base import (
     Action,
+    Clearance,
+    Guard,
+    Kind,
+    Limit,
+    Limits,
     ObjectRef,
     Outcome,
     Param,
+    PodFacts,
     Rbac,
     Registry,
     Result,
     Target,
     api_failure,
     object_ref,
+    rbac_dict,
 )
 from .nodes import CordonNode
 from .pods import DeletePod, LabelPod
 
+#: Adding an action: its module here, and one line in this tuple.
 BUILTIN_ACTIONS = (DeletePod, LabelPod, CordonNode)
 
 
@@ -24,7 +38,8 @@ def default_registry() -> Registry:
 
 
 __all__ = [
-    "Action", "ObjectRef", "object_ref", "Outcome", "Param", "Rbac", "Registry", "Result",
-    "Target", "api_failure",
+    "Action", "Clearance", "Guard", "Kind", "Limit", "Limits", "ObjectRef", "object_ref",
+    "Outcome", "Param", "PodFacts", "Rbac", "rbac_dict", "Registry", "Result", "Target",
+    "api_failure",
     "CordonNode", "DeletePod", "LabelPod", "BUILTIN_ACTIONS", "default_registry",
 ]

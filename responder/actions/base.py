@@ -1,16 +1,20 @@
-"""What every action shares: targets, parameters, results and the registry."""
+"""What every action shares: targets, parameters, results, checks, limits and the registry."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import urllib3
-from kubernetes.client import CoreV1Api
+from kubernetes.client import ApiClient, CoreV1Api
 from kubernetes.client.exceptions import ApiException
+
+if TYPE_CHECKING:
+    from ..shared import SharedState
 
 
 @dataclass(frozen=True)
@@ -61,13 +65,37 @@ class Result:
     retryable: bool = False
 
 
-def object_ref(obj: Any) -> ObjectRef | None:
-    """An ObjectRef from a kubernetes client model (V1Pod, V1Node), or None."""
+@dataclass(frozen=True)
+class Kind:
+    """The kind of object an action acts on, and which part of the target names it: the
+    audit Event of an action whose API answer did not come back (e.g. "already gone") is
+    still attached to the object by that name."""
+
+    kind: str
+    api_version: str
+    #: The Target attribute holding the object's name ("pod", "node").
+    name_from: str
+    namespaced: bool
+
+    def ref(self, target: Target) -> ObjectRef | None:
+        name = getattr(target, self.name_from)
+        namespace = target.namespace if self.namespaced else None
+        if not name or (self.namespaced and not namespace):
+            return None
+        return ObjectRef(self.kind, name, namespace, api_version=self.api_version)
+
+
+def object_ref(obj: Any, kind: Kind | None = None) -> ObjectRef | None:
+    """An ObjectRef from a kubernetes client model, with the object's own apiVersion and kind
+    as the API server returned them (`kind` says them where the answer left them out)."""
     meta = getattr(obj, "metadata", None)
     if meta is None or not meta.name:
         return None
-    return ObjectRef(kind=getattr(obj, "kind", None) or type(obj).__name__.removeprefix("V1"),
-                     name=meta.name, namespace=meta.namespace, uid=meta.uid)
+    kind_name = getattr(obj, "kind", None) or (kind.kind if kind else
+                                               type(obj).__name__.removeprefix("V1"))
+    api_version = getattr(obj, "api_version", None) or (kind.api_version if kind else "v1")
+    return ObjectRef(kind=kind_name, name=meta.name, namespace=meta.namespace, uid=meta.uid,
+                     api_version=api_version)
 
 
 @dataclass(frozen=True)
@@ -89,34 +117,138 @@ class Param:
 
 @dataclass(frozen=True)
 class Rbac:
-    """A permission an action needs, as a ClusterRole rule would grant it."""
+    """A permission an action needs, as a ClusterRole rule would grant it, and why."""
 
     resource: str
     verbs: tuple[str, ...]
     api_group: str = ""
+    why: str = ""
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A blast-radius limit an action obeys, set in the table's `defaults` under `key`."""
+
+    key: str
+    default: int
+    doc: str = ""
+    low: int = 0
+
+    def problems(self, value: Any) -> list[str]:
+        if isinstance(value, bool) or not isinstance(value, int) or value < self.low:
+            return [f"must be a number of at least {self.low}"]
+        return []
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Blast-radius limits from the table's `defaults`: the generic ones, and the values of
+    the limits actions declare (`Action.limits`), by key."""
+
+    #: Events for the same (table rule, namespace, pod) inside this window run once.
+    coalesce_seconds: float = 30.0
+    skip_standalone_pods: bool = False
+    declared: Mapping[str, int] = field(default_factory=dict)
+
+    def value(self, limit: Limit) -> int:
+        """The table's value for an action's limit, else the limit's default."""
+        return self.declared.get(limit.key, limit.default)
+
+
+@dataclass(frozen=True)
+class PodFacts:
+    """What the API says about the event's pod, read once per event before any action."""
+
+    exists: bool
+    node: str | None = None
+    uid: str | None = None
+    container_ids: tuple[str, ...] = ()
+    owner_kinds: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Clearance:
+    """The guardrails' answer for one action: `reason` to skip it; else run it and tell
+    `settle` the result (a deletion then counts against the limit only if it happened)."""
+
+    reason: str | None = None
+    settle: Callable[[Result], None] = lambda result: None
+
+
+@dataclass(frozen=True)
+class Guard:
+    """What an action's own limit check may use: the plan's limits, the state replicas
+    share, and `trip` (name, reason) -> reason, which counts, logs and alerts a tripped
+    limit."""
+
+    limits: Limits
+    shared: SharedState
+    trip: Callable[[str, str], str]
 
 
 class Action:
-    """One kind of response. Subclasses declare what they need and implement `run`."""
+    """One kind of response. Subclasses declare what they need and implement `run`; the
+    guardrails and the executor know an action only through these declarations."""
 
     name: ClassVar[str]
     #: Target parts that must be known, else the action is skipped with a reason.
     needs: ClassVar[tuple[str, ...]]
+    #: The object the action acts on, for its audit Event when the API's answer did not name
+    #: it (None: such an outcome gets no Event).
+    acts_on: ClassVar[Kind | None] = None
     params: ClassVar[Mapping[str, Param]] = {}
     rbac: ClassVar[tuple[Rbac, ...]] = ()
+    #: The table `defaults` this action's `clear` obeys.
+    limits: ClassVar[tuple[Limit, ...]] = ()
     #: False when the object is gone afterwards, so later actions on it are pointless.
     object_survives: ClassVar[bool] = True
     #: True when a wrong target costs a workload or capacity (a deletion, a cordon): such an
     #: action needs an event verified against the cluster, unless its table rule says
     #: `allow_unverified: true`. Marking (a label) is not destructive.
     destructive: ClassVar[bool] = False
+    #: How the action is reversed, said for people (`undo` does it); None: it cannot be.
+    reversal: ClassVar[str | None] = None
 
-    def __init__(self, core: CoreV1Api, request_timeout: float = 10.0):
-        self.core = core
+    def __init__(self, api: ApiClient, request_timeout: float = 10.0):
+        self.api = api
+        self.core = CoreV1Api(api)
         self.timeout = request_timeout
 
     def run(self, target: Target, params: Mapping[str, Any]) -> Result:
         raise NotImplementedError
+
+    def refusal(self, pod: PodFacts, params: Mapping[str, Any]) -> str | None:
+        """Why this action must not touch the event's pod (read from the cluster), or None."""
+        return None
+
+    def clear(self, guard: Guard, target: Target, pod: PodFacts | None) -> Clearance:
+        """The action's own limits, checked last, just before it runs."""
+        return Clearance()
+
+    def exclusive(self) -> contextlib.AbstractContextManager:
+        """Held around `clear` and `run`: an action whose limit counts the cluster's state
+        (cordoned nodes) must not have two threads both see room for one more."""
+        return contextlib.nullcontext()
+
+    def undo(self, target: Target, params: Mapping[str, Any]) -> Result:
+        """Reverse what `run` did (only where `reversal` says how)."""
+        raise NotImplementedError(f"{self.name} cannot be undone")
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        """Everything the action declares, for `responder actions` and docs/actions.md."""
+        return {
+            "name": cls.name, "summary": next(iter((cls.__doc__ or "").strip().splitlines()), ""),
+            "acts_on": f"{cls.acts_on.kind} ({cls.acts_on.api_version})" if cls.acts_on
+            else None,
+            "needs": list(cls.needs),
+            "params": {k: {"types": [_type_name(t) for t in p.types], "required": p.required,
+                           "doc": p.doc} for k, p in cls.params.items()},
+            "limits": {lim.key: {"default": lim.default, "doc": lim.doc} for lim in cls.limits},
+            "destructive": cls.destructive, "object_survives": cls.object_survives,
+            "reversal": cls.reversal,
+            "rbac": [rbac_dict(r) for r in cls.rbac],
+        }
 
     @classmethod
     def param_problems(cls, params: Any) -> list[tuple[str, str]]:
@@ -149,8 +281,21 @@ class Registry:
     def __iter__(self):
         return iter(self._actions.values())
 
-    def instantiate(self, core: CoreV1Api, request_timeout: float) -> dict[str, Action]:
-        return {name: cls(core, request_timeout) for name, cls in self._actions.items()}
+    def instantiate(self, api: ApiClient, request_timeout: float) -> dict[str, Action]:
+        return {name: cls(api, request_timeout) for name, cls in self._actions.items()}
+
+    def limits(self) -> list[Limit]:
+        """Every limit the actions declare, once each, in registration order."""
+        seen: dict[str, Limit] = {}
+        for action in self:
+            for limit in action.limits:
+                seen.setdefault(limit.key, limit)
+        return list(seen.values())
+
+
+def rbac_dict(rule: Rbac) -> dict[str, Any]:
+    return {"apiGroup": rule.api_group, "resource": rule.resource, "verbs": list(rule.verbs),
+            "why": rule.why}
 
 
 def api_failure(exc: Exception) -> str:

@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Mapping
 from typing import Any
 
-from .base import Action, Outcome, Rbac, Result, Target, object_ref
-from .pods import MERGE_PATCH
+from .base import (
+    Action,
+    Clearance,
+    Guard,
+    Kind,
+    Limit,
+    Outcome,
+    PodFacts,
+    Rbac,
+    Result,
+    Target,
+    object_ref,
+)
+from .pods import MERGE_PATCH, READ_POD
+
+NODE = Kind("Node", "v1", name_from="node", namespaced=False)
 
 
 class CordonNode(Action):
@@ -14,15 +30,57 @@ class CordonNode(Action):
 
     name = "cordon-node"
     needs = ("node",)
-    # list: the guardrails count cordoned and schedulable nodes before cordoning another;
-    # pods get: the node is read from the event's pod, when it names one.
-    rbac = (Rbac("nodes", ("get", "list", "patch")), Rbac("pods", ("get",)))
+    acts_on = NODE
+    rbac = (
+        Rbac("nodes", ("get",), why="see whether the node is already unschedulable"),
+        Rbac("nodes", ("list",), why="count cordoned and schedulable nodes before cordoning "
+             "another (max_cordoned_nodes, never the last schedulable node)"),
+        Rbac("nodes", ("patch",), why="set spec.unschedulable, as `kubectl cordon` does"),
+        READ_POD,  # the node is the event's pod's, when the event names a pod
+    )
+    limits = (Limit("max_cordoned_nodes", 1,
+                    doc="cordoning stops once this many nodes are unschedulable (existing "
+                    "cordons count); the last schedulable node is never cordoned"),)
     destructive = True  # the node takes no new pods until someone uncordons it
+    reversal = "uncordon the node (spec.unschedulable: false)"
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._lock = threading.Lock()
+
+    def exclusive(self) -> contextlib.AbstractContextManager:
+        # Check and act under one lock: two threads must not both see room for "one more"
+        # cordon (nor both leave the last schedulable node).
+        return self._lock
+
+    def clear(self, guard: Guard, target: Target, pod: PodFacts | None) -> Clearance:
+        return Clearance(self._cordon_limit(guard, target.node))
+
+    def _cordon_limit(self, guard: Guard, node_name: str | None) -> str | None:
+        nodes = self.core.list_node(_request_timeout=self.timeout).items
+        cordoned = {n.metadata.name for n in nodes if n.spec and n.spec.unschedulable}
+        if node_name in cordoned:
+            return None  # the action reports "already cordoned"
+        limit = guard.limits.value(self.limits[0])
+        if len(cordoned) >= limit:
+            return guard.trip("cordoned-nodes",
+                              f"cordon limit reached ({len(cordoned)} of at most {limit} "
+                              "nodes already cordoned)")
+        schedulable = [n for n in nodes if n.metadata.name not in cordoned]
+        if len(schedulable) <= 1:
+            return guard.trip("last-node", "would cordon the last schedulable node")
+        return None
 
     def run(self, target: Target, params: Mapping[str, Any]) -> Result:
         node = self.core.read_node(target.node, _request_timeout=self.timeout)
         if node.spec is not None and node.spec.unschedulable:
-            return Result(Outcome.ALREADY_DONE, "already cordoned", object_ref(node))
-        node = self.core.patch_node(target.node, {"spec": {"unschedulable": True}},
+            return Result(Outcome.ALREADY_DONE, "already cordoned", object_ref(node, NODE))
+        return self._set_unschedulable(target, True)
+
+    def undo(self, target: Target, params: Mapping[str, Any]) -> Result:
+        return self._set_unschedulable(target, False)
+
+    def _set_unschedulable(self, target: Target, value: bool) -> Result:
+        node = self.core.patch_node(target.node, {"spec": {"unschedulable": value}},
                                     _content_type=MERGE_PATCH, _request_timeout=self.timeout)
-        return Result(Outcome.DONE, involved=object_ref(node))
+        return Result(Outcome.DONE, involved=object_ref(node, NODE))

@@ -2,16 +2,36 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 from kubernetes.client import V1DeleteOptions, V1Preconditions
 from kubernetes.client.exceptions import ApiException
 
-from .base import Action, Outcome, Param, Rbac, Result, Target, object_ref
+from .base import (
+    Action,
+    Clearance,
+    Guard,
+    Kind,
+    Limit,
+    Outcome,
+    Param,
+    PodFacts,
+    Rbac,
+    Result,
+    Target,
+    object_ref,
+)
 from .labels import labels_problems
 
+logger = logging.getLogger(__name__)
 MERGE_PATCH = "application/merge-patch+json"
+POD = Kind("Pod", "v1", name_from="pod", namespaced=True)
+DELETIONS = "pod-deletions"  # the limit's name, in the shared state and the trips metric
+#: The guardrails read the event's pod before any pod action (its containers, owners, node).
+READ_POD = Rbac("pods", ("get",), why="read the event's pod first: its containers (the "
+                "event's container must be one of them), its owners and its node")
 
 
 def _non_negative(value: int) -> list[str]:
@@ -23,6 +43,7 @@ class DeletePod(Action):
 
     name = "delete-pod"
     needs = ("namespace", "pod")
+    acts_on = POD
     params = {
         "grace_period_seconds": Param(
             (int,), check=_non_negative,
@@ -30,10 +51,31 @@ class DeletePod(Action):
         "allow_daemonset": Param(
             (bool,), doc="also delete pods owned by a DaemonSet (off: they are skipped)"),
     }
-    # get: the guardrails read the pod first (containers, owners, node).
-    rbac = (Rbac("pods", ("get", "delete")),)
+    rbac = (READ_POD, Rbac("pods", ("delete",), why="delete the pod"))
+    limits = (Limit("max_pod_deletions_per_minute", 10,
+                    doc="pod deletions per minute, across replicas; past it, deletions are "
+                    "skipped"),)
     object_survives = False
     destructive = True
+    reversal = None  # the pod is gone; its controller, not the responder, brings one back
+
+    def refusal(self, pod: PodFacts, params: Mapping[str, Any]) -> str | None:
+        if "DaemonSet" in pod.owner_kinds and not params.get("allow_daemonset", False):
+            return "pod belongs to a DaemonSet (set allow_daemonset: true to delete it)"
+        return None
+
+    def clear(self, guard: Guard, target: Target, pod: PodFacts | None) -> Clearance:
+        """Hold a place in the deletion limit before the DELETE, so that concurrent deletes
+        never exceed it; it counts only once the API deleted the pod."""
+        limit = guard.limits.value(self.limits[0])
+        # Keyed by the pod (its uid: a recreated pod is a new deletion), so the retries of
+        # one deletion after transient API errors count once, not once per attempt.
+        member = (pod.uid if pod and pod.uid else None) or f"{target.namespace}/{target.pod}"
+        token = guard.shared.reserve_in_window(DELETIONS, limit, 60.0, member)
+        if token is None:
+            return Clearance(guard.trip(DELETIONS,
+                                        f"pod deletion limit reached ({limit} per minute)"))
+        return Clearance(settle=lambda result: _settle_deletion(guard, token, member, result))
 
     def run(self, target: Target, params: Mapping[str, Any]) -> Result:
         # With the uid of the pod the guardrails verified, a pod recreated under the same name
@@ -51,7 +93,19 @@ class DeletePod(Action):
             if exc.status == 409 and "precondition" in (exc.body or "").lower():
                 return Result(Outcome.SKIPPED, "pod was replaced since the event (uid changed)")
             raise
-        return Result(Outcome.DONE, involved=object_ref(pod))
+        return Result(Outcome.DONE, involved=object_ref(pod, POD))
+
+
+def _settle_deletion(guard: Guard, token: str, member: str, result: Result) -> None:
+    # A 404 ("already gone"), a refusal or a replaced pod deleted nothing: its place
+    # goes back. A failure the event will retry may have deleted (a timeout after the
+    # API acted), so it keeps its place, which the retry then reuses.
+    happened = result.outcome is Outcome.DONE or (
+        result.outcome is Outcome.FAILED and result.retryable)
+    try:
+        guard.shared.settle_in_window(DELETIONS, token, member, happened)
+    except Exception as exc:  # noqa: BLE001 - e.g. Redis down: the place just runs out
+        logger.warning("cannot settle a pod deletion in the limit (%s)", type(exc).__name__)
 
 
 class LabelPod(Action):
@@ -59,14 +113,23 @@ class LabelPod(Action):
 
     name = "label-pod"
     needs = ("namespace", "pod")
+    acts_on = POD
     params = {
         "labels": Param((dict,), required=True, check=labels_problems,
                         doc="label keys and string values to set on the pod"),
     }
-    rbac = (Rbac("pods", ("get", "patch")),)
+    rbac = (READ_POD, Rbac("pods", ("patch",), why="set the labels (a JSON merge patch)"))
+    reversal = "remove the labels it set"
 
     def run(self, target: Target, params: Mapping[str, Any]) -> Result:
-        patch = {"metadata": {"labels": dict(params["labels"])}}
+        return self._patch_labels(target, dict(params["labels"]))
+
+    def undo(self, target: Target, params: Mapping[str, Any]) -> Result:
+        # In a merge patch, null removes the key.
+        return self._patch_labels(target, dict.fromkeys(params["labels"]))
+
+    def _patch_labels(self, target: Target, labels: dict[str, Any]) -> Result:
+        patch = {"metadata": {"labels": labels}}
         try:
             pod = self.core.patch_namespaced_pod(
                 target.pod, target.namespace, patch,
@@ -75,4 +138,4 @@ class LabelPod(Action):
             if exc.status == 404:
                 return Result(Outcome.SKIPPED, "pod no longer exists")
             raise
-        return Result(Outcome.DONE, involved=object_ref(pod))
+        return Result(Outcome.DONE, involved=object_ref(pod, POD))
