@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from tests.apiserver import RESPONDER, ApiServer, Cluster, kube_binary, new_cluster
+from tests.apiserver import RESPONDER, ApiServer, Cluster, new_cluster, session_server
 from tests.netcat import FULL_CID, netcat_event
 
 LABEL_TABLE = """\
@@ -44,12 +44,7 @@ def real_apiserver(workdir: Path) -> Iterator[ApiServer]:
     Missing binaries raise pytest's Skipped (a BaseException): the caller reports it."""
     directory = workdir / "apiserver"
     directory.mkdir()
-    server = ApiServer(directory, kube_binary("kube-apiserver"), kube_binary("etcd"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from session_server(directory)
 
 
 def make_pods(server: ApiServer, count: int, label: str) -> Cluster:
