@@ -8,6 +8,7 @@ import logging
 import uuid
 from typing import Protocol
 
+from .errors import ConfigError
 from .journal import EventStore
 
 logger = logging.getLogger(__name__)
@@ -161,10 +162,13 @@ def bounded_wait(wait: float, rate: float, burst: float) -> float:
 class RedisState:
     """Every replica pointing at the same Redis acts once per key/window/bucket."""
 
-    def __init__(self, url: str, prefix: str = "falco-responder:"):
+    def __init__(self, url: str, prefix: str = "falco-responder:", *,
+                 username: str | None = None, password: str | None = None):
         import redis
 
-        self.redis = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        credentials = {"username": username, "password": password} if password else {}
+        self.redis = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2,
+                                          **credentials)
         self.prefix = prefix
         self._bucket = self.redis.register_script(_TOKEN_BUCKET)
         self._reserve = self.redis.register_script(_RESERVE)
@@ -217,6 +221,25 @@ class RedisState:
         if token:
             self._settle(keys=[f"{self.prefix}limit:{name}"],
                          args=[token, member, "1" if happened else "0"])
+
+    def check(self) -> None:
+        """At start: ConfigError if Redis refuses our credentials (no retry can fix that).
+        Redis unreachable is only logged: events wait in the journal until it is back."""
+        import redis
+
+        try:
+            self.redis.ping()
+        except redis.AuthenticationError:
+            raise ConfigError("RESPONDER_REDIS_PASSWORD: the shared Redis refused it (or "
+                              "RESPONDER_REDIS_USERNAME)") from None
+        except redis.ResponseError as exc:
+            if "NOAUTH" not in str(exc) and "NOPERM" not in str(exc):
+                raise
+            raise ConfigError("RESPONDER_REDIS_PASSWORD: the shared Redis requires one "
+                              "(NOAUTH) or denies this user PING") from None
+        except redis.RedisError as exc:
+            logger.warning("shared Redis not reachable at start (%s); actions wait for it",
+                           type(exc).__name__)
 
     def close(self) -> None:
         self.redis.close()
