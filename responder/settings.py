@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from .envvars import (
     BadValue,
@@ -167,6 +168,19 @@ class StorageSettings:
     redis_url: str | None = setting("RESPONDER_REDIS_URL",
                                     "share idempotency keys, coalescing windows and rate "
                                     "limits between replicas", None, _redis_url, secret=True)
+    redis_username: str | None = setting(
+        "RESPONDER_REDIS_USERNAME", "Redis ACL user to log in as (with "
+        "RESPONDER_REDIS_PASSWORD); unset = the default user", None)
+    redis_password: str | None = setting(
+        "RESPONDER_REDIS_PASSWORD", "password for the shared Redis (AUTH); use the _FILE form "
+        "with a mounted Secret", None, secret=True, from_file=True)
+
+    def __post_init__(self) -> None:
+        if self.redis_url and urlsplit(self.redis_url).password and self.redis_password:
+            raise ConfigError("RESPONDER_REDIS_URL holds a password and RESPONDER_REDIS_PASSWORD "
+                              "is set: set only one")
+        if self.redis_username and not self.redis_password:
+            raise ConfigError("RESPONDER_REDIS_USERNAME: needs RESPONDER_REDIS_PASSWORD too")
 
 
 @dataclass(frozen=True)

@@ -5,10 +5,10 @@ state, in SQLite beside the journal, is `responder.localstate`."""
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from typing import Protocol
 
+from .errors import ConfigError
 from .journal import EventStore
 
 logger = logging.getLogger(__name__)
@@ -69,41 +69,63 @@ def forget_dropped(shared: SharedState | None, key: str | None) -> None:
                        type(exc).__name__)
 
 
-# Token bucket, atomically in Redis: KEYS[1] bucket; ARGV rate, burst, now (seconds).
+# Token bucket, atomically in Redis: KEYS[1] bucket; ARGV rate, burst. The clock is the
+# server's (TIME), one for every replica. The stored state is clamped, tokens to [0, burst]
+# and `updated` to no later than now, so a tampered or corrupt bucket (`tokens -1e12`, a
+# timestamp in the far future) costs at most one refill, never an endless wait.
 _TOKEN_BUCKET = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'updated')
-local rate, burst, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
 local tokens = tonumber(state[1]) or burst
 local updated = tonumber(state[2]) or now
-tokens = math.min(burst, tokens + math.max(0, now - updated) * rate)
+if tokens ~= tokens then tokens = 0 end
+if updated ~= updated or updated > now then updated = now end
+tokens = math.max(0, math.min(burst, tokens))
+tokens = math.min(burst, tokens + (now - updated) * rate)
 local wait = 0
 if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
 redis.call('HSET', KEYS[1], 'tokens', tokens, 'updated', now)
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
 return tostring(wait)
 """
-# Sliding window log: KEYS[1] zset; ARGV limit, window (ms), now (ms), member, token.
-# Returns "" when the member is already in the window (a retry counts once), nil when the
-# window is full, else the token, whose entry holds a place until it is settled.
+# Sliding window log: KEYS[1] zset; ARGV limit, window (ms), member, token; the clock is
+# the server's (TIME). Returns "" when the member is already in the window (a retry counts
+# once), nil when the window is full, else the token, whose entry holds a place until it
+# is settled. Entries from the future (tampered) are dropped and the key always gets its
+# TTL back, so no stored entry can hold the limit shut for longer than the window.
 _RESERVE = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, tonumber(ARGV[3]) - tonumber(ARGV[2]))
-if redis.call('ZSCORE', KEYS[1], ARGV[4]) then return '' end
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local window = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
+redis.call('PEXPIRE', KEYS[1], window)
+if redis.call('ZSCORE', KEYS[1], ARGV[3]) then return '' end
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return false end
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[5])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return ARGV[5]
+redis.call('ZADD', KEYS[1], now, ARGV[4])
+redis.call('PEXPIRE', KEYS[1], window)
+return ARGV[4]
 """
 # KEYS[1] zset; ARGV token, member, happened ("1"/"0"): the token's place becomes the
-# member's (at the same time), or is freed.
+# member's (at the same time), or is freed. Removing the only entry deletes the key, so
+# its TTL is carried over to the one made again.
 _SETTLE = """
 local at = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not at then return 0 end
+local ttl = redis.call('PTTL', KEYS[1])
 redis.call('ZREM', KEYS[1], ARGV[1])
-if ARGV[3] == '1' then redis.call('ZADD', KEYS[1], 'NX', at, ARGV[2]) end
+if ARGV[3] == '1' then
+  redis.call('ZADD', KEYS[1], 'NX', at, ARGV[2])
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+end
 return 1
 """
 # Coalescing window: KEYS[1] hash {opener, count}; ARGV window (ms), member. Returns the
-# count in the window, or 1 to the member that opened it.
+# count in the window, or 1 to the member that opened it. A window found without a TTL, or
+# with one longer than a window (written by someone else), gets the window's: otherwise
+# the key's pod would be coalesced away, never acted on again.
 _WINDOW = """
 local opener = redis.call('HGET', KEYS[1], 'opener')
 if not opener then
@@ -111,6 +133,8 @@ if not opener then
   redis.call('PEXPIRE', KEYS[1], ARGV[1])
   return 1
 end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 or ttl > tonumber(ARGV[1]) then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 if opener == ARGV[2] then return 1 end
 return redis.call('HINCRBY', KEYS[1], 'count', 1)
 """
@@ -123,13 +147,28 @@ return 0
 """
 
 
+def bounded_wait(wait: float, rate: float, burst: float) -> float:
+    """`wait` within [0, (1 + burst) / rate], the longest an honest bucket can ask for: a
+    reply past it (a tampered Redis, a bug) must not put the caller to sleep for ever."""
+    longest = (1 + burst) / rate
+    if wait < 0:
+        return 0.0
+    if not wait <= longest:  # also NaN
+        logger.warning("token bucket asked for a %s s wait; waiting %.3f s", wait, longest)
+        return longest
+    return wait
+
+
 class RedisState:
     """Every replica pointing at the same Redis acts once per key/window/bucket."""
 
-    def __init__(self, url: str, prefix: str = "falco-responder:"):
+    def __init__(self, url: str, prefix: str = "falco-responder:", *,
+                 username: str | None = None, password: str | None = None):
         import redis
 
-        self.redis = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        credentials = {"username": username, "password": password} if password else {}
+        self.redis = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2,
+                                          **credentials)
         self.prefix = prefix
         self._bucket = self.redis.register_script(_TOKEN_BUCKET)
         self._reserve = self.redis.register_script(_RESERVE)
@@ -138,8 +177,14 @@ class RedisState:
         self._close = self.redis.register_script(_CLOSE_WINDOW)
 
     def first_seen(self, key: str, seconds: float) -> bool:
-        return bool(self.redis.set(f"{self.prefix}seen:{key}", 1, nx=True,
-                                   px=int(seconds * 1000)))
+        name, ms = f"{self.prefix}seen:{key}", int(seconds * 1000)
+        if self.redis.set(name, 1, nx=True, px=ms):
+            return True
+        # A key without a TTL was not written by a replica: give it one, or the event
+        # would count as seen for ever.
+        if self.redis.pttl(name) == -1:
+            self.redis.pexpire(name, ms)
+        return False
 
     def forget(self, key: str) -> None:
         self.redis.delete(f"{self.prefix}seen:{key}")
@@ -153,8 +198,8 @@ class RedisState:
                                 args=[int(seconds * 1000), member or uuid.uuid4().hex]))
 
     def take_token(self, name: str, rate: float, burst: float) -> float:
-        return float(self._bucket(keys=[f"{self.prefix}bucket:{name}"],
-                                  args=[rate, burst, time.time()]))
+        wait = float(self._bucket(keys=[f"{self.prefix}bucket:{name}"], args=[rate, burst]))
+        return bounded_wait(wait, rate, burst)
 
     def allow_in_window(self, name: str, limit: int, seconds: float,
                         member: str | None = None) -> bool:
@@ -167,9 +212,8 @@ class RedisState:
 
     def reserve_in_window(self, name: str, limit: int, seconds: float,
                           member: str) -> str | None:
-        now_ms = int(time.time() * 1000)
         token = self._reserve(keys=[f"{self.prefix}limit:{name}"],
-                              args=[limit, int(seconds * 1000), now_ms, member,
+                              args=[limit, int(seconds * 1000), member,
                                     RESERVED_PREFIX + uuid.uuid4().hex])
         return None if token is None else token.decode()
 
@@ -177,6 +221,25 @@ class RedisState:
         if token:
             self._settle(keys=[f"{self.prefix}limit:{name}"],
                          args=[token, member, "1" if happened else "0"])
+
+    def check(self) -> None:
+        """At start: ConfigError if Redis refuses our credentials (no retry can fix that).
+        Redis unreachable is only logged: events wait in the journal until it is back."""
+        import redis
+
+        try:
+            self.redis.ping()
+        except redis.AuthenticationError:
+            raise ConfigError("RESPONDER_REDIS_PASSWORD: the shared Redis refused it (or "
+                              "RESPONDER_REDIS_USERNAME)") from None
+        except redis.ResponseError as exc:
+            if "NOAUTH" not in str(exc) and "NOPERM" not in str(exc):
+                raise
+            raise ConfigError("RESPONDER_REDIS_PASSWORD: the shared Redis requires one "
+                              "(NOAUTH) or denies this user PING") from None
+        except redis.RedisError as exc:
+            logger.warning("shared Redis not reachable at start (%s); actions wait for it",
+                           type(exc).__name__)
 
     def close(self) -> None:
         self.redis.close()

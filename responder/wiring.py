@@ -15,6 +15,7 @@ from kubernetes.client import ApiClient
 
 from . import kube
 from .actions import Registry, default_registry
+from .errors import ConfigError
 from .journal import EventStore
 from .lastgood import StartupTable, keep_copy, load_startup_table
 from .localstate import LocalState
@@ -76,8 +77,7 @@ def build_components(settings: Settings, *, table: Table | None = None,
     slack = settings.slack if slack is UNSET else slack
     metrics = Metrics()
     store = EventStore(state_dir, settings.intake.max_pending, settings.intake.drop_policy)
-    redis_url = settings.storage.redis_url
-    shared = RedisState(redis_url) if redis_url else LocalState(store)
+    shared = connect_shared(settings, store)
     notifier = SlackNotifier(slack, on_result=lambda r: metrics.inc(metrics.slack, r)) \
         if slack else None
     responder = Responder(settings, startup.table, registry, api_client, metrics=metrics,
@@ -90,6 +90,22 @@ def build_components(settings: Settings, *, table: Table | None = None,
     log_startup(responder, where, slack_status(slack))
     return Components(settings, registry, startup, responder, store, worker, spool_dir, where,
                       slack)
+
+
+def connect_shared(settings: Settings, store: EventStore) -> SharedState:
+    """The shared Redis when one is set (its credentials checked), else this replica's own."""
+    storage = settings.storage
+    if not storage.redis_url:
+        return LocalState(store)
+    shared = RedisState(storage.redis_url, username=storage.redis_username,
+                        password=storage.redis_password)
+    try:
+        shared.check()
+    except ConfigError:
+        shared.close()
+        store.close()  # the caller gets no parts to shut down
+        raise
+    return shared
 
 
 def watch_queue(parts: Components, spool: SpoolWriter | None) -> None:

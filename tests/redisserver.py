@@ -30,7 +30,9 @@ def redis_server_binary() -> str:
 class RedisServer:
     """Runs redis-server on 127.0.0.1; use as a context manager. `url` is its redis:// URL."""
 
-    def __init__(self) -> None:
+    def __init__(self, *args: str) -> None:
+        """`args`: more redis-server arguments, e.g. "--requirepass", "..."."""
+        self.args = args
         self.binary = redis_server_binary()
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
@@ -41,7 +43,7 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [self.binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
              "--appendonly", "no", "--dir", self._dir.name, "--protected-mode", "yes",
-             "--daemonize", "no", "--loglevel", "warning"],
+             "--daemonize", "no", "--loglevel", "warning", *self.args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:
             self._wait_for_ping(10.0)
@@ -61,11 +63,12 @@ class RedisServer:
         self._dir.cleanup()
 
     def ping(self) -> bool:
-        """True when the server answers PING (spoken as RESP, no client library needed)."""
+        """True when the server answers PING (spoken as RESP, no client library needed), or
+        asks for a password first: it is up."""
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
                 sock.sendall(b"*1\r\n$4\r\nPING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
+                return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))
         except OSError:
             return False
 

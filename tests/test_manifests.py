@@ -238,7 +238,8 @@ def test_every_file_setting_points_into_the_volume_that_provides_it(pod, contain
     mounts = {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"]}
     example = yaml.safe_load((MANIFESTS / "secret-example.yaml").read_text())
     keys = {"falco-responder-secrets": set(example["stringData"]),
-            "falco-responder-tls": {"tls.crt", "tls.key", "ca.crt"}}
+            "falco-responder-tls": {"tls.crt", "tls.key", "ca.crt"},
+            "falco-responder-redis": {"password"}}  # the Redis component's
     files = {n: e["value"] for n, e in env_of(container).items() if n.endswith("_FILE")}
     assert set(files) >= {"RESPONDER_ACTIONS_FILE", "RESPONDER_AUTH_TOKEN_FILE",
                           "RESPONDER_SLACK_WEBHOOK_URL_FILE", "RESPONDER_TLS_CERT_FILE",

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import tempfile
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
 from responder.settings import Settings
+from responder.shared import RedisState
 
 from .redisserver import redis_server_binary
 from .serving import free_port
@@ -97,7 +98,9 @@ def test_redis_pod_meets_the_restricted_pod_security_standard(redis_pod):
     assert container["resources"]["requests"] and container["resources"]["limits"]
     assert container["readinessProbe"] and container["livenessProbe"]
     volumes = {v["name"]: v for v in redis_pod["volumes"]}
-    assert all("emptyDir" in volumes[m["name"]] for m in container["volumeMounts"])
+    for mount in container["volumeMounts"]:  # writable scratch, or its password read-only
+        volume = volumes[mount["name"]]
+        assert "emptyDir" in volume or ("secret" in volume and mount["readOnly"] is True)
 
 
 def redis_command(port: int, *words: str) -> bytes:
@@ -109,26 +112,180 @@ def redis_command(port: int, *words: str) -> bytes:
         return sock.recv(4096)
 
 
-def test_redis_accepts_the_shipped_arguments_and_keeps_nothing_on_disk(redis_pod):
-    (container,) = redis_pod["containers"]
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="redis-args-") as data:
-        proc = subprocess.Popen([redis_server_binary(), *container["args"], "--port", str(port),
-                                 "--bind", "127.0.0.1", "--dir", data],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+PASSWORD = "manifest-test-pw-8c1e"
+ADMIN = "test-admin-pw-31d0"
+
+
+def shipped_command(container: dict, mounted: dict[str, Path]) -> list[str]:
+    """The container's command and arguments, its mount paths moved to `mounted` (by volume
+    name): the shipped start script runs as it would in the pod."""
+    paths = {m["mountPath"]: str(mounted[m["name"]]) for m in container["volumeMounts"]}
+    command = []
+    for word in [*container["command"], *container["args"]]:
+        for path in sorted(paths, key=len, reverse=True):
+            word = word.replace(path, paths[path])
+        command.append(word)
+    return command
+
+
+def wait_for_redis(proc: subprocess.Popen, port: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and proc.poll() is None:
-                try:
-                    if redis_command(port, "PING").startswith(b"+PONG"):
-                        break
-                except OSError:
-                    time.sleep(0.05)
-            assert proc.poll() is None, proc.communicate()[0].decode(errors="replace")
-            assert b"volatile-lru" in redis_command(port, "CONFIG", "GET", "maxmemory-policy")
-            assert b"no" in redis_command(port, "CONFIG", "GET", "appendonly")
-            save = redis_command(port, "CONFIG", "GET", "save")
-            assert save.endswith(b"$0\r\n\r\n"), save  # no snapshots
-        finally:
-            proc.terminate()
-            proc.communicate(timeout=10)
+            redis_command(port, "PING")
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(proc.communicate(timeout=5)[0].decode(errors="replace"))
+
+
+@pytest.fixture(scope="module")
+def shipped_redis(redis_pod, tmp_path_factory):
+    """The shipped Redis container's command, run on loopback with its password mounted."""
+    redis_server_binary()
+    (container,) = redis_pod["containers"]
+    base = tmp_path_factory.mktemp("shipped-redis")
+    mounted = {m["name"]: base / m["name"] for m in container["volumeMounts"]}
+    for path in mounted.values():
+        path.mkdir()
+    (secret,) = [v["secret"] for v in redis_pod["volumes"] if "secret" in v]
+    (mounted_secret,) = [mounted[v["name"]] for v in redis_pod["volumes"] if "secret" in v]
+    (mounted_secret / "password").write_text(PASSWORD + "\n")
+    port = free_port()
+    # A test-only admin user, to read the configuration: the shipped one has none.
+    proc = subprocess.Popen([*shipped_command(container, mounted), "--port", str(port),
+                             "--bind", "127.0.0.1", "--dir", str(base),
+                             "--user", "test-admin", "on", f">{ADMIN}", "~*", "+@all"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_for_redis(proc, port)
+        yield {"port": port, "secret": secret, "password_file": mounted_secret / "password",
+               "mounted": mounted, "container": container}
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+
+
+def authed(port: int, *words: str, user: str = "falco-responder",
+           password: str = PASSWORD) -> bytes:
+    """One command after AUTH as `user` (the shipped ACL user), in one connection."""
+    request = b""
+    for command in (("AUTH", user, password), words):
+        request += f"*{len(command)}\r\n".encode() + b"".join(
+            f"${len(w)}\r\n{w}\r\n".encode() for w in command)
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+        sock.sendall(request)
+        reply = b""
+        while reply.count(b"\r\n") < 2 and (chunk := sock.recv(4096)):
+            reply += chunk
+    assert reply.startswith(b"+OK\r\n"), reply
+    return reply[len(b"+OK\r\n"):]
+
+
+def test_shipped_redis_keeps_the_shipped_settings_and_nothing_on_disk(shipped_redis):
+    port = shipped_redis["port"]
+
+    def config(name: str) -> bytes:
+        return authed(port, "CONFIG", "GET", name, user="test-admin", password=ADMIN)
+
+    assert b"volatile-lru" in config("maxmemory-policy")
+    assert b"no" in config("appendonly")
+    assert config("save").endswith(b"$0\r\n\r\n")  # no snapshots
+
+
+def test_shipped_redis_requires_a_password(shipped_redis):
+    port = shipped_redis["port"]
+    assert redis_command(port, "PING").startswith(b"-NOAUTH")
+    assert redis_command(port, "SET", "falco-responder:bucket:kube-api", "x").startswith(
+        b"-NOAUTH")
+    assert redis_command(port, "AUTH", "falco-responder", "wrong").startswith(b"-WRONGPASS")
+    assert redis_command(port, "AUTH", PASSWORD).startswith(b"-WRONGPASS")  # default: off
+    assert authed(port, "PING") == b"+PONG\r\n"
+
+
+def test_shipped_acl_user_reaches_only_the_responders_keys_and_commands(shipped_redis):
+    port = shipped_redis["port"]
+    assert authed(port, "SET", "falco-responder:x", "1") == b"+OK\r\n"
+    assert authed(port, "SET", "other-app:x", "1").startswith(b"-NOPERM")
+    for command in (("FLUSHALL",), ("CONFIG", "SET", "requirepass", ""), ("KEYS", "*"),
+                    ("ACL", "LIST"), ("SCRIPT", "FLUSH"), ("SHUTDOWN",)):
+        assert authed(port, *command).startswith(b"-NOPERM"), command
+
+
+def test_the_responder_works_under_the_shipped_acl_with_the_shipped_settings(shipped_redis,
+                                                                           responder):
+    # Every SharedState call, as the deployment's env configures it: proves the ACL grants
+    # each command the responder's Lua scripts and calls need.
+    env = env_of(responder["spec"]["template"]["spec"]["containers"][0])
+    settings = Settings.from_env({
+        "RESPONDER_REDIS_URL": f"redis://127.0.0.1:{shipped_redis['port']}/0",
+        "RESPONDER_REDIS_USERNAME": env["RESPONDER_REDIS_USERNAME"]["value"],
+        "RESPONDER_REDIS_PASSWORD_FILE": str(shipped_redis["password_file"])})
+    storage = settings.storage
+    state = RedisState(storage.redis_url, username=storage.redis_username,
+                       password=storage.redis_password)
+    try:
+        state.check()
+        assert state.first_seen("u-1", 5) is True and state.first_seen("u-1", 5) is False
+        state.forget("u-1")
+        assert state.open_window("shop/web", 5, "u-1") == 1
+        assert state.open_window("shop/web", 5, "u-2") == 2
+        state.close_window("shop/web", "u-1")
+        assert state.take_token("kube-api", 10, 2) == 0
+        token = state.reserve_in_window("pod-deletions", 2, 60, "shop/web")
+        state.settle_in_window("pod-deletions", token, "shop/web", happened=True)
+        assert state.allow_in_window("pod-deletions", 2, 60, "shop/db") is True
+        assert state.allow_in_window("pod-deletions", 2, 60, "shop/x") is False
+    finally:
+        state.close()
+
+
+def test_the_responder_mounts_the_password_redis_uses(responder, redis_pod, shipped_redis):
+    spec = responder["spec"]["template"]["spec"]
+    env = env_of(spec["containers"][0])
+    path = Path(env["RESPONDER_REDIS_PASSWORD_FILE"]["value"])
+    mounts = {m["mountPath"]: m["name"] for m in spec["containers"][0]["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes[mounts[str(path.parent)]]["secret"]["secretName"] == \
+        shipped_redis["secret"]["secretName"]
+    assert path.name == "password"
+    assert not volumes[mounts[str(path.parent)]]["secret"].get("optional", False)
+    assert "RESPONDER_REDIS_PASSWORD" not in env  # only ever from the file
+
+
+def test_the_password_is_on_no_command_line_in_no_env_and_not_on_disk(shipped_redis):
+    container = shipped_redis["container"]
+    assert PASSWORD not in " ".join(shipped_command(container, shipped_redis["mounted"]))
+    assert not any("PASS" in e["name"] for e in container.get("env", []))
+    written = [p.read_text() for path in shipped_redis["mounted"].values()
+               for p in path.iterdir() if p.name != "password"]
+    assert written and not any(PASSWORD in text for text in written)
+
+
+def test_the_readiness_probe_logs_in(shipped_redis):
+    container = shipped_redis["container"]
+    probe = shipped_command({**container, "args": [],
+                             "command": container["readinessProbe"]["exec"]["command"]},
+                            shipped_redis["mounted"])
+    probe[-1] = probe[-1].replace("redis-cli ", f"redis-cli -p {shipped_redis['port']} ")
+    assert subprocess.run(probe, timeout=10, check=False).returncode == 0
+    (shipped_redis["password_file"].parent / "wrong").write_text("nope")
+    wrong = [w.replace("/password", "/wrong") for w in probe]
+    assert subprocess.run(wrong, timeout=10, check=False,
+                          capture_output=True).returncode != 0
+
+
+@pytest.mark.parametrize("password", ["", "has space"], ids=["empty", "whitespace"])
+def test_shipped_redis_refuses_to_start_with_an_unusable_password(redis_pod, tmp_path,
+                                                                  password):
+    redis_server_binary()
+    (container,) = redis_pod["containers"]
+    mounted = {m["name"]: tmp_path / m["name"] for m in container["volumeMounts"]}
+    for path in mounted.values():
+        path.mkdir()
+    (secret,) = [mounted[v["name"]] for v in redis_pod["volumes"] if "secret" in v]
+    (secret / "password").write_text(password)
+    result = subprocess.run([*shipped_command(container, mounted), "--port", str(free_port()),
+                             "--bind", "127.0.0.1"], capture_output=True, text=True,
+                            timeout=10, check=False)
+    assert result.returncode != 0 and "password" in result.stderr
