@@ -171,7 +171,7 @@ class Executor:
     def _call(self, action: Action, decision: Decision, target: Target) -> Result:
         started = time.monotonic()
         try:
-            return self.retry.call(lambda: action.run(target, decision.params))
+            return self.retry.call(action.attempts(target, decision.params))
         except Exception as exc:  # noqa: BLE001 - one failed call must not stop the others
             return Result(Outcome.FAILED, api_failure(exc), retryable=is_retryable(exc))
         finally:

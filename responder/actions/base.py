@@ -217,6 +217,12 @@ class Action:
     def run(self, target: Target, params: Mapping[str, Any]) -> Result:
         raise NotImplementedError
 
+    def attempts(self, target: Target, params: Mapping[str, Any]) -> Callable[[], Result]:
+        """One call of the action as the executor retries it: every try calls what this
+        returns (a new one per call). An action whose later try must know what an earlier
+        one met (an answer lost to a timeout) keeps that in it."""
+        return lambda: self.run(target, params)
+
     def refusal(self, pod: PodFacts, params: Mapping[str, Any]) -> str | None:
         """Why this action must not touch the event's pod (read from the cluster), or None."""
         return None
