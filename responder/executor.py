@@ -162,7 +162,7 @@ class Executor:
                               retryable=is_retryable(exc))
             if clearance.reason:
                 return Result(Outcome.SKIPPED, clearance.reason)
-            result = self._call(action, decision, target)
+            result = clearance.answer or self._call(action, decision, target)
             clearance.settle(result)
         if not action.object_survives and result.outcome in (Outcome.DONE, Outcome.ALREADY_DONE):
             run.gone.add((target.namespace, target.pod))

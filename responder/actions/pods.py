@@ -69,7 +69,10 @@ class DeletePod(Action):
 
     def clear(self, guard: Guard, target: Target, pod: PodFacts | None) -> Clearance:
         """Hold a place in the deletion limit before the DELETE, so that concurrent deletes
-        never exceed it; it counts only once the API deleted the pod."""
+        never exceed it; it counts only once the API deleted the pod. A pod already being
+        deleted is left to finish, unless the DELETE would shorten its grace."""
+        if pod and pod.deleting and not _shortens_grace(pod, guard.params):
+            return Clearance(answer=Result(Outcome.ALREADY_DONE, "already being deleted"))
         limit = guard.limits.value(self.limits[0])
         # Keyed by the pod (its uid: a recreated pod is a new deletion), so the retries of
         # one deletion after transient API errors count once, not once per attempt.
@@ -138,6 +141,14 @@ def answer_may_be_lost(exc: BaseException) -> bool:
     cause = getattr(exc, "reason", None)  # urllib3's MaxRetryError wraps the cause
     return not any(isinstance(e, ConnectTimeoutError | ConnectionRefusedError)
                    for e in (exc, cause))
+
+
+def _shortens_grace(pod: PodFacts, params: Mapping[str, Any]) -> bool:
+    """Whether a DELETE of a pod being deleted would make it stop sooner (the API then
+    shortens its grace); one with the pod's own grace changes nothing."""
+    grace = params.get("grace_period_seconds")
+    return grace is not None and (pod.deletion_grace_seconds is None
+                                  or grace < pod.deletion_grace_seconds)
 
 
 def _settle_deletion(guard: Guard, token: str, member: str, result: Result) -> None:
