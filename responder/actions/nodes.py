@@ -47,8 +47,9 @@ class CordonNode(Action):
         READ_POD,  # the node is the event's pod's, when the event names a pod
     )
     limits = (Limit("max_cordoned_nodes", 1,
-                    doc="cordoning stops once this many nodes are unschedulable (existing "
-                    "cordons count); the last schedulable node is never cordoned"),)
+                    doc="cordoning stops once this many nodes are unschedulable, across "
+                    "replicas (existing cordons count); the last schedulable node is never "
+                    "cordoned"),)
     destructive = True  # the node takes no new pods until someone uncordons it
     reversal = "uncordon the node (spec.unschedulable: false)"
 
