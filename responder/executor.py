@@ -162,7 +162,7 @@ class Executor:
                               retryable=is_retryable(exc))
             if clearance.reason:
                 return Result(Outcome.SKIPPED, clearance.reason)
-            result = self._call(action, decision, target)
+            result = clearance.answer or self._call(action, decision, target)
             clearance.settle(result)
         if not action.object_survives and result.outcome in (Outcome.DONE, Outcome.ALREADY_DONE):
             run.gone.add((target.namespace, target.pod))
@@ -171,7 +171,7 @@ class Executor:
     def _call(self, action: Action, decision: Decision, target: Target) -> Result:
         started = time.monotonic()
         try:
-            return self.retry.call(lambda: action.run(target, decision.params))
+            return self.retry.call(action.attempts(target, decision.params))
         except Exception as exc:  # noqa: BLE001 - one failed call must not stop the others
             return Result(Outcome.FAILED, api_failure(exc), retryable=is_retryable(exc))
         finally:

@@ -44,6 +44,8 @@ def read_pod(core: CoreV1Api, target: Target, timeout: float) -> PodFacts:
         container_ids=tuple(s.container_id.split("://", 1)[-1].lower() for s in statuses
                             if s.container_id),
         owner_kinds=tuple(o.kind for o in pod.metadata.owner_references or []),
+        deleting=pod.metadata.deletion_timestamp is not None,
+        deletion_grace_seconds=pod.metadata.deletion_grace_period_seconds,
     )
 
 
@@ -163,7 +165,7 @@ class Guardrails:
             return Clearance(reason)
         if reason := unverified_reason(decision, verification):
             return Clearance(reason)
-        return action.clear(Guard(limits, self.shared, self._trip), target, pod)
+        return action.clear(Guard(limits, self.shared, self._trip, decision.params), target, pod)
 
     def _pod_reason(self, action: Action, decision: Decision, target: Target,
                     pod: PodFacts | None, limits: Limits) -> str | None:

@@ -26,6 +26,9 @@ CREATE TABLE IF NOT EXISTS buckets (name TEXT PRIMARY KEY, tokens REAL NOT NULL,
 CREATE TABLE IF NOT EXISTS limit_hits (name TEXT NOT NULL, member TEXT NOT NULL,
                                        at REAL NOT NULL, PRIMARY KEY (name, member));
 CREATE INDEX IF NOT EXISTS limit_hits_by_time ON limit_hits (name, at);
+-- Locks the replica's processes take in turn (e.g. to check and cordon a node).
+CREATE TABLE IF NOT EXISTS locks (name TEXT PRIMARY KEY, token TEXT NOT NULL,
+                                  expires REAL NOT NULL);
 """
 #: Expired coalescing windows are deleted this often (a window that expired is only
 #: replaced when its key comes again; the rest would pile up).
@@ -120,6 +123,24 @@ class LocalState:
                 conn.execute("UPDATE OR IGNORE limit_hits SET member = ? "
                              "WHERE name = ? AND member = ?", (member, name, token))
             conn.execute("DELETE FROM limit_hits WHERE name = ? AND member = ?", (name, token))
+
+    def try_lock(self, name: str, seconds: float) -> str | None:
+        """The lock `name` for at most `seconds`: a token to unlock it with, or None while
+        another process of this replica holds it."""
+        now = self.store.clock()
+        token = uuid.uuid4().hex
+        conn = self._connection()
+        with self.store.transaction(conn):
+            conn.execute("DELETE FROM locks WHERE name = ? AND expires <= ?", (name, now))
+            taken = conn.execute("INSERT OR IGNORE INTO locks VALUES (?, ?, ?)",
+                                 (name, token, now + seconds)).rowcount
+        return token if taken else None
+
+    def unlock(self, name: str, token: str) -> bool:
+        """Release the lock if `token` still holds it; False when it had expired first."""
+        with self.store.transaction(self._connection()) as conn:
+            return bool(conn.execute("DELETE FROM locks WHERE name = ? AND token = ?",
+                                     (name, token)).rowcount)
 
     def take_token(self, name: str, rate: float, burst: float) -> float:
         """Token bucket: 0 when a token was taken, else seconds until one is available."""

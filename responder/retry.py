@@ -12,6 +12,8 @@ import tenacity
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
+from .shared import Contended
+
 T = TypeVar("T")
 RETRYABLE_STATUSES = {0, 409, 429, 500, 502, 503, 504}
 
@@ -20,6 +22,8 @@ def is_retryable(exc: BaseException) -> bool:
     """Conflicts, throttling, server errors and connection failures pass; 4xx refusals don't."""
     if isinstance(exc, ApiException):
         return (exc.status or 0) in RETRYABLE_STATUSES
+    if isinstance(exc, Contended):
+        return True  # someone else held a shared lock: it is free again later
     # Redis (shared limits, the request throttle) being unreachable is an outage, too.
     return isinstance(exc, urllib3.exceptions.HTTPError | OSError | redis.exceptions.ConnectionError
                       | redis.exceptions.TimeoutError)

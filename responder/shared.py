@@ -5,15 +5,20 @@ state, in SQLite beside the journal, is `responder.localstate`."""
 from __future__ import annotations
 
 import logging
+import random
+import time
 import uuid
+from collections.abc import Callable
 from typing import Protocol
 
-from .errors import ConfigError
+from .errors import ConfigError, ResponderError
 from .journal import EventStore
 
 logger = logging.getLogger(__name__)
 #: Marks a place held in a sliding-window limit, not yet a hit (never a pod uid or a key).
 RESERVED_PREFIX = "reserved:"
+#: How often a waiter asks for a taken lock again (jittered, so waiters do not pace each other).
+LOCK_POLL_SECONDS = 0.02
 
 
 class SharedState(Protocol):
@@ -47,6 +52,30 @@ class SharedState(Protocol):
 
     def settle_in_window(self, name: str, token: str, member: str, happened: bool) -> None:
         """Count the held place as `member` if the thing happened, else free it."""
+
+    def try_lock(self, name: str, seconds: float) -> str | None:
+        """Take the lock `name`, held for at most `seconds` (so a holder that died frees it):
+        a token to unlock it with, or None while someone else holds it."""
+
+    def unlock(self, name: str, token: str) -> bool:
+        """Release the lock if `token` still holds it; False when it had expired first."""
+
+
+class Contended(ResponderError):
+    """Someone else (another replica or process) held a shared lock for too long: the work
+    waiting for it is retried later, like a transient API failure."""
+
+
+def acquire(shared: SharedState, name: str, seconds: float, wait: float,
+            sleep: Callable[[float], None] = time.sleep) -> str:
+    """Wait up to `wait` seconds for the lock `name` (see `try_lock`); its token, else
+    Contended."""
+    deadline = time.monotonic() + wait
+    while (token := shared.try_lock(name, seconds)) is None:
+        if time.monotonic() >= deadline:
+            raise Contended(f"the shared lock {name!r} stayed taken for {wait:g} s")
+        sleep(LOCK_POLL_SECONDS * random.uniform(0.5, 1.5))
+    return token
 
 
 def report_dropped(store: EventStore, shared: SharedState | None, key: str | None) -> None:
@@ -122,6 +151,11 @@ if ARGV[3] == '1' then
 end
 return 1
 """
+# KEYS[1] lock; ARGV[1] token: delete the lock only while that token holds it.
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 # Coalescing window: KEYS[1] hash {opener, count}; ARGV window (ms), member. Returns the
 # count in the window, or 1 to the member that opened it. A window found without a TTL, or
 # with one longer than a window (written by someone else), gets the window's: otherwise
@@ -175,6 +209,7 @@ class RedisState:
         self._settle = self.redis.register_script(_SETTLE)
         self._window = self.redis.register_script(_WINDOW)
         self._close = self.redis.register_script(_CLOSE_WINDOW)
+        self._unlock = self.redis.register_script(_UNLOCK)
 
     def first_seen(self, key: str, seconds: float) -> bool:
         name, ms = f"{self.prefix}seen:{key}", int(seconds * 1000)
@@ -240,6 +275,15 @@ class RedisState:
         except redis.RedisError as exc:
             logger.warning("shared Redis not reachable at start (%s); actions wait for it",
                            type(exc).__name__)
+
+    def try_lock(self, name: str, seconds: float) -> str | None:
+        token = uuid.uuid4().hex
+        taken = self.redis.set(f"{self.prefix}lock:{name}", token, nx=True,
+                               px=max(1, int(seconds * 1000)))
+        return token if taken else None
+
+    def unlock(self, name: str, token: str) -> bool:
+        return bool(self._unlock(keys=[f"{self.prefix}lock:{name}"], args=[token]))
 
     def close(self) -> None:
         self.redis.close()

@@ -28,7 +28,8 @@ VERSION = {"major": "1", "minor": "31", "gitVersion": "v1.31.0", "gitCommit": "0
            "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.23",
            "compiler": "gc", "platform": "linux/amd64"}
 _REASONS = {400: "BadRequest", 403: "Forbidden", 404: "NotFound", 409: "Conflict",
-            429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable"}
+            429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable",
+            504: "Timeout"}
 
 
 @dataclass
@@ -47,6 +48,8 @@ class Fault:
     message: str
     times: int = 1
     headers: dict[str, str] = field(default_factory=dict)
+    #: Carry the request out first, then answer the error: the answer was lost on its way.
+    acted: bool = False
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -103,9 +106,11 @@ class KubeAPI:
         return node
 
     def fail(self, method: str, path: str, status: int, message: str = "", times: int = 1,
-             headers: dict[str, str] | None = None) -> None:
-        """Answer the next `times` matching requests with an error Status."""
-        fault = Fault(status, message or _REASONS.get(status, "error"), times, headers or {})
+             headers: dict[str, str] | None = None, acted: bool = False) -> None:
+        """Answer the next `times` matching requests with an error Status; `acted`: after
+        carrying them out (a gateway timeout whose request reached the server)."""
+        fault = Fault(status, message or _REASONS.get(status, "error"), times, headers or {},
+                      acted)
         self.faults.setdefault((method, path), []).append(fault)
 
     def mutations(self) -> list[tuple[str, str, Any]]:
@@ -121,6 +126,8 @@ class KubeAPI:
         with self.lock:
             fault = self._take_fault(method, path)
             if fault:
+                if fault.acted:
+                    self._route(method, path, body)
                 return fault.status, status_body(fault.status, fault.message), fault.headers
             return self._route(method, path, body)
 

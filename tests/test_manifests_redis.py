@@ -236,6 +236,9 @@ def test_the_responder_works_under_the_shipped_acl_with_the_shipped_settings(shi
         state.settle_in_window("pod-deletions", token, "shop/web", happened=True)
         assert state.allow_in_window("pod-deletions", 2, 60, "shop/db") is True
         assert state.allow_in_window("pod-deletions", 2, 60, "shop/x") is False
+        lock = state.try_lock("cordon", 5)
+        assert lock and state.try_lock("cordon", 5) is None
+        assert state.unlock("cordon", lock) is True
     finally:
         state.close()
 

@@ -164,26 +164,35 @@ class PodFacts:
     uid: str | None = None
     container_ids: tuple[str, ...] = ()
     owner_kinds: tuple[str, ...] = ()
+    #: The pod is being deleted (its deletionTimestamp is set), with this many seconds of
+    #: grace (deletionGracePeriodSeconds; None while it is not being deleted).
+    deleting: bool = False
+    deletion_grace_seconds: int | None = None
 
 
 @dataclass(frozen=True)
 class Clearance:
-    """The guardrails' answer for one action: `reason` to skip it; else run it and tell
-    `settle` the result (a deletion then counts against the limit only if it happened)."""
+    """The guardrails' answer for one action: `reason` to skip it; else run it (or take
+    `answer` instead) and tell `settle` the result (a deletion then counts against the limit
+    only if it happened)."""
 
     reason: str | None = None
     settle: Callable[[Result], None] = lambda result: None
+    #: The action's result without running it: what it would do is done already (the pod
+    #: read before acting is being deleted, say).
+    answer: Result | None = None
 
 
 @dataclass(frozen=True)
 class Guard:
     """What an action's own limit check may use: the plan's limits, the state replicas
-    share, and `trip` (name, reason) -> reason, which counts, logs and alerts a tripped
-    limit."""
+    share, `trip` (name, reason) -> reason, which counts, logs and alerts a tripped
+    limit, and the table rule's params for the action."""
 
     limits: Limits
     shared: SharedState
     trip: Callable[[str, str], str]
+    params: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Action:
@@ -216,6 +225,12 @@ class Action:
 
     def run(self, target: Target, params: Mapping[str, Any]) -> Result:
         raise NotImplementedError
+
+    def attempts(self, target: Target, params: Mapping[str, Any]) -> Callable[[], Result]:
+        """One call of the action as the executor retries it: every try calls what this
+        returns (a new one per call). An action whose later try must know what an earlier
+        one met (an answer lost to a timeout) keeps that in it."""
+        return lambda: self.run(target, params)
 
     def refusal(self, pod: PodFacts, params: Mapping[str, Any]) -> str | None:
         """Why this action must not touch the event's pod (read from the cluster), or None."""

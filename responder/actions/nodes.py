@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Mapping
 from typing import Any
 
+from ..shared import acquire
 from .base import (
     Action,
     Clearance,
@@ -22,7 +24,13 @@ from .base import (
 )
 from .pods import MERGE_PATCH, READ_POD
 
+logger = logging.getLogger(__name__)
 NODE = Kind("Node", "v1", name_from="node", namespaced=False)
+#: The shared lock every replica holds from counting the nodes to the cordon's answer.
+CORDON_LOCK = "cordon-node"
+#: The lock outlives the slowest cordon (its retries included) by this many request timeouts;
+#: a replica that died holding it blocks cordons no longer.
+LOCK_TIMEOUTS = 10
 
 
 class CordonNode(Action):
@@ -39,8 +47,9 @@ class CordonNode(Action):
         READ_POD,  # the node is the event's pod's, when the event names a pod
     )
     limits = (Limit("max_cordoned_nodes", 1,
-                    doc="cordoning stops once this many nodes are unschedulable (existing "
-                    "cordons count); the last schedulable node is never cordoned"),)
+                    doc="cordoning stops once this many nodes are unschedulable, across "
+                    "replicas (existing cordons count); the last schedulable node is never "
+                    "cordoned"),)
     destructive = True  # the node takes no new pods until someone uncordons it
     reversal = "uncordon the node (spec.unschedulable: false)"
 
@@ -49,12 +58,35 @@ class CordonNode(Action):
         self._lock = threading.Lock()
 
     def exclusive(self) -> contextlib.AbstractContextManager:
-        # Check and act under one lock: two threads must not both see room for "one more"
-        # cordon (nor both leave the last schedulable node).
+        # The threads of one process queue here, rather than all asking the shared lock.
         return self._lock
 
     def clear(self, guard: Guard, target: Target, pod: PodFacts | None) -> Clearance:
-        return Clearance(self._cordon_limit(guard, target.node))
+        """Count and cordon under a lock every replica shares (Redis; SQLite for one
+        replica's processes): two replicas must not both see room for "one more" cordon,
+        nor both leave the last schedulable node. The node list read under the lock sees
+        the cordon of the lock's previous holder (a list is read from etcd, not a cache)."""
+        token = acquire(guard.shared, CORDON_LOCK, LOCK_TIMEOUTS * self.timeout,
+                        wait=self.timeout)
+        try:
+            reason = self._cordon_limit(guard, target.node)
+        except BaseException:
+            self._unlock(guard, token)
+            raise
+        if reason:
+            self._unlock(guard, token)
+            return Clearance(reason)
+        return Clearance(settle=lambda result: self._unlock(guard, token))
+
+    def _unlock(self, guard: Guard, token: str) -> None:
+        try:
+            held = guard.shared.unlock(CORDON_LOCK, token)
+        except Exception as exc:  # noqa: BLE001 - e.g. Redis down: the lock just expires
+            logger.warning("cannot release the cordon lock (%s)", type(exc).__name__)
+            return
+        if not held:
+            logger.warning("the cordon lock expired before the cordon finished: another "
+                           "replica may have counted the nodes meanwhile")
 
     def _cordon_limit(self, guard: Guard, node_name: str | None) -> str | None:
         nodes = self.core.list_node(_request_timeout=self.timeout).items

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from kubernetes.client import V1DeleteOptions, V1Preconditions
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import ConnectTimeoutError
 
 from .base import (
     Action,
@@ -27,6 +28,8 @@ from .labels import labels_problems
 
 logger = logging.getLogger(__name__)
 MERGE_PATCH = "application/merge-patch+json"
+#: Why a deletion counts whose DELETE answered an error, but whose retry found the pod gone.
+LOST_ANSWER = "deleted (the API's first answer was lost)"
 POD = Kind("Pod", "v1", name_from="pod", namespaced=True)
 DELETIONS = "pod-deletions"  # the limit's name, in the shared state and the trips metric
 #: The guardrails read the event's pod before any pod action (its containers, owners, node).
@@ -66,7 +69,10 @@ class DeletePod(Action):
 
     def clear(self, guard: Guard, target: Target, pod: PodFacts | None) -> Clearance:
         """Hold a place in the deletion limit before the DELETE, so that concurrent deletes
-        never exceed it; it counts only once the API deleted the pod."""
+        never exceed it; it counts only once the API deleted the pod. A pod already being
+        deleted is left to finish, unless the DELETE would shorten its grace."""
+        if pod and pod.deleting and not _shortens_grace(pod, guard.params):
+            return Clearance(answer=Result(Outcome.ALREADY_DONE, "already being deleted"))
         limit = guard.limits.value(self.limits[0])
         # Keyed by the pod (its uid: a recreated pod is a new deletion), so the retries of
         # one deletion after transient API errors count once, not once per attempt.
@@ -77,7 +83,24 @@ class DeletePod(Action):
                                         f"pod deletion limit reached ({limit} per minute)"))
         return Clearance(settle=lambda result: _settle_deletion(guard, token, member, result))
 
+    def attempts(self, target: Target, params: Mapping[str, Any]) -> Callable[[], Result]:
+        # A DELETE whose answer was lost (a timeout, a 5xx) may have deleted the pod: the
+        # retry then finds it gone, and that deletion is ours, to be counted.
+        lost: list[BaseException] = []
+
+        def attempt() -> Result:
+            try:
+                return self._delete(target, params, answer_lost=bool(lost))
+            except Exception as exc:
+                if answer_may_be_lost(exc):
+                    lost.append(exc)
+                raise
+        return attempt
+
     def run(self, target: Target, params: Mapping[str, Any]) -> Result:
+        return self._delete(target, params, answer_lost=False)
+
+    def _delete(self, target: Target, params: Mapping[str, Any], answer_lost: bool) -> Result:
         # With the uid of the pod the guardrails verified, a pod recreated under the same name
         # in the meantime (a StatefulSet's, say) is never the one deleted.
         preconditions = V1Preconditions(uid=target.pod_uid) if target.pod_uid else None
@@ -88,12 +111,44 @@ class DeletePod(Action):
                 target.pod, target.namespace, body=body,
                 _content_type="application/json", _request_timeout=self.timeout)
         except ApiException as exc:
-            if exc.status == 404:
-                return Result(Outcome.ALREADY_DONE, "already gone")
-            if exc.status == 409 and "precondition" in (exc.body or "").lower():
-                return Result(Outcome.SKIPPED, "pod was replaced since the event (uid changed)")
-            raise
+            return _refused_delete(exc, answer_lost)
         return Result(Outcome.DONE, involved=object_ref(pod, POD))
+
+
+def _refused_delete(exc: ApiException, answer_lost: bool) -> Result:
+    """What a DELETE answered with 404 or a failed uid precondition means; other errors
+    propagate. After a try whose answer was lost, the pod verified before acting is gone
+    (404), or another has its name (409 on the uid): our DELETE most likely removed it, and
+    a blast-radius limit must rather count one deletion too many than one too few."""
+    replaced = exc.status == 409 and "precondition" in (exc.body or "").lower()
+    if answer_lost and (exc.status == 404 or replaced):
+        return Result(Outcome.DONE, LOST_ANSWER + ("; a new pod has its name now" if replaced
+                                                   else ""))
+    if exc.status == 404:
+        return Result(Outcome.ALREADY_DONE, "already gone")
+    if replaced:
+        return Result(Outcome.SKIPPED, "pod was replaced since the event (uid changed)")
+    raise exc
+
+
+def answer_may_be_lost(exc: BaseException) -> bool:
+    """Whether a failed request may have been carried out all the same: it reached the API
+    server, but no answer came back (a read timeout, a dropped connection) or a 5xx did,
+    which a proxy or the server may send after acting. A refused connection or a 4xx
+    (429 throttling, 409 conflict) did nothing."""
+    if isinstance(exc, ApiException):
+        return not exc.status or exc.status >= 500
+    cause = getattr(exc, "reason", None)  # urllib3's MaxRetryError wraps the cause
+    return not any(isinstance(e, ConnectTimeoutError | ConnectionRefusedError)
+                   for e in (exc, cause))
+
+
+def _shortens_grace(pod: PodFacts, params: Mapping[str, Any]) -> bool:
+    """Whether a DELETE of a pod being deleted would make it stop sooner (the API then
+    shortens its grace); one with the pod's own grace changes nothing."""
+    grace = params.get("grace_period_seconds")
+    return grace is not None and (pod.deletion_grace_seconds is None
+                                  or grace < pod.deletion_grace_seconds)
 
 
 def _settle_deletion(guard: Guard, token: str, member: str, result: Result) -> None:
