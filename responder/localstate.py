@@ -81,17 +81,6 @@ class LocalState:
         with self.store.transaction(self._connection()) as conn:
             conn.execute("DELETE FROM coalescing WHERE key = ? AND opener = ?", (key, member))
 
-    def allow_in_window(self, name: str, limit: int, seconds: float,
-                        member: str | None = None) -> bool:
-        """Sliding window log: record a hit unless `limit` hits fall in the last `seconds`.
-        A `member` already recorded in the window is allowed again without a new hit."""
-        member = member or uuid.uuid4().hex
-        token = self.reserve_in_window(name, limit, seconds, member)
-        if token is None:
-            return False
-        self.settle_in_window(name, token, member, happened=True)
-        return True
-
     def reserve_in_window(self, name: str, limit: int, seconds: float,
                           member: str) -> str | None:
         """Hold a place in the window for something about to be tried: None when `limit`

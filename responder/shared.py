@@ -39,11 +39,6 @@ class SharedState(Protocol):
     def take_token(self, name: str, rate: float, burst: float) -> float:
         """0 when a token was taken from the bucket, else seconds to wait for one."""
 
-    def allow_in_window(self, name: str, limit: int, seconds: float,
-                        member: str | None = None) -> bool:
-        """Record one occurrence if fewer than `limit` happened in the last `seconds`; a
-        `member` (e.g. one pod's deletion) counts once however often it is retried."""
-
     def reserve_in_window(self, name: str, limit: int, seconds: float,
                           member: str) -> str | None:
         """Hold a place for something about to be tried, so concurrent tries never exceed
@@ -59,6 +54,19 @@ class SharedState(Protocol):
 
     def unlock(self, name: str, token: str) -> bool:
         """Release the lock if `token` still holds it; False when it had expired first."""
+
+
+def allow_in_window(shared: SharedState, name: str, limit: int, seconds: float,
+                    member: str | None = None) -> bool:
+    """Record one occurrence if fewer than `limit` happened in the last `seconds`; a `member`
+    (e.g. one pod's deletion) counts once however often it is retried. A reservation settled
+    at once, for limits that count an occurrence before it is tried."""
+    member = member or uuid.uuid4().hex
+    token = shared.reserve_in_window(name, limit, seconds, member)
+    if token is None:
+        return False
+    shared.settle_in_window(name, token, member, happened=True)
+    return True
 
 
 class Contended(ResponderError):
@@ -235,15 +243,6 @@ class RedisState:
     def take_token(self, name: str, rate: float, burst: float) -> float:
         wait = float(self._bucket(keys=[f"{self.prefix}bucket:{name}"], args=[rate, burst]))
         return bounded_wait(wait, rate, burst)
-
-    def allow_in_window(self, name: str, limit: int, seconds: float,
-                        member: str | None = None) -> bool:
-        member = member or uuid.uuid4().hex
-        token = self.reserve_in_window(name, limit, seconds, member)
-        if token is None:
-            return False
-        self.settle_in_window(name, token, member, happened=True)
-        return True
 
     def reserve_in_window(self, name: str, limit: int, seconds: float,
                           member: str) -> str | None:

@@ -10,6 +10,7 @@ import pytest
 from responder import journal, localstate
 from responder.journal import EventStore
 from responder.localstate import PRUNE_SECONDS, LocalState
+from responder.shared import allow_in_window
 
 LOCAL_TABLES = {"coalescing", "buckets", "limit_hits"}
 
@@ -49,9 +50,9 @@ def test_windows_tokens_and_limits_follow_the_journal_clock(clocked):
     assert state.take_token("b", 1.0, 2) == pytest.approx(1.0)
     now[0] += 1
     assert state.take_token("b", 1.0, 2) == 0
-    assert state.allow_in_window("d", 1, 60, "pod-1") and not state.allow_in_window("d", 1, 60)
+    assert allow_in_window(state, "d", 1, 60, "pod-1") and not allow_in_window(state, "d", 1, 60)
     now[0] += 61
-    assert state.allow_in_window("d", 1, 60)
+    assert allow_in_window(state, "d", 1, 60)
 
 
 def test_expired_coalescing_windows_are_pruned_by_the_local_state(clocked):

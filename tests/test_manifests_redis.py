@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from responder.settings import Settings
-from responder.shared import RedisState
+from responder.shared import RedisState, allow_in_window
 
 from .redisserver import redis_server_binary
 from .serving import free_port
@@ -234,8 +234,8 @@ def test_the_responder_works_under_the_shipped_acl_with_the_shipped_settings(shi
         assert state.take_token("kube-api", 10, 2) == 0
         token = state.reserve_in_window("pod-deletions", 2, 60, "shop/web")
         state.settle_in_window("pod-deletions", token, "shop/web", happened=True)
-        assert state.allow_in_window("pod-deletions", 2, 60, "shop/db") is True
-        assert state.allow_in_window("pod-deletions", 2, 60, "shop/x") is False
+        assert allow_in_window(state, "pod-deletions", 2, 60, "shop/db") is True
+        assert allow_in_window(state, "pod-deletions", 2, 60, "shop/x") is False
         lock = state.try_lock("cordon", 5)
         assert lock and state.try_lock("cordon", 5) is None
         assert state.unlock("cordon", lock) is True
