@@ -53,6 +53,10 @@ class Metrics:
         self.action_seconds = Histogram("responder_action_duration_seconds",
                                         "Time spent in one Kubernetes action", ["action"],
                                         registry=r)
+        self.audit_events = Counter("responder_audit_events",
+                                    "Audit Kubernetes Events: recorded, failed (the API refused "
+                                    "or did not answer), dropped (never sent: queue full, or "
+                                    "still queued at shutdown)", ["outcome"], registry=r)
         self.slack = Counter("responder_slack_notifications", "Slack notifications by outcome",
                              ["outcome"], registry=r)
         # Across processes: 0 if any live process failed its last reload.

@@ -55,9 +55,13 @@ class Responder:
             return Executor(None, idle_reason="no Kubernetes cluster configured",
                             metrics=self.metrics)
         timeout = self.settings.kubernetes.timeout
-        self.recorder = EventRecorder(CoreV1Api(self._audit_client(api_client)), timeout)
-        self.audit = AuditQueue(self.recorder) if self.settings.intake.mode == "queue" \
-            else self.recorder
+        def count(outcome: str) -> None:
+            self.metrics.inc(self.metrics.audit_events, outcome)
+
+        self.recorder = EventRecorder(CoreV1Api(self._audit_client(api_client)), timeout,
+                                      count=count)
+        self.audit = AuditQueue(self.recorder, count=count) \
+            if self.settings.intake.mode == "queue" else self.recorder
         throttled = ThrottledApiClient.wrap(api_client, self._throttle)
         kubernetes = self.settings.kubernetes
         guardrails = Guardrails(
