@@ -64,7 +64,8 @@ def create_app(settings: Settings | None = None, *, table: Table | None = None,
     _add_auth(app, settings, responder.metrics)
     _add_routes(app, responder, intake)
     if responder.api_client is not None:
-        app.extensions["api_probe"] = kube.ApiProbe(responder.api_client).start()
+        # Started by the first /readyz (in the process that serves it: gunicorn forks).
+        app.extensions["api_probe"] = kube.ApiProbe(responder.api_client)
     _add_health_routes(app, responder)
     _add_error_handlers(app, responder.metrics)
     return app
