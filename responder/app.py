@@ -63,6 +63,9 @@ def create_app(settings: Settings | None = None, *, table: Table | None = None,
                 app.extensions["wakeup"] = WakeListener(parts.spool_dir, worker.wake).start()
     _add_auth(app, settings, responder.metrics)
     _add_routes(app, responder, intake)
+    if responder.api_client is not None:
+        # Started by the first /readyz (in the process that serves it: gunicorn forks).
+        app.extensions["api_probe"] = kube.ApiProbe(responder.api_client)
     _add_health_routes(app, responder)
     _add_error_handlers(app, responder.metrics)
     return app
@@ -74,6 +77,8 @@ def shutdown(app: Flask, timeout: float = 10.0) -> None:
     ext = app.extensions
     if ext["spool"]:
         ext["spool"].close()  # flushed: what was answered 202 is on disk
+    if ext.get("api_probe"):
+        ext["api_probe"].stop()
     for wake in ("wake_sender", "wakeup"):
         if ext.get(wake):
             ext[wake].close()
@@ -147,9 +152,9 @@ def _add_health_routes(app: Flask, responder: Responder) -> None:
         if responder.armed:
             # Said, but still ready: events are recorded and acted on once the API answers
             # again, while an unready pod would leave Falcosidekick nowhere to send them
-            # (it drops an event it cannot deliver).
-            problem = kube.api_reachable(responder.api_client, timeout=2.0)
-            detail["kubernetes_api"] = problem or "reachable"
+            # (it drops an event it cannot deliver). The answer is the background probe's:
+            # nothing here waits on the API.
+            detail.update(app.extensions["api_probe"].start().state())
         return jsonify({"status": "ready", **detail}), 200
 
 

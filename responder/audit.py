@@ -29,6 +29,9 @@ CLUSTER_SCOPED_NAMESPACE = "default"
 MESSAGE_LIMIT = 1024  # the events.k8s.io note limit; core/v1 tools show less anyway
 NAME_LIMIT = 253
 RECORDED = (Outcome.DONE, Outcome.ALREADY_DONE)
+#: responder_audit_events_total{outcome}: created, refused by the API (or unreachable), or
+#: never tried (the queue was full, or still held them when the process stopped).
+RECORDED_OUTCOME, FAILED, DROPPED = "recorded", "failed", "dropped"
 
 
 class EventRecorder:
@@ -40,8 +43,11 @@ class EventRecorder:
     """
 
     def __init__(self, core: CoreV1Api, timeout: float, *, instance: str | None = None,
-                 now: Callable[[], datetime] = lambda: datetime.now(UTC)):
+                 now: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 count: Callable[[str], None] = lambda outcome: None):
         self.core = core
+        #: Called with "recorded" or "failed" for each Event tried (the metric).
+        self.count = count
         self.timeout = timeout
         self.instance = (instance or socket.gethostname())[:128]
         self._now = now
@@ -54,6 +60,7 @@ class EventRecorder:
         if ref is None:
             logger.warning("no audit Event for %s (uuid=%s): the report names no object",
                            report.decision.action, event.uuid)
+            self.count(FAILED)
             return False
         body = build_audit_event(event, report, ref, self.instance, self._now())
         namespace = body.metadata.namespace
@@ -63,7 +70,9 @@ class EventRecorder:
             logger.warning("cannot record audit Event for %s on %s %s (uuid=%s): %s",
                            report.decision.action, ref.kind, ref.name, event.uuid,
                            api_failure(exc))
+            self.count(FAILED)
             return False
+        self.count(RECORDED_OUTCOME)
         return True
 
     def record_all(self, event: Event, reports: list[ActionReport]) -> int:
@@ -123,3 +132,12 @@ def event_name(object_name: str) -> str:
     """`<object>.<16 hex>`, unique per call, as kubectl names its Events."""
     suffix = "." + secrets.token_hex(8)
     return object_name[:NAME_LIMIT - len(suffix)] + suffix
+
+
+def describe(event: Event, report: ActionReport) -> str:
+    """What an Event would have said, for the log line of one that was dropped."""
+    ref = involved_object(report)
+    where = f"{ref.kind} {ref.namespace + '/' if ref.namespace else ''}{ref.name}" if ref \
+        else "no object"
+    return (f"{report.decision.action} {report.result.outcome} on {where} "
+            f"(table rule {report.decision.table_rule!r}, uuid={event.uuid})")

@@ -15,20 +15,27 @@ import logging
 import os
 import queue
 import threading
+from collections.abc import Callable
 
-from .audit import RECORDED, EventRecorder
+from .audit import DROPPED, RECORDED, EventRecorder, describe
 from .events import Event
 from .executor import ActionReport
 
 logger = logging.getLogger(__name__)
 CAPACITY = 10_000  # events whose Events wait; at 10/s that is a quarter of an hour
+# Best effort: the queue is memory only. A killed process loses it uncounted; the decision
+# records in the journal are the durable audit trail (docs/architecture.md, "Audit trail").
 
 
 class AuditQueue:
     """`record_all` returns at once; a thread started on first use creates the Events."""
 
-    def __init__(self, recorder: EventRecorder, capacity: int = CAPACITY):
+    def __init__(self, recorder: EventRecorder, capacity: int = CAPACITY,
+                 count: Callable[[str], None] = lambda outcome: None):
         self.recorder = recorder
+        #: Called with "dropped" for each Event given up (the metric); the recorder counts
+        #: the ones it tries.
+        self.count = count
         self._queue: queue.Queue = queue.Queue(capacity)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -44,11 +51,16 @@ class AuditQueue:
         try:
             self._queue.put_nowait((event, wanted))
         except queue.Full:
-            logger.error("audit queue full (%d events waiting): no Event for %d action(s) of "
-                         "event %s; the decision log has them", self._queue.maxsize,
-                         len(wanted), event.uuid)
+            self._drop(event, wanted, f"audit queue full ({self._queue.maxsize} events waiting)")
             return 0
         return len(wanted)
+
+    def _drop(self, event: Event, reports: list[ActionReport], why: str) -> None:
+        # Events are best effort; the journal's decision records are the durable trail.
+        for report in reports:
+            logger.error("%s: audit Event dropped for %s; the decision log has it", why,
+                         describe(event, report))
+            self.count(DROPPED)
 
     def _ensure_started(self) -> None:
         with self._lock:
@@ -72,6 +84,20 @@ class AuditQueue:
             finally:
                 self._queue.task_done()
 
+    def _drop_queued(self) -> None:
+        """Stopping with Events still queued: say which, and count them, rather than let
+        them go with the process unnoticed."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                if item is not None:
+                    self._drop(*item, "stopping before it was recorded")
+            finally:
+                self._queue.task_done()
+
     def wait(self, timeout: float) -> bool:
         """Until every queued Event is recorded (True), or `timeout` seconds pass."""
         done = threading.Event()
@@ -91,8 +117,7 @@ class AuditQueue:
         if thread is None:
             return
         if not self.wait(timeout):
-            logger.warning("stopping with %d audit Event(s) not recorded",
-                           self._queue.qsize())
+            self._drop_queued()
         try:
             self._queue.put_nowait(None)
         except queue.Full:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
+import threading
+import time
 from collections.abc import Callable
 
 from kubernetes import client, config
@@ -61,3 +64,64 @@ def api_reachable(api: client.ApiClient, timeout: float) -> str | None:
     except Exception as exc:  # noqa: BLE001 - any failure means "unreachable", said plainly
         return f"Kubernetes API not reachable: {type(exc).__name__}"
     return None
+
+
+PROBE_SECONDS = 10.0  # how often the background probe asks the API server for /version
+PROBE_TIMEOUT = 2.0  # per attempt; with no retries, also the longest one check takes
+NOT_CHECKED = "not checked yet"
+
+
+class ApiProbe:
+    """Whether the API server answers, asked by a thread of its own every `interval`
+    seconds and read by /readyz from memory. A probe request must never wait on the API:
+    in a blackhole (a listener that accepts and never answers) one check takes `timeout`,
+    and urllib3's default three retries made it four times that, longer than the kubelet's
+    probe timeout; every /readyz would also hold one of the few request threads meanwhile.
+    The check uses a client of its own with no retries."""
+
+    def __init__(self, api: client.ApiClient, interval: float = PROBE_SECONDS,
+                 timeout: float = PROBE_TIMEOUT):
+        configuration = copy.copy(api.configuration)
+        configuration.retries = 0
+        self._api = client.ApiClient(configuration)
+        self.interval = interval
+        self.timeout = timeout
+        self.problem: str | None = NOT_CHECKED
+        self.checked_at: float | None = None  # time.monotonic() of the last answer
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def start(self) -> ApiProbe:
+        """Start the thread (again, in a forked child, where the parent's is gone)."""
+        with self._lock:
+            if self._thread is None or self._pid != os.getpid():
+                self._pid = os.getpid()
+                self._stop.clear()
+                self._thread = threading.Thread(target=self._run, name="kube-api-probe",
+                                                daemon=True)
+                self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.check()
+            self._stop.wait(self.interval)
+
+    def check(self) -> None:
+        problem = api_reachable(self._api, self.timeout)
+        if problem != self.problem and self.problem != NOT_CHECKED:
+            logger.warning("Kubernetes API %s", "reachable again" if problem is None
+                           else f"check failed: {problem}")
+        self.problem, self.checked_at = problem, time.monotonic()
+
+    def state(self) -> dict[str, object]:
+        """What /readyz shows: `reachable` or why not, and how long ago that was found."""
+        age = None if self.checked_at is None else round(time.monotonic() - self.checked_at, 1)
+        return {"kubernetes_api": self.problem or "reachable", "kubernetes_api_checked_ago": age}
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._lock:
+            self._thread = None

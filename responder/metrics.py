@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -15,6 +16,23 @@ from prometheus_client.registry import Collector
 # keeps every value in files there, and a scrape of any process adds them all up.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
+#: Distinct (rule, priority, source) series of responder_events_received one process keeps;
+#: past it, an event counts under rule "other". The rule name is the sender's to choose, so
+#: the bound is on the combinations, not on each label (500 rules x 50 sources x 8
+#: priorities was 200,000 series, and about 80,000 filled the 32 MiB /dev/shm volume).
+#: One series takes about 300 bytes of a multiprocess file (a 128-character rule, the
+#: longest source and priority: the JSON key padded to 8 bytes, the value, its timestamp):
+#: 1,000 of them (and 8 "other") measured 300 KiB of memory in a 512 KiB sparse counter
+#: file. Dead processes' files stay until `responder serve` stops: the 32 MiB /dev/shm
+#: volume holds that worst case for some 50 process lifetimes even counted at full file
+#: size (counter, gauge and histogram files together under 0.7 MiB), against two processes
+#: and occasional respawns. Falco's default rules number about 80, plugins add a few dozen.
+MAX_EVENT_SERIES = 1_000
+#: The `source` values Falco and its plugins send (FALCO-EVENTS.md); anything else is "other".
+KNOWN_SOURCES = frozenset({"syscall", "k8s_audit", "aws_cloudtrail", "okta", "github",
+                           "gcp_auditlog", "docker", "nomad", "keycloak", "internal"})
+OTHER = "other"
+
 
 class Metrics:
     """Every metric the responder exports; passed to whoever counts."""
@@ -24,6 +42,8 @@ class Metrics:
         self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
         r = self.registry
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._event_series: set[tuple[str, str, str]] = set()
+        self._series_lock = threading.Lock()
         self.events = Counter("responder_events_received", "Falco events accepted",
                               ["rule", "priority", "source"], registry=r)
         self.rejected = Counter("responder_requests_rejected",
@@ -33,6 +53,10 @@ class Metrics:
         self.action_seconds = Histogram("responder_action_duration_seconds",
                                         "Time spent in one Kubernetes action", ["action"],
                                         registry=r)
+        self.audit_events = Counter("responder_audit_events",
+                                    "Audit Kubernetes Events: recorded, failed (the API refused "
+                                    "or did not answer), dropped (never sent: queue full, or "
+                                    "still queued at shutdown)", ["outcome"], registry=r)
         self.slack = Counter("responder_slack_notifications", "Slack notifications by outcome",
                              ["outcome"], registry=r)
         # Across processes: 0 if any live process failed its last reload.
@@ -70,6 +94,20 @@ class Metrics:
         if child is None:
             child = self._children.setdefault(key, counter.labels(*labels))
         child.inc()
+
+    def count_event(self, rule: str, priority: str, source: str) -> None:
+        """Count one event received. `rule` should already be cut to label length;
+        `priority` is one of Falco's eight. The first MAX_EVENT_SERIES combinations get a
+        series each; later new ones share rule "other" (with their priority and source)."""
+        source = source if source in KNOWN_SOURCES else OTHER
+        key = (rule, priority, source)
+        if key not in self._event_series:
+            with self._series_lock:
+                if len(self._event_series) < MAX_EVENT_SERIES:
+                    self._event_series.add(key)
+                else:
+                    key = (OTHER, priority, source)
+        self.inc(self.events, *key)
 
     def watch_queue(self, state: Callable[[], tuple[float, float]]) -> None:
         """Read the queue's depth and oldest age (one call) when scraped, not per event."""

@@ -26,8 +26,6 @@ from .shared import SharedState
 from .table import Table
 
 logger = logging.getLogger(__name__)
-MAX_RULE_LABELS = 500  # Falco's default rules number about 80; plugins add a few dozen
-MAX_SOURCE_LABELS = 50  # syscall, k8s_audit and one per source plugin (cloudtrail, okta, ...)
 MAX_LABEL_LENGTH = 128  # Falco's rule names run to about 60 characters, its sources to 15
 
 
@@ -41,8 +39,6 @@ class Responder:
         self.settings = settings
         self.registry = registry
         self.metrics = metrics or Metrics()
-        self._rule_labels: set[str] = set()
-        self._source_labels: set[str] = set()
         self.table = table
         self.store = store
         self.shared = shared
@@ -59,9 +55,13 @@ class Responder:
             return Executor(None, idle_reason="no Kubernetes cluster configured",
                             metrics=self.metrics)
         timeout = self.settings.kubernetes.timeout
-        self.recorder = EventRecorder(CoreV1Api(self._audit_client(api_client)), timeout)
-        self.audit = AuditQueue(self.recorder) if self.settings.intake.mode == "queue" \
-            else self.recorder
+        def count(outcome: str) -> None:
+            self.metrics.inc(self.metrics.audit_events, outcome)
+
+        self.recorder = EventRecorder(CoreV1Api(self._audit_client(api_client)), timeout,
+                                      count=count)
+        self.audit = AuditQueue(self.recorder, count=count) \
+            if self.settings.intake.mode == "queue" else self.recorder
         throttled = ThrottledApiClient.wrap(api_client, self._throttle)
         kubernetes = self.settings.kubernetes
         guardrails = Guardrails(
@@ -96,10 +96,8 @@ class Responder:
         return reply_body(plan, reports)
 
     def count_received(self, event: Event) -> None:
-        self.metrics.inc(self.metrics.events,
-                         bounded_label(self._rule_labels, event.rule, MAX_RULE_LABELS),
-                         event.priority.label,  # one of Falco's eight priorities
-                         bounded_label(self._source_labels, event.source, MAX_SOURCE_LABELS))
+        # The number of series is bounded by Metrics.count_event (MAX_EVENT_SERIES).
+        self.metrics.count_event(clip_label(event.rule), event.priority.label, event.source)
 
     def after_actions(self, plan: Plan, reports: list[ActionReport]) -> None:
         """Tell people (Slack) and the cluster (Events) what was done. Never raises."""
@@ -141,18 +139,6 @@ class Responder:
         if self.api_client is None or self.settings.table.force_dry_run:
             return False
         return any(not self.table.is_dry_run(rule) for rule in self.table.rules)
-
-
-def bounded_label(seen: set[str], value: str, limit: int) -> str:
-    """`value` as a label while `seen` holds fewer than `limit` others, else "other".
-    Rule names and sources come from the sender: past the bound, new ones share one
-    series, and each is cut to MAX_LABEL_LENGTH, so nobody can grow the metrics (their
-    memory and, under `responder serve`, their files) without limit."""
-    value = clip_label(value)
-    if value in seen or len(seen) < limit:
-        seen.add(value)
-        return value
-    return "other"
 
 
 def clip_label(value: str) -> str:

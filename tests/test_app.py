@@ -8,6 +8,8 @@ import time
 import pytest
 from kubernetes import client
 
+from responder.kube import NOT_CHECKED
+
 from .conftest import DATA, recorded_events
 
 EXPECTED = [json.loads(line) for line in (DATA / "expected-replay.jsonl").read_text().splitlines()]
@@ -147,9 +149,18 @@ ARMED = ("rules:\n  - {name: a, match: {rules: [x]}, dry_run: false,"
          " actions: [{action: cordon-node}]}")
 
 
+def ready_after_probe(app):
+    """/readyz once the background probe has checked the API (at start, then every 10 s)."""
+    deadline = time.monotonic() + 5
+    while (reply := app.get("/readyz")).get_json().get("kubernetes_api") == NOT_CHECKED \
+            and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return reply
+
+
 def test_readyz_checks_the_api_when_armed(kube, make_app, make_table):
     app = make_app(make_table(ARMED), api_client=kube.api_client()).test_client()
-    reply = app.get("/readyz")
+    reply = ready_after_probe(app)
     assert reply.status_code == 200 and reply.get_json()["armed"] is True
     assert reply.get_json()["kubernetes_api"] == "reachable"
     assert ("GET", "/version/") in [(c.method, c.path) for c in kube.api.calls]
@@ -162,7 +173,7 @@ def test_readyz_stays_ready_and_says_why_when_armed_and_the_api_is_down(make_app
     configuration = client.Configuration(host=f"http://127.0.0.1:{port}")
     configuration.retries = 0
     app = make_app(make_table(ARMED), api_client=client.ApiClient(configuration)).test_client()
-    reply = app.get("/readyz")
+    reply = ready_after_probe(app)
     # Unready, the pod would leave the Service and Falcosidekick would drop every event
     # meanwhile; ready, it queues them for when the API is back.
     assert reply.status_code == 200

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from responder.events import parse_event
+from responder.metrics import MAX_EVENT_SERIES
 from responder.service import MAX_LABEL_LENGTH
 
 from .serving import served
@@ -100,15 +102,89 @@ def test_unknown_event_uuids_are_counted_as_refused(make_app, make_table):
 def test_served_metrics_files_stay_small_under_label_bombs(tmp_path):
     state = tmp_path / "state"
     env = {"RESPONDER_STATE_DIR": str(state), "RESPONDER_MAX_BODY_BYTES": str(2 * 1024 * 1024),
-           "RESPONDER_LOG_LEVEL": "WARNING"}
+           "RESPONDER_LOG_LEVEL": "WARNING", "RESPONDER_METRICS_DIR": str(tmp_path / "shm")}
     with served(env) as url, requests.Session() as session:
         for i in range(60):
             reply = session.post(url + "/", data=bomb(i),
                                  headers={"Content-Type": "application/json"}, timeout=10)
             assert reply.status_code == 202, reply.text
         text = session.get(url + "/metrics", timeout=10).text
+        # Measured while serving: `responder serve` removes them when it stops.
+        files = list(Path(tmp_path, "shm").glob("*/*.db"))
+        size = sum(f.stat().st_size for f in files)
     assert len(label_values(text, "rule")) == 60
-    size = sum(f.stat().st_size for f in Path(state, "metrics").glob("*.db"))
+    assert files, "no metrics files where RESPONDER_METRICS_DIR points"
     # Before: tens of MiB (each file holds every label; it grows by doubling).
     assert size < 4 * 1024 * 1024, f"metrics files hold {size / 2**20:.1f} MiB"
 
+
+
+PRIORITIES = ["Emergency", "Alert", "Critical", "Error", "Warning", "Notice", "Informational",
+              "Debug"]
+
+
+def combination_bomb(count: int, start: int = 0) -> list[bytes]:
+    """Events whose (rule, source, priority) are all different: 8 priorities under each
+    rule, 20 sources in turn, rules and sources long. Each label alone has few enough values
+    for a per-label bound (500 rules, 50 sources); their product does not."""
+    bodies = []
+    for n in range(start, start + count):
+        rule, source, priority = n // 8, n // 8 % 20, PRIORITIES[n % 8]
+        bodies.append(json.dumps({"rule": f"R{rule:05d}" + "x" * 300, "priority": priority,
+                                  "source": f"S{source:02d}" + "y" * 300,
+                                  "output_fields": {}}).encode())
+    return bodies
+
+
+def event_series(text: str) -> list[str]:
+    return [line for line in text.splitlines()
+            if line.startswith("responder_events_received_total{")]
+
+
+@pytest.mark.slow
+def test_label_combinations_are_bounded_so_memory_and_metrics_stay_flat(make_app, make_table):
+    app = make_app(make_table(TABLE))
+    responder, client = app.extensions["responder"], app.test_client()
+
+    def count(bodies: list[bytes]) -> None:
+        for body in bodies:  # what the intake does with each event it takes in
+            responder.count_received(parse_event(body, "application/json"))
+
+    count(combination_bomb(2 * MAX_EVENT_SERIES))
+    full = client.get("/metrics").get_data()
+    before = rss_bytes()
+    count(combination_bomb(20_000, start=2 * MAX_EVENT_SERIES))
+    grown = rss_bytes() - before
+    text = client.get("/metrics").get_data(as_text=True)
+    series = event_series(text)
+    # The cap, and "other" for each priority (unknown sources are all "other").
+    assert len(series) <= MAX_EVENT_SERIES + len(PRIORITIES)
+    assert len(text) - len(full) < 1000
+    assert sum('rule="other"' in line for line in series) == len(PRIORITIES)
+    assert {s for line in series for s in label_values(line, "source")} == {"other"}
+    # 20,000 more series kept were about 40 MiB.
+    assert grown < 4 * 1024 * 1024, f"grew {grown / 2**20:.1f} MiB"
+
+
+def blocks(directory: Path) -> int:
+    """Bytes the metrics files really take (they are sparse, and mapped from memory)."""
+    return sum(f.stat().st_blocks * 512 for f in directory.glob("*/*.db"))
+
+
+@pytest.mark.slow
+def test_served_metrics_files_stay_flat_under_a_label_combination_bomb(tmp_path):
+    shm = tmp_path / "shm"
+    env = {"RESPONDER_STATE_DIR": str(tmp_path / "state"), "RESPONDER_LOG_LEVEL": "WARNING",
+           "RESPONDER_METRICS_DIR": str(shm)}
+    headers = {"Content-Type": "application/json"}
+    with served(env) as url, requests.Session() as session:
+        for body in combination_bomb(MAX_EVENT_SERIES + 200):
+            assert session.post(url + "/", data=body, headers=headers, timeout=10).ok
+        full = blocks(shm)
+        for body in combination_bomb(3000, start=MAX_EVENT_SERIES + 200):
+            assert session.post(url + "/", data=body, headers=headers, timeout=10).ok
+        text = session.get(url + "/metrics", timeout=10).text
+        grown = blocks(shm) - full
+    assert len(event_series(text)) <= MAX_EVENT_SERIES + len(PRIORITIES)
+    # 3,000 more series were about 1 MiB more of /dev/shm.
+    assert grown < 64 * 1024, f"metrics files grew {grown / 1024:.0f} KiB"

@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 
-from responder.wakeup import WakeListener, WakeSender, wake_address
+from responder.wakeup import WakeListener, WakeSender, wake_path
 
 from .netcat import netcat_event
 
@@ -30,7 +30,7 @@ def test_a_datagram_from_another_process_wakes_the_listener(tmp_path):
 
 
 def test_each_spool_has_its_own_address_and_one_listener(tmp_path):
-    assert wake_address(tmp_path / "a") != wake_address(tmp_path / "b")
+    assert wake_path(tmp_path / "a") != wake_path(tmp_path / "b")
     first = WakeListener(tmp_path / "a", threading.Event()).start()
     second = WakeListener(tmp_path / "a", threading.Event()).start()
     try:
@@ -38,7 +38,7 @@ def test_each_spool_has_its_own_address_and_one_listener(tmp_path):
     finally:
         first.close()
         second.close()
-    # A closed listener frees the address at once (abstract socket: no file left behind).
+    # A closed listener frees the address at once (it removes its socket file).
     third = WakeListener(tmp_path / "a", threading.Event())
     assert third.listening
     third.close()
