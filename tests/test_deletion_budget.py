@@ -91,9 +91,10 @@ def test_concurrent_deletes_never_exceed_the_limit_while_404s_run_beside_them(ku
     for t in threads:
         t.join(30)
     # Places held by deletes still in flight count, so some genuine ones may be skipped
-    # meanwhile; never more than the limit are deleted.
+    # meanwhile (on a loaded machine, all of them: the 404s may hold every place at once);
+    # never more than the limit are deleted.
     deleted = deletes(kube)[200]
-    assert 1 <= deleted <= 3 and Counter(o for o, _ in results)["done"] == deleted
+    assert deleted <= 3 and Counter(o for o, _ in results)["done"] == deleted
     assert len(kube.api.pods) == 12 - deleted
     # Once they are settled, only the deletions that happened count.
     kube.api.delay = 0
