@@ -20,6 +20,7 @@ import json
 import logging
 import resource
 import socket
+from asyncio import selector_events, sslproto
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -56,6 +57,8 @@ READ_AHEAD_BYTES = 64 * 1024
 # At most one malloc_trim per this many seconds (a few ms on a heap of 300 MiB); longer than
 # gunicorn's asgi_disconnect_grace_period (3 s), after which a closed connection's task ends.
 TRIM_SECONDS = 4.0
+# ... or at once after this many closes (a flood's evictions).
+TRIM_EVERY_CLOSES = 128
 # Files the worker needs besides its connections (listener, spool, journal, logs, clients).
 FD_RESERVE = 64
 
@@ -403,7 +406,7 @@ class ServingLoop(asyncio.SelectorEventLoop):
         self.refused = self.evicted = 0
         # Oldest first: whatever can be closed to make room, and how to close it.
         self.unfinished: dict[Any, Callable[[], None]] = {}
-        self._trim: asyncio.TimerHandle | None = None
+        self._trim: asyncio.Handle | None = None
         self._closes_since_trim = 0
         self.at_cap = Trouble("RESPONDER_MAX_CONNECTIONS", settle=10.0)
         self.accepting = Trouble("accepting a connection", settle=10.0)
@@ -414,6 +417,17 @@ class ServingLoop(asyncio.SelectorEventLoop):
             kwargs["ssl_handshake_timeout"] = TLS_HANDSHAKE_SECONDS
         return await super().create_server(lambda: BoundedProtocol(self.worker),
                                            *args, **kwargs)
+
+    def _make_ssl_transport(self, rawsock: Any, protocol: Any, sslcontext: Any,  # type: ignore
+                            waiter: Any = None, *, server_side: bool = False,
+                            server_hostname: str | None = None, extra: Any = None,
+                            server: Any = None, **timeouts: Any) -> Any:
+        # asyncio's own (CPython 3.11), with a smaller read buffer (SmallBufferSSLProtocol).
+        ssl_protocol = SmallBufferSSLProtocol(self, protocol, sslcontext, waiter, server_side,
+                                              server_hostname, **timeouts)
+        selector_events._SelectorSocketTransport(self, rawsock, ssl_protocol, extra=extra,
+                                                 server=server)
+        return ssl_protocol._app_transport
 
     async def _accept_connection2(self, protocol_factory: Any, conn: Any,  # type: ignore
                                   *args: Any, **kwargs: Any) -> None:
@@ -453,7 +467,12 @@ class ServingLoop(asyncio.SelectorEventLoop):
     def trim_soon(self) -> None:
         """A connection closed: return the memory it freed within TRIM_SECONDS or so."""
         self._closes_since_trim += 1
-        if self._trim is None:
+        if self._closes_since_trim == TRIM_EVERY_CLOSES:
+            # A flood: what its closed connections held must not pile up for seconds.
+            if self._trim is not None:
+                self._trim.cancel()
+            self._trim = self.call_soon(self._trim_now)
+        elif self._trim is None:
             self._trim = self.call_later(TRIM_SECONDS, self._trim_now)
 
     def _trim_now(self) -> None:
@@ -472,6 +491,14 @@ class ServingLoop(asyncio.SelectorEventLoop):
             self.accepting.failed(context["exception"])
         else:
             self.default_exception_handler(context)
+
+
+class SmallBufferSSLProtocol(sslproto.SSLProtocol):
+    """asyncio's TLS protocol reads into a buffer it allocates, and zeroes, per connection
+    as it accepts it: 256 KiB, a quarter GiB for a thousand half-sent ClientHellos. A TLS
+    record is at most 16 KiB and a bit: 64 KiB reads a few at a time."""
+
+    max_size = 64 * 1024
 
 
 class AtCapacity(Exception):
