@@ -6,6 +6,7 @@ closed on their deadlines, and the log stays readable."""
 
 from __future__ import annotations
 
+import http.client
 import os
 import resource
 import signal
@@ -25,7 +26,13 @@ from responder.bridge import BODY_SECONDS, HEADER_SECONDS
 
 from .certs import CA
 from .serving import free_port
-from .test_slow_clients import PARTIAL_CLIENT_HELLO, PARTIAL_HEADERS, address, genuine_post
+from .test_slow_clients import (
+    PARTIAL_CLIENT_HELLO,
+    PARTIAL_HEADERS,
+    address,
+    event_body,
+    genuine_post,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -218,3 +225,80 @@ def finished(sock: socket.socket) -> bool:
     except ConnectionError:
         pass
     return True
+
+
+def test_a_kept_alive_connection_idle_past_the_header_deadline_still_serves(tmp_path):
+    """The header deadline runs from a request's first byte: a Falcosidekick connection idle
+    between events (up to 90 s) is not closed by it, only by the 120 s keep-alive."""
+    with serve(tmp_path) as server:
+        conn = http.client.HTTPConnection(*address(server.url), timeout=5)
+        try:
+            ports = set()
+            for pause in (0, 3, HEADER_SECONDS + 2):
+                time.sleep(pause)
+                conn.request("POST", "/", body=event_body(),
+                             headers={"Content-Type": "application/json"})
+                reply = conn.getresponse()
+                assert reply.status == 202 and reply.read()
+                ports.add(conn.sock.getsockname()[1])
+            assert len(ports) == 1  # one connection carried all three
+        finally:
+            conn.close()
+
+
+def kept_alive(stack: ExitStack, url: str, count: int) -> None:
+    """`count` connections that have been answered and stay open, idle (not evictable)."""
+    for _ in range(count):
+        conn = http.client.HTTPConnection(*address(url), timeout=5)
+        stack.callback(conn.close)
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().read()
+
+
+def test_the_connection_cap_holds(tmp_path):
+    with serve(tmp_path, RESPONDER_MAX_CONNECTIONS="20") as server:
+        with ExitStack() as stack:
+            kept_alive(stack, server.url, 20)
+            # Twenty idle keep-alives: a new connection is closed at once, unread.
+            extra = stack.enter_context(socket.create_connection(address(server.url), 5))
+            extra.settimeout(2)
+            assert closed_by_server(extra)
+            assert open_files(server.worker) < 20 + 40
+        with ExitStack() as stack:
+            # Twenty stalled in their headers: the oldest makes room for a genuine event.
+            oldest, *stalled = flood(stack, server.url, 20, PARTIAL_HEADERS)
+            time.sleep(0.3)
+            assert_genuine_in_time(server.url)
+            oldest.settimeout(2)
+            assert closed_by_server(oldest)
+            stalled[-1].settimeout(0.2)
+            assert not finished(stalled[-1])  # the newest is still waited for
+        lines = server.log.read_text().splitlines()
+        assert sum("RESPONDER_MAX_CONNECTIONS failed" in line for line in lines) == 1
+
+
+def test_out_of_file_descriptors_logs_a_few_lines_not_a_storm(tmp_path):
+    """A worker whose open-file limit is below its connection cap: accept fails (EMFILE)
+    every second, the spool cannot flush. Before: 108,790 tracebacks in 33 s."""
+    with serve(tmp_path, RESPONDER_MAX_CONNECTIONS="5000") as server, ExitStack() as stack:
+        soft, hard = resource.prlimit(server.worker, resource.RLIMIT_NOFILE)
+        resource.prlimit(server.worker, resource.RLIMIT_NOFILE,
+                         (open_files(server.worker) + 30, hard))
+        lines_before = len(server.log.read_text().splitlines())
+        for _ in range(100):  # 70 past the limit; the backlog may stop taking them
+            with suppress(OSError):
+                stack.enter_context(socket.create_connection(address(server.url), 0.5))
+        time.sleep(6)  # under HEADER_SECONDS: all still held, accept failing
+        log = server.log.read_text().splitlines()[lines_before:]
+        print(f"{len(log)} log lines in 6 s out of files")
+        assert sum("accepting a connection failed" in line for line in log) == 1
+        assert len(log) < 60, "\n".join(log[:80])
+        # Files again: the flush that kept failing (records answered 202 before the storm
+        # stay in the spool meanwhile) is retried and works.
+        stack.close()
+        resource.prlimit(server.worker, resource.RLIMIT_NOFILE, (soft, hard))
+        time.sleep(1)
+        assert_genuine_in_time(server.url)
+        log = server.log.read_text()
+        if "spool flush (fdatasync) of records already answered 202 failed" in log:
+            assert "spool flush (fdatasync) of records already answered 202 works again" in log
