@@ -46,7 +46,7 @@ HEADER_SECONDS = 10.0
 # From the end of the headers to the end of the body: a total, so trickling one byte now
 # and then buys nothing. 1 MiB arrives in well under a second on any link we serve.
 BODY_SECONDS = 30.0
-# An unfinished TLS handshake (asyncio's default: 60 s), holding asyncio's 256 KiB buffer.
+# An unfinished TLS handshake (asyncio's default: 60 s), holding a read buffer and OpenSSL's.
 TLS_HANDSHAKE_SECONDS = 10.0
 # Bodies up to this size (Falco events are a few KiB) are let in whatever the budget holds:
 # the connection cap bounds them (256 x 64 KiB = 16 MiB), and a genuine event is never
@@ -386,7 +386,7 @@ class ServingLoop(asyncio.SelectorEventLoop):
     """The asyncio loop gunicorn's worker serves on, bounding what connections can hold:
 
     - at most `worker.max_connections` open, counted from accept (a TLS handshake holds
-      asyncio's 256 KiB buffer before gunicorn's protocol sees the connection). At the cap,
+      asyncio's read buffer before gunicorn's protocol sees the connection). At the cap,
       the connection whose unfinished request (or handshake) started longest ago is
       closed to make room: a stalled client cannot keep a genuine one out, and a genuine
       request, read in milliseconds, is never the oldest. With none unfinished (all in the
