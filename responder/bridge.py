@@ -267,8 +267,9 @@ class BufferedWorker(ASGIWorker):
             or intake.max_body_bytes
         self.asgi = BufferedWSGI(self.wsgi, limit, self.cfg.threads,
                                  intake.max_buffered_bytes)
-        self.max_connections = intake.max_connections
-        _check_open_file_limit(self.max_connections)
+        # gunicorn's setting (from RESPONDER_MAX_CONNECTIONS), which its asyncio worker
+        # keeps but never enforces: ServingLoop does.
+        _check_open_file_limit(self.worker_connections)
 
     def _setup_event_loop(self) -> None:
         """The standard asyncio loop, bounding connections (see ServingLoop)."""
@@ -385,7 +386,7 @@ ACCEPT_OUT_OF_RESOURCES = "socket.accept() out of system resource"
 class ServingLoop(asyncio.SelectorEventLoop):
     """The asyncio loop gunicorn's worker serves on, bounding what connections can hold:
 
-    - at most `worker.max_connections` open, counted from accept (a TLS handshake holds
+    - at most `worker.worker_connections` open, counted from accept (a TLS handshake holds
       asyncio's read buffer before gunicorn's protocol sees the connection). At the cap,
       the connection whose unfinished request (or handshake) started longest ago is
       closed to make room: a stalled client cannot keep a genuine one out, and a genuine
@@ -449,7 +450,7 @@ class ServingLoop(asyncio.SelectorEventLoop):
     def _make_room(self) -> bool:
         """Whether a new connection may be taken in, closing the oldest unfinished one if
         that is what it takes."""
-        cap = self.worker.max_connections
+        cap = self.worker.worker_connections
         if self.handshaking + self.worker.nr_conns < cap:
             if self.handshaking + self.worker.nr_conns <= cap // 2:
                 self.at_cap.passed()
