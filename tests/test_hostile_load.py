@@ -83,7 +83,7 @@ def _serving_worker(cli: int) -> int:
 
 @contextmanager
 def serve(tmp_path: Path, scheme: str = "http", context: ssl.SSLContext | None = None,
-          **env: str) -> Iterator[Server]:
+          soft_files: int | None = None, **env: str) -> Iterator[Server]:
     """`responder serve` logging to a file (a pipe nobody reads would stall a chatty server),
     in a process group of its own, killed whole at the end."""
     port = free_port()
@@ -93,7 +93,8 @@ def serve(tmp_path: Path, scheme: str = "http", context: ssl.SSLContext | None =
                 **env}
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "responder.cli", "serve"], env=full_env,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=soft_files and (lambda: _lower_soft(soft_files)))
     url = f"{scheme}://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -105,6 +106,11 @@ def serve(tmp_path: Path, scheme: str = "http", context: ssl.SSLContext | None =
         with suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def _lower_soft(files: int) -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE,
+                       (files, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 
 
 def rss_mib(pid: int) -> float:
@@ -302,3 +308,10 @@ def test_out_of_file_descriptors_logs_a_few_lines_not_a_storm(tmp_path):
         log = server.log.read_text()
         if "spool flush (fdatasync) of records already answered 202 failed" in log:
             assert "spool flush (fdatasync) of records already answered 202 works again" in log
+
+
+def test_the_worker_raises_its_soft_open_file_limit_to_the_hard_one(tmp_path):
+    """Containers often start with 1024 of 1048576: the worker takes what it may."""
+    with serve(tmp_path, soft_files=300) as server:
+        soft, hard = resource.prlimit(server.worker, resource.RLIMIT_NOFILE)
+        assert soft == hard > 300
