@@ -51,6 +51,8 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         # clients stopped all intake. This asyncio worker reads each request whole first.
         "worker_class": "responder.bridge.BufferedWorker",
         "threads": settings.intake.threads,
+        # Enforced by responder.bridge.ServingLoop (gunicorn's asyncio worker does not).
+        "worker_connections": settings.intake.max_connections,
         # The standard loop: nothing to install, and uvloop was not measurably faster here.
         "asgi_loop": "asyncio",
         # What a connection stalled in its headers can hold: 32 fields of up to 8 KiB (256 KiB;

@@ -70,6 +70,14 @@ class IntakeSettings:
                            2, positive_int)
     max_body_bytes: int = setting("RESPONDER_MAX_BODY_BYTES", "largest accepted request body",
                                   1024 * 1024, _body_bytes)
+    max_connections: int = setting(
+        "RESPONDER_MAX_CONNECTIONS", "open connections per gunicorn worker, TLS handshakes "
+        "included; past it a new connection is closed at once. Keep it well below the "
+        "open-file limit", 256, positive_int)
+    max_buffered_bytes: int = setting(
+        "RESPONDER_MAX_BUFFERED_BYTES", "request body bytes one gunicorn worker holds at once "
+        "(bodies over 64 KiB count); past it a request gets 503", 32 * 1024 * 1024,
+        _body_bytes)
     mode: str = setting("RESPONDER_INTAKE",
                         "queue: record durably, reply 202, act in a worker; inline: act before "
                         "replying 200 (simple, but a slow API stalls Falcosidekick)", "queue",

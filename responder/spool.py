@@ -147,12 +147,21 @@ class SpoolWriter:
 
     def start_sync(self, seconds: float) -> None:
         """Flush on a timer, in a thread of the writing process (batched fsyncs)."""
+        from .worker import Trouble  # the worker module imports this one
+
+        # A flush that fails (EMFILE, EIO) leaves the records written in the segment, read
+        # and acted on as usual, but not yet on disk against a power loss: the next tick
+        # flushes them again. Logged as it starts and once a minute, not every tick.
+        trouble = Trouble("spool flush (fdatasync) of records already answered 202")
+
         def loop() -> None:
             while not self._stop.wait(seconds):
                 try:
                     self.sync()
-                except OSError:
-                    logger.exception("spool flush failed")
+                except OSError as exc:
+                    trouble.failed(exc)
+                else:
+                    trouble.passed()
 
         self._syncer = threading.Thread(target=loop, name="spool-sync", daemon=True)
         self._syncer.start()
