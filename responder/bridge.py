@@ -29,8 +29,8 @@ from a2wsgi.wsgi import build_environ
 from gunicorn.asgi.protocol import ASGIProtocol
 from gunicorn.workers.gasgi import ASGIWorker
 
+from .logs import Trouble
 from .settings import Settings
-from .worker import Trouble
 
 logger = logging.getLogger(__name__)
 
@@ -409,8 +409,8 @@ class ServingLoop(asyncio.SelectorEventLoop):
         self.unfinished: dict[Any, Callable[[], None]] = {}
         self._trim: asyncio.Handle | None = None
         self._closes_since_trim = 0
-        self.at_cap = Trouble("RESPONDER_MAX_CONNECTIONS", settle=10.0)
-        self.accepting = Trouble("accepting a connection", settle=10.0)
+        self.at_cap = Trouble("RESPONDER_MAX_CONNECTIONS", logger, settle=10.0)
+        self.accepting = Trouble("accepting a connection", logger, settle=10.0)
         self.set_exception_handler(ServingLoop._exception)
 
     async def create_server(self, protocol_factory: Any, *args: Any, **kwargs: Any) -> Any:

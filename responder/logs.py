@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from datetime import UTC, datetime
 
 # Attributes every LogRecord has; anything else came in through `extra=` and is data.
@@ -84,3 +85,38 @@ def configure_cli_logging() -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
     root.propagate = False
+
+
+class Trouble:
+    """A failure that lasts (a full or read-only volume) is logged as it starts, with its
+    traceback, then at most once per `every` seconds, and once when it ends: not on every
+    poll, which would fill the log (and a full disk) meanwhile. With `settle`, it has ended
+    only once nothing failed for that long: a failure that comes and goes many times a
+    second (accept under a flood) is one trouble, not two lines per flip."""
+
+    def __init__(self, what: str, logger: logging.Logger, every: float = 60.0,
+                 settle: float = 0.0):
+        self.what = what
+        self.logger = logger  # the caller's: the records say where the trouble is
+        self.every = every
+        self.settle = settle
+        self.since: float | None = None
+        self._said = 0.0
+        self._last = 0.0
+
+    def failed(self, exc: BaseException) -> None:
+        """Call with the error caught (asyncio hands one to its exception handler)."""
+        now = self._last = time.monotonic()
+        if self.since is None:
+            self.since = self._said = now
+            self.logger.error("%s failed; retrying", self.what, exc_info=exc)
+        elif now - self._said >= self.every:
+            self._said = now
+            self.logger.error("%s still failing after %.0f s: %s: %s", self.what, now - self.since,
+                         type(exc).__name__, exc)
+
+    def passed(self) -> None:
+        if self.since is not None and time.monotonic() - self._last >= self.settle:
+            self.logger.warning("%s works again after %.0f s", self.what,
+                           time.monotonic() - self.since)
+            self.since = None

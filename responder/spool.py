@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import StorageError
+from .logs import Trouble
 
 logger = logging.getLogger(__name__)
 
@@ -147,12 +148,11 @@ class SpoolWriter:
 
     def start_sync(self, seconds: float) -> None:
         """Flush on a timer, in a thread of the writing process (batched fsyncs)."""
-        from .worker import Trouble  # the worker module imports this one
 
         # A flush that fails (EMFILE, EIO) leaves the records written in the segment, read
         # and acted on as usual, but not yet on disk against a power loss: the next tick
         # flushes them again. Logged as it starts and once a minute, not every tick.
-        trouble = Trouble("spool flush (fdatasync) of records already answered 202")
+        trouble = Trouble("spool flush (fdatasync) of records already answered 202", logger)
 
         def loop() -> None:
             while not self._stop.wait(seconds):

@@ -15,6 +15,7 @@ from .errors import EventError
 from .events import Event, parse_event
 from .executor import ActionReport, decision_fields, log_decision_fields
 from .journal import Added, Claimed, Closing, EventStore
+from .logs import Trouble
 from .owners import owner_alive, process_owner
 from .service import Responder, log_received
 from .shared import report_dropped
@@ -57,39 +58,6 @@ def touched_cluster(report: ActionReport) -> bool:
                 or outcome in (Outcome.WOULD_RUN, Outcome.COALESCED))
 
 
-class Trouble:
-    """A failure that lasts (a full or read-only volume) is logged as it starts, with its
-    traceback, then at most once per `every` seconds, and once when it ends: not on every
-    poll, which would fill the log (and a full disk) meanwhile. With `settle`, it has ended
-    only once nothing failed for that long: a failure that comes and goes many times a
-    second (accept under a flood) is one trouble, not two lines per flip."""
-
-    def __init__(self, what: str, every: float = 60.0, settle: float = 0.0):
-        self.what = what
-        self.every = every
-        self.settle = settle
-        self.since: float | None = None
-        self._said = 0.0
-        self._last = 0.0
-
-    def failed(self, exc: BaseException) -> None:
-        """Call with the error caught (asyncio hands one to its exception handler)."""
-        now = self._last = time.monotonic()
-        if self.since is None:
-            self.since = self._said = now
-            logger.error("%s failed; retrying", self.what, exc_info=exc)
-        elif now - self._said >= self.every:
-            self._said = now
-            logger.error("%s still failing after %.0f s: %s: %s", self.what, now - self.since,
-                         type(exc).__name__, exc)
-
-    def passed(self) -> None:
-        if self.since is not None and time.monotonic() - self._last >= self.settle:
-            logger.warning("%s works again after %.0f s", self.what,
-                           time.monotonic() - self.since)
-            self.since = None
-
-
 class Worker:
     """Processes due events. One per process; several processes share the journal safely."""
 
@@ -113,7 +81,7 @@ class Worker:
         self._threads: list[threading.Thread] = []
         #: The events of the batch in hand, parsed once (for their audit records too).
         self._parsed: dict[int, Event] = {}
-        self._troubles = {name: Trouble(what) for name, what in (
+        self._troubles = {name: Trouble(what, logger) for name, what in (
             ("ingest", "taking spooled events into the journal"),
             ("loop", "the worker loop"), ("sync", "journal housekeeping"))}
 
