@@ -48,7 +48,8 @@ def test_text_lists_every_action_with_params_limits_and_rbac_reasons(capsys, reg
         for limit in action.limits:
             assert f"    {limit.key} (default {limit.default}): {limit.doc}" in out
         for rule in action.rbac:
-            assert f"{rule.resource} (core) {', '.join(rule.verbs)}: {rule.why}" in out
+            group = rule.api_group or "core"
+            assert f"{rule.resource} ({group}) {', '.join(rule.verbs)}: {rule.why}" in out
     assert all(rule.why in out for rule in OWN_RBAC)
 
 

@@ -27,6 +27,8 @@ rules:
     actions:
       - action: label-pod
         params: {labels: {quarantine: "true"}}
+      - action: isolate-pod
+        params: {detach: true, allow_dns: true}
       - action: delete-pod
         params: {grace_period_seconds: 0}
       - action: cordon-node
@@ -88,29 +90,30 @@ def test_every_registered_action_succeeds_as_the_service_account(cluster, deploy
     decisions = respond(token_for(deployed, ACCOUNT))
     assert {d["action"] for d in decisions} == set(registry.names())
     assert [(d["action"], d["outcome"]) for d in decisions] == [
-        ("label-pod", "done"), ("delete-pod", "done"), ("cordon-node", "done")]
+        ("label-pod", "done"), ("isolate-pod", "done"), ("delete-pod", "done"),
+        ("cordon-node", "done")]
     seen = deployed.requests_since(mark, user=USER)
     assert seen and all(200 <= r.code < 300 for r in seen), seen
     # The audit Events, too, were created with the ServiceAccount's rights.
-    assert [r.verb for r in seen if r.path.endswith("/events")] == ["create"] * 3
+    assert [r.verb for r in seen if r.path.endswith("/events")] == ["create"] * 4
     assert cluster.pod("web") is None
 
 
 def test_can_i_answers_yes_exactly_for_the_declared_verbs(deployed):
-    declared = declared_permissions()
-    assert {group for group, _, _ in declared} == {""}  # core resources: listed by bare name
+    # kubectl names a resource of an API group as <resource>.<group>, a core one bare.
+    declared = {(f"{r}.{g}" if g else r, v) for g, r, v in declared_permissions()}
     grants = listed_grants(deployed.kubectl("auth", "can-i", "--list", f"--as={USER}"))
-    for resource in {resource for _, resource, _ in declared}:
-        assert grants.get(resource) == {v for _, r, v in declared if r == resource}, resource
+    for resource in {resource for resource, _ in declared}:
+        assert grants.get(resource) == {v for r, v in declared if r == resource}, resource
     assert not {"*", "secrets", "pods/exec"} & set(grants)
 
-    checks = [(verb, resource) for _, resource, verb in sorted(declared)]
-    checks += [(verb, resource) for resource in ("pods", "nodes", "events") for verb in VERBS
-               if ("", resource, verb) not in declared]
+    checks = [(verb, resource) for resource, verb in sorted(declared)]
+    checks += [(verb, resource) for resource in {r for r, _ in declared} for verb in VERBS
+               if (resource, verb) not in declared]
     with ThreadPoolExecutor(4) as pool:
         answers = dict(zip(checks, pool.map(lambda c: can_i(deployed, *c), checks),
                            strict=True))
-    assert answers == {c: ("yes" if ("", c[1], c[0]) in declared else "no") for c in checks}
+    assert answers == {c: ("yes" if (c[1], c[0]) in declared else "no") for c in checks}
 
 
 @pytest.mark.parametrize("forbidden", FORBIDDEN, ids=lambda f: " ".join(f))
@@ -169,8 +172,9 @@ def test_a_verb_the_role_lacks_is_a_failed_decision_naming_the_403(cluster, depl
     decisions = respond(token)
     user = f"system:serviceaccount:{NAMESPACE}:{account}"
     assert [(d["action"], d["outcome"]) for d in decisions] == [
-        ("label-pod", "done"), ("delete-pod", "failed"), ("cordon-node", "done")]
-    assert decisions[1]["reason"] == (
+        ("label-pod", "done"), ("isolate-pod", "done"), ("delete-pod", "failed"),
+        ("cordon-node", "done")]
+    assert decisions[2]["reason"] == (
         f'HTTP 403: pods "web" is forbidden: User "{user}" cannot delete resource "pods" '
         f'in API group "" in the namespace "{cluster.namespace}"')
     # A refusal is not retried: one DELETE, answered 403.
@@ -185,7 +189,8 @@ def test_a_guardrail_read_the_role_lacks_fails_that_action_only(cluster, deploye
     decisions = respond(token)
     user = f"system:serviceaccount:{NAMESPACE}:{account}"
     assert [(d["action"], d["outcome"]) for d in decisions] == [
-        ("label-pod", "done"), ("delete-pod", "done"), ("cordon-node", "failed")]
-    assert decisions[2]["reason"] == (
+        ("label-pod", "done"), ("isolate-pod", "done"), ("delete-pod", "done"),
+        ("cordon-node", "failed")]
+    assert decisions[3]["reason"] == (
         f'guardrail check failed: HTTP 403: nodes is forbidden: User "{user}" cannot list '
         f'resource "nodes" in API group "" at the cluster scope')

@@ -25,11 +25,12 @@ from .base import (
     object_ref,
     rbac_dict,
 )
+from .isolation import IsolatePod
 from .nodes import CordonNode
 from .pods import DeletePod, LabelPod
 
 #: Adding an action: its module here, and one line in this tuple.
-BUILTIN_ACTIONS = (DeletePod, LabelPod, CordonNode)
+BUILTIN_ACTIONS = (DeletePod, LabelPod, CordonNode, IsolatePod)
 
 
 def default_registry() -> Registry:
@@ -41,5 +42,5 @@ __all__ = [
     "Action", "Clearance", "Guard", "Kind", "Limit", "Limits", "ObjectRef", "object_ref",
     "Outcome", "Param", "PodFacts", "Rbac", "rbac_dict", "Registry", "Result", "Target",
     "api_failure",
-    "CordonNode", "DeletePod", "LabelPod", "BUILTIN_ACTIONS", "default_registry",
+    "CordonNode", "DeletePod", "IsolatePod", "LabelPod", "BUILTIN_ACTIONS", "default_registry",
 ]
