@@ -116,6 +116,31 @@ def test_packaged_default_table_is_valid():
     ("- name: x\n  match: {rules: [a]}\n  actions: [cordon-node]",
      "rule #1 (x): actions[1]: must be a mapping with an 'action' key"),
     ("- just-a-string", "rule #1: must be a mapping"),
+    ("- name: x\n  match: {rules: [a]}\n"
+     "  actions: [{action: isolate-pod, params: {allow_egress_cidrs: [10.0.0.1/8]}}]",
+     "rule #1 (x): actions[1].params.allow_egress_cidrs: [0] '10.0.0.1/8': not a CIDR"),
+    ("- name: x\n  match: {rules: [a]}\n"
+     "  actions: [{action: isolate-pod, params: {allow_egress_cidrs: [nowhere]}}]",
+     "rule #1 (x): actions[1].params.allow_egress_cidrs: [0] 'nowhere': not a CIDR"),
+    ("- name: x\n  match: {rules: [a]}\n  actions: [{action: isolate-pod, params: "
+     "{allow_ingress_from: [{pod_selector: {'-bad': x}}]}}]",
+     "rule #1 (x): actions[1].params.allow_ingress_from: [0].pod_selector: key '-bad': name "
+     "must be"),
+    ("- name: x\n  match: {rules: [a]}\n  actions: [{action: isolate-pod, params: "
+     "{allow_ingress_from: [{namespace_selector: {team: 'has space'}}]}}]",
+     "rule #1 (x): actions[1].params.allow_ingress_from: [0].namespace_selector: value of "
+     "'team': must be alphanumeric"),
+    ("- name: x\n  match: {rules: [a]}\n  actions: [{action: isolate-pod, params: "
+     "{allow_ingress_from: [{pods: {app: x}}]}}]",
+     "rule #1 (x): actions[1].params.allow_ingress_from: [0]: must be a mapping with "
+     "namespace_selector and/or pod_selector"),
+    ("- name: x\n  match: {rules: [a]}\n"
+     "  actions: [{action: isolate-pod, params: {allow_dns: 'yes'}}]",
+     "rule #1 (x): actions[1].params.allow_dns: must be a boolean, got a string"),
+    ("- name: x\n  match: {rules: [a]}\n"
+     "  actions: [{action: isolate-pod, params: {isolate_node: true}}]",
+     "rule #1 (x): actions[1].params.isolate_node: unknown parameter (known: allow_dns, "
+     "allow_egress_cidrs, allow_ingress_from, detach)"),
 ])
 def test_check_reports_each_error_class_with_rule_and_key(rule_yaml, expected):
     found = problems(one_rule(rule_yaml))
@@ -146,6 +171,15 @@ def test_check_reports_every_error_not_just_the_first():
         "rule #2 (a): actions[1].params.grace_period_seconds: must be 0 or more",
         "rule #2 (a): name: duplicate of rule #1",
     ]
+
+
+def test_an_isolate_pod_param_error_names_the_file_rule_and_key():
+    with pytest.raises(TableError) as info:
+        table(one_rule("- name: iso\n  match: {rules: [a]}\n  actions: [{action: isolate-pod, "
+                       "params: {allow_egress_cidrs: [300.0.0.0/8]}}]"))
+    assert str(info.value).splitlines()[1].startswith(
+        "  t.yaml: rule #1 (iso): actions[1].params.allow_egress_cidrs: [0] '300.0.0.0/8': "
+        "not a CIDR")
 
 
 def test_error_message_names_the_file_on_every_line():

@@ -149,8 +149,8 @@ class IsolatePod(Action):
 
     def refusal(self, pod: PodFacts, params: Mapping[str, Any]) -> str | None:
         if params.get("detach") and "ReplicaSet" not in pod.owner_kinds:
-            owners = ", ".join(pod.owner_kinds) or "none (a standalone pod, or one detached "
-            "already)"
+            owners = ", ".join(pod.owner_kinds) or ("none (a standalone pod, or one "
+                                                    "detached already)")
             return (f"detach needs a pod owned by a ReplicaSet (owner: {owners}); nothing "
                     "would start a replacement")
         return None
