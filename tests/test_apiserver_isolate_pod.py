@@ -118,6 +118,36 @@ def test_a_second_isolation_is_already_done(cluster, apiserver, node, respond):
     assert again.involved.uid == stored_policy(cluster)["metadata"]["uid"]
 
 
+@pytest.mark.parametrize("length", [100, 253])
+def test_long_pod_names_get_a_hashed_label_and_a_policy_name_within_limits(cluster, apiserver,
+                                                                           node, length):
+    name = ("w" * 60 + ".") * 5
+    name = name[:length - 1].rstrip(".") + "z"
+    # Not cluster.add_pod: its `app: <name>` label cannot hold a name this long.
+    pod = cluster.core.create_namespaced_pod(cluster.namespace, {
+        "metadata": {"name": name}, "spec": {"nodeName": node, "containers": [
+            {"name": "c0", "image": "registry.example/app:1"}]}})
+    target = Target(cluster.namespace, name, pod_uid=pod.metadata.uid)
+    result = IsolatePod(apiserver.api_client()).run(target, {})
+    assert result.outcome is Outcome.DONE
+    policy = networking(cluster).read_namespaced_network_policy(result.involved.name,
+                                                                cluster.namespace)
+    assert len(policy.metadata.name) <= 253 and policy.metadata.name.startswith("isolate-w")
+    (value,) = policy.spec.pod_selector.match_labels.values()
+    assert value.startswith("h-") and len(value) <= 63
+    assert cluster.pod(name).metadata.labels[ISOLATED] == value
+
+
+def test_a_pod_replaced_since_the_event_is_not_isolated(cluster, apiserver, node):
+    cluster.add_pod("web", node=node, container_ids=(FULL_CID,))
+    target = Target(cluster.namespace, "web", pod_uid="6f1e0c0e-0000-4000-8000-000000000000")
+    result = IsolatePod(apiserver.api_client()).run(target, {})
+    assert (result.outcome, result.reason) == (
+        Outcome.SKIPPED, "pod was replaced since the event (uid changed)")
+    assert no_policy(cluster)
+    assert ISOLATED not in cluster.pod("web").metadata.labels
+
+
 def test_undo_deletes_the_policy_and_removes_the_label(cluster, apiserver, node, respond):
     web = cluster.add_pod("web", node=node, container_ids=(FULL_CID,))
     assert respond() == [("isolate-pod", "done", None)]

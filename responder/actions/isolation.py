@@ -212,7 +212,8 @@ class IsolatePod(Action):
         except ApiException as exc:
             if exc.status == 404:
                 return Result(Outcome.SKIPPED, "pod no longer exists")
-            if exc.status == 409:
+            # A merge patch naming another uid is refused: 422 "metadata.uid ... immutable".
+            if exc.status == 422 and "metadata.uid" in (exc.body or ""):
                 return Result(Outcome.SKIPPED, "pod was replaced since the event (uid changed)")
             raise
 
