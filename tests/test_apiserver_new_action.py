@@ -33,17 +33,18 @@ POLICY = Kind("NetworkPolicy", "networking.k8s.io/v1", name_from="pod", namespac
 TABLE = """
 defaults: {dry_run: false}
 rules:
-  - name: isolate
+  - name: fence
     match: {rules: ["Netcat Remote Code Execution in Container"]}
     actions:
-      - action: isolate-pod
+      - action: fence-pod
 """
 
 
-class IsolatePod(Action):
-    """Deny all traffic to and from the pod with a NetworkPolicy of its own."""
+class FencePod(Action):
+    """Deny all traffic to and from the pod with a NetworkPolicy of its own (a stand-in
+    beside the built-in isolate-pod, named apart so it shadows nothing)."""
 
-    name = "isolate-pod"
+    name = "fence-pod"
     needs = ("namespace", "pod")
     acts_on = POLICY
     rbac = (Rbac("networkpolicies", ("create", "delete"), "networking.k8s.io",
@@ -51,7 +52,7 @@ class IsolatePod(Action):
     reversal = "delete the NetworkPolicy"
 
     def run(self, target: Target, params: Mapping[str, Any]) -> Result:
-        body = {"metadata": {"name": f"isolate-{target.pod}"},
+        body = {"metadata": {"name": f"fence-{target.pod}"},
                 "spec": {"podSelector": {"matchLabels": {"app": target.pod}},
                          "policyTypes": ["Ingress", "Egress"]}}
         try:
@@ -67,7 +68,7 @@ class IsolatePod(Action):
 @pytest.fixture
 def registry():
     """The built-in actions and the new one: its one registration line."""
-    return Registry([*BUILTIN_ACTIONS, IsolatePod])
+    return Registry([*BUILTIN_ACTIONS, FencePod])
 
 
 @pytest.fixture
@@ -87,24 +88,24 @@ def post(cluster, apiserver, make_app, make_table):
 
 
 def test_a_new_action_on_another_api_group_acts_and_is_audited_as_its_own_kind(cluster, post):
-    assert post(netcat_event(namespace=cluster.namespace)) == [("isolate-pod", "done", None)]
+    assert post(netcat_event(namespace=cluster.namespace)) == [("fence-pod", "done", None)]
     policy = client.NetworkingV1Api(cluster.core.api_client).read_namespaced_network_policy(
-        "isolate-web", cluster.namespace)
-    (recorded,) = [e for e in cluster.events() if e.involved_object.name == "isolate-web"]
+        "fence-web", cluster.namespace)
+    (recorded,) = [e for e in cluster.events() if e.involved_object.name == "fence-web"]
     involved = recorded.involved_object
     assert (involved.api_version, involved.kind, involved.uid) == (
         "networking.k8s.io/v1", "NetworkPolicy", policy.metadata.uid)
     assert post(netcat_event("u-2", namespace=cluster.namespace)) == [
-        ("isolate-pod", "coalesced", "same table rule and target already handled 1 time(s) "
+        ("fence-pod", "coalesced", "same table rule and target already handled 1 time(s) "
          "within the last 30 s")]
 
 
 def test_the_generic_guardrails_hold_a_new_action_back_from_a_forged_event(cluster, post):
     event = netcat_event(namespace=cluster.namespace)
     event["output_fields"]["container.id"] = "fedcba987654"  # not one of the pod's
-    assert post(event) == [("isolate-pod", "skipped", "container not in pod (container.id "
+    assert post(event) == [("fence-pod", "skipped", "container not in pod (container.id "
                             "fedcba987654 is not one of its own)")]
     with pytest.raises(ApiException) as info:
         client.NetworkingV1Api(cluster.core.api_client).read_namespaced_network_policy(
-            "isolate-web", cluster.namespace)
+            "fence-web", cluster.namespace)
     assert info.value.status == 404
