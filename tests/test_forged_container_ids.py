@@ -200,7 +200,8 @@ rules:
     with pytest.raises(TableError) as info:
         parse_table(text, "actions.yaml", default_registry())
     assert ("actions.yaml: rule #1 (mark): allow_unverified: has no effect: none of this "
-            "rule's actions is destructive (delete-pod, cordon-node)") in str(info.value)
+            "rule's actions is destructive (delete-pod, cordon-node, isolate-pod)"
+            ) in str(info.value)
 
 
 def test_an_unverifiable_event_does_not_coalesce_away_the_verified_one(cluster, make_app,
