@@ -11,7 +11,7 @@ from kubernetes.client import AppsV1Api, NetworkingV1Api
 from kubernetes.client.exceptions import ApiException
 
 from .base import Action, Kind, Outcome, Param, PodFacts, Rbac, Result, Target, object_ref
-from .labels import label_key_problem, label_value_problem
+from .labels import label_map_problems, label_value_problem
 from .pods import MERGE_PATCH, POD, READ_POD
 
 POLICY = Kind("NetworkPolicy", "networking.k8s.io/v1", name_from="pod", namespaced=True)
@@ -56,13 +56,7 @@ def _cidrs_problems(value: list) -> list[str]:
 def _selector_problems(where: str, selector: Any) -> list[str]:
     if not isinstance(selector, dict):
         return [f"{where}: must be a mapping of label keys to values"]
-    problems = []
-    for key, value in selector.items():
-        if problem := label_key_problem(key):
-            problems.append(f"{where}: key {key!r}: {problem}")
-        if problem := label_value_problem(value):
-            problems.append(f"{where}: value of {key!r}: {problem}")
-    return problems
+    return label_map_problems(selector, f"{where}: ")
 
 
 def _ingress_problems(value: list) -> list[str]:

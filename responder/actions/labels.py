@@ -36,10 +36,16 @@ def labels_problems(labels: dict) -> list[str]:
     """Every problem with a labels mapping, one per bad key or value."""
     if not labels:
         return ["must name at least one label"]
+    return label_map_problems(labels)
+
+
+def label_map_problems(labels: dict, where: str = "") -> list[str]:
+    """One problem per bad key or value of a (possibly empty) label mapping, each said
+    after `where` (e.g. "[0].pod_selector: ")."""
     problems = []
     for key, value in labels.items():
         if problem := label_key_problem(key):
-            problems.append(f"key {key!r}: {problem}")
+            problems.append(f"{where}key {key!r}: {problem}")
         if problem := label_value_problem(value):
-            problems.append(f"value of {key!r}: {problem}")
+            problems.append(f"{where}value of {key!r}: {problem}")
     return problems
