@@ -16,6 +16,7 @@ from responder.table import parse_table
 
 from .apiserver import kube_binary, new_cluster, session_server, start_controller_manager
 from .kubeapi import KubeServer
+from .redisserver import RedisServer
 
 DATA = Path(__file__).parent / "data"
 
@@ -111,3 +112,10 @@ def controller_manager(apiserver):
         yield daemon
     finally:
         daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_server():
+    """A real redis-server per test module (skipped without one, failing under CI)."""
+    with RedisServer() as server:
+        yield server

@@ -12,7 +12,6 @@ from responder.localstate import LocalState
 from responder.shared import RedisState
 
 from .netcat import FULL_CID, delete_pod_table, netcat_event
-from .redisserver import RedisServer
 
 LIMIT = "pod deletion limit reached (2 per minute)"
 
@@ -105,11 +104,6 @@ def test_concurrent_deletes_never_exceed_the_limit_while_404s_run_beside_them(ku
 
 
 # --- the shared state itself: SQLite (one replica) and Redis (every replica) ------------
-@pytest.fixture(scope="module")
-def redis_server():
-    with RedisServer() as server:
-        yield server
-
 
 @pytest.fixture(params=["local", "redis"])
 def state(request, tmp_path):

@@ -13,13 +13,6 @@ import pytest
 from responder.shared import RedisState, allow_in_window
 
 from .netcat import FULL_CID, delete_pod_table, netcat_event
-from .redisserver import RedisServer
-
-
-@pytest.fixture(scope="module")
-def redis_server():
-    with RedisServer() as server:
-        yield server
 
 
 @pytest.fixture

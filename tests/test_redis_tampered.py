@@ -13,15 +13,9 @@ import pytest
 from responder.shared import RedisState, allow_in_window, bounded_wait
 
 from .netcat import delete_pod_table
-from .redisserver import RedisServer
 
 PREFIX = "falco-responder:"
 
-
-@pytest.fixture(scope="module")
-def redis_server():
-    with RedisServer() as server:
-        yield server
 
 
 @pytest.fixture
