@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .actions import Action, Outcome, Result, Target, api_failure
+from .actions import Action, Incident, Outcome, Result, Target, api_failure
 from .decisions import Decision, Plan
 from .guardrails import (
     Guardrails,
@@ -45,6 +45,8 @@ class ActionReport:
         }
         if self.result.reason:
             out["reason"] = self.result.reason
+        if self.result.details:
+            out["details"] = dict(self.result.details)
         return out
 
 
@@ -58,6 +60,8 @@ class _Run:
     #: Whether the pod read is the event's own, judged by the event's container.id.
     verification: Verification = Verification(Verdict.NO_POD)
     coalesced: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: The reports so far, in plan order (an action given the incident sees them).
+    reports: list[ActionReport] = dataclasses.field(default_factory=list)
     #: Windows this event opened, by table rule: closed again if the rule did nothing.
     opened: dict[str, str] = dataclasses.field(default_factory=dict)
     gone: set = dataclasses.field(default_factory=set)
@@ -101,7 +105,7 @@ class Executor:
         self._inspect_pod(run, prior)
         # The field as the event has it (a number stays a number): only strings are ids.
         run.verification = verify_container(run.pod, run.plan.event.field("container.id"))
-        reports = []
+        reports = run.reports
         for index, decision in enumerate(plan.decisions):
             if index in prior:
                 reports.append(ActionReport(decision, self._target(run, decision), prior[index]))
@@ -162,16 +166,18 @@ class Executor:
                               retryable=is_retryable(exc))
             if clearance.reason:
                 return Result(Outcome.SKIPPED, clearance.reason)
-            result = clearance.answer or self._call(action, decision, target)
+            result = clearance.answer or self._call(action, decision, target,
+                                                    _incident(run, decision))
             clearance.settle(result)
         if not action.object_survives and result.outcome in (Outcome.DONE, Outcome.ALREADY_DONE):
             run.gone.add((target.namespace, target.pod))
         return result
 
-    def _call(self, action: Action, decision: Decision, target: Target) -> Result:
+    def _call(self, action: Action, decision: Decision, target: Target,
+              incident: Incident) -> Result:
         started = time.monotonic()
         try:
-            return self.retry.call(action.attempts(target, decision.params))
+            return self.retry.call(action.attempts(target, decision.params, incident))
         except Exception as exc:  # noqa: BLE001 - one failed call must not stop the others
             return Result(Outcome.FAILED, api_failure(exc), retryable=is_retryable(exc))
         finally:
@@ -239,6 +245,12 @@ class Executor:
                 except Exception as exc:  # noqa: BLE001 - the window then just runs out
                     logger.warning("cannot close coalescing window %s: %s", key,
                                    type(exc).__name__)
+
+
+def _incident(run: _Run, decision: Decision) -> Incident:
+    event = run.plan.event
+    return Incident(uuid=event.uuid, event=event.raw, table_rule=decision.table_rule,
+                    earlier=tuple(r.to_dict() for r in run.reports))
 
 
 def _held_back(run: _Run, decisions: list[Decision]) -> bool:

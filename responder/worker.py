@@ -46,7 +46,8 @@ def prior_results(plan, recorded) -> dict[int, Result]:
     for stored in recorded:
         index = index_of.get(stored.get("slot"))
         if index is not None:
-            prior[index] = Result(Outcome(stored["outcome"]), stored.get("reason"))
+            prior[index] = Result(Outcome(stored["outcome"]), stored.get("reason"),
+                                  details=stored.get("details"))
     return prior
 
 

@@ -10,6 +10,7 @@ from .base import (
     Action,
     Clearance,
     Guard,
+    Incident,
     Kind,
     Limit,
     Limits,
@@ -39,8 +40,8 @@ def default_registry() -> Registry:
 
 
 __all__ = [
-    "Action", "Clearance", "Guard", "Kind", "Limit", "Limits", "ObjectRef", "object_ref",
+    "Action", "Clearance", "Guard", "Incident", "Kind", "Limit", "Limits", "ObjectRef",
     "Outcome", "Param", "PodFacts", "Rbac", "rbac_dict", "Registry", "Result", "Target",
-    "api_failure",
+    "api_failure", "object_ref",
     "CordonNode", "DeletePod", "IsolatePod", "LabelPod", "BUILTIN_ACTIONS", "default_registry",
 ]

@@ -63,6 +63,23 @@ class Result:
     involved: ObjectRef | None = None
     #: A failure worth trying again later (API down, 409, 429, 5xx), not a refusal.
     retryable: bool = False
+    #: What the action saw and did, kept in the journal with the outcome: what `undo`
+    #: needs (a label's previous value, whether the node was schedulable) and what people
+    #: need (an evidence bundle's digest). JSON-serialisable, secret-free.
+    details: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Incident:
+    """What an action may know beyond its target: the event it answers and what the
+    decisions before it in the same plan came to (evidence records them)."""
+
+    uuid: str
+    #: The event as received (Falco's JSON), and the table rule the action belongs to.
+    event: Mapping[str, Any]
+    table_rule: str
+    #: The reports (`ActionReport.to_dict()`) of the plan's earlier decisions.
+    earlier: tuple[Mapping[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -226,10 +243,12 @@ class Action:
     def run(self, target: Target, params: Mapping[str, Any]) -> Result:
         raise NotImplementedError
 
-    def attempts(self, target: Target, params: Mapping[str, Any]) -> Callable[[], Result]:
+    def attempts(self, target: Target, params: Mapping[str, Any],
+                 incident: Incident | None = None) -> Callable[[], Result]:
         """One call of the action as the executor retries it: every try calls what this
         returns (a new one per call). An action whose later try must know what an earlier
-        one met (an answer lost to a timeout) keeps that in it."""
+        one met (an answer lost to a timeout) keeps that in it; one that records the event
+        (evidence) takes it from `incident`."""
         return lambda: self.run(target, params)
 
     def refusal(self, pod: PodFacts, params: Mapping[str, Any]) -> str | None:

@@ -14,6 +14,7 @@ from .base import (
     Action,
     Clearance,
     Guard,
+    Incident,
     Kind,
     Limit,
     Outcome,
@@ -83,7 +84,8 @@ class DeletePod(Action):
                                         f"pod deletion limit reached ({limit} per minute)"))
         return Clearance(settle=lambda result: _settle_deletion(guard, token, member, result))
 
-    def attempts(self, target: Target, params: Mapping[str, Any]) -> Callable[[], Result]:
+    def attempts(self, target: Target, params: Mapping[str, Any],
+                 incident: Incident | None = None) -> Callable[[], Result]:
         # A DELETE whose answer was lost (a timeout, a 5xx) may have deleted the pod: the
         # retry then finds it gone, and that deletion is ours, to be counted.
         lost: list[BaseException] = []
