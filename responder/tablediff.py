@@ -1,0 +1,82 @@
+"""What a table change does to recorded events: the decisions two tables make, compared.
+
+Pure functions over replay lines (`responder replay`'s output shape), shared by
+`responder replay --against`/`--expect` and the console's table page.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+
+def decision_change(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None
+                    ) -> dict[str, Any] | None:
+    """How one event's replay line differs between two tables, or None when it does not.
+
+    The answer names the event and lists `added` and `removed` actions and `changed` ones
+    (same action and target, another outcome or reason), each as replay shows them."""
+    before_actions = _actions(before)
+    after_actions = _actions(after)
+    if before_actions == after_actions and _matched(before) == _matched(after):
+        return None
+    old = _keyed(before_actions)
+    new = _keyed(after_actions)
+    line = after or before or {}
+    return {
+        "uuid": line.get("uuid"), "rule": line.get("rule"), "priority": line.get("priority"),
+        "matched": {"before": _matched(before), "after": _matched(after)},
+        "added": [a for k, a in new.items() if k not in old],
+        "removed": [a for k, a in old.items() if k not in new],
+        "changed": [{"before": old[k], "after": a} for k, a in new.items()
+                    if k in old and old[k] != a],
+    }
+
+
+def changed_events(before: Iterable[Mapping[str, Any]], after: Iterable[Mapping[str, Any]]
+                   ) -> list[dict[str, Any]]:
+    """The events whose decisions differ, in the order of `after` (then events only
+    `before` has). Lines are paired by uuid; error lines (`{"line", "error"}`) by line."""
+    old = {_line_key(line): line for line in before}
+    changes = []
+    for line in after:
+        change = decision_change(old.pop(_line_key(line), None), line)
+        if change is not None:
+            changes.append(_with_error(change, line))
+    for line in old.values():
+        change = decision_change(line, None)
+        if change is not None:
+            changes.append(_with_error(change, line))
+    return changes
+
+
+def _with_error(change: dict[str, Any], line: Mapping[str, Any]) -> dict[str, Any]:
+    if "error" in line:
+        return {**change, "line": line.get("line"), "error": line["error"]}
+    return change
+
+
+def _line_key(line: Mapping[str, Any]) -> tuple[str, Any]:
+    if "error" in line:
+        return ("line", line.get("line"))
+    return ("uuid", line.get("uuid"))
+
+
+def _actions(line: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
+    return list((line or {}).get("actions") or [])
+
+
+def _matched(line: Mapping[str, Any] | None) -> list[str]:
+    return list((line or {}).get("matched") or [])
+
+
+def _keyed(actions: list[Mapping[str, Any]]) -> dict[tuple[Any, ...], Mapping[str, Any]]:
+    """Each action by (action, target, n): the n-th use of the same action on the same
+    target (two table rules may both label a pod) stays a decision of its own."""
+    keyed: dict[tuple[Any, ...], Mapping[str, Any]] = {}
+    seen: dict[tuple[Any, ...], int] = {}
+    for action in actions:
+        base = (action.get("action"), tuple(sorted((action.get("target") or {}).items())))
+        seen[base] = seen.get(base, 0) + 1
+        keyed[(*base, seen[base])] = action
+    return keyed
