@@ -15,6 +15,7 @@ from .actions import Registry
 from .auth import TokenAuth
 from .errors import EventError, StorageError
 from .events import parse_event
+from .evidencestore import bundle_listing
 from .intake import Intake
 from .logs import clipped
 from .metrics import Metrics
@@ -29,6 +30,8 @@ from .wiring import UNSET, build_components, start_reloader, stop_components, wa
 logger = logging.getLogger(__name__)
 EVENT_METHODS = ["POST", "PUT"]  # Falcosidekick's webhook.method may be PUT
 EVENT_ENDPOINTS = {"receive_root": "/", "receive_events": "/events"}
+#: What is known about an event: the same token as sending one.
+STATUS_ENDPOINTS = ("event_status", "event_evidence")
 
 
 def create_app(settings: Settings | None = None, *, table: Table | None = None,
@@ -93,7 +96,7 @@ def _add_auth(app: Flask, settings: Settings, metrics: Metrics) -> None:
         @app.before_request
         def authenticate() -> tuple[Response, int] | None:
             # Probes and metrics stay open; events in and out need the token.
-            if request.endpoint in EVENT_ENDPOINTS or request.endpoint == "event_status":
+            if request.endpoint in EVENT_ENDPOINTS or request.endpoint in STATUS_ENDPOINTS:
                 refused = auth.reject_unless_allowed()
                 if refused:
                     metrics.inc(metrics.rejected, "401")
@@ -128,6 +131,20 @@ def _add_routes(app: Flask, responder: Responder, intake: Intake | None) -> None
             return jsonify({"error": f"no event {clipped(uuid, 128)} (never received, or "
                             "past retention)"}), 404
         return jsonify(status), 200
+
+    @app.get("/events/<uuid>/evidence", endpoint="event_evidence")
+    def event_evidence(uuid: str) -> tuple[Response, int]:
+        status = responder.store.status(uuid)
+        bundles = [d["details"] for d in (status or {}).get("decisions", [])
+                   if isinstance(d.get("details"), dict) and "digest" in d["details"]
+                   and "key" in d["details"]]
+        if not bundles:
+            responder.metrics.inc(responder.metrics.rejected, "404")
+            said = "has no evidence bundle" if status else "unknown (never received, or past " \
+                "retention)"
+            return jsonify({"error": f"event {clipped(uuid, 128)} {said}"}), 404
+        return jsonify({"uuid": uuid, "bundles": [bundle_listing(responder.evidence, b)
+                                                  for b in bundles]}), 200
 
 
 def _add_health_routes(app: Flask, responder: Responder) -> None:
