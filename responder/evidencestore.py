@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Mapping
@@ -23,6 +24,7 @@ logger = logging.getLogger(__name__)
 URL_SETTING = "RESPONDER_EVIDENCE_URL"
 SCHEMES = ("file", "s3")
 REASON_LIMIT = 300
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
 class EvidenceStoreError(ResponderError):
@@ -57,7 +59,8 @@ def check_evidence_url(raw: str) -> str:
         raise BadValue("must start with file:// or s3://")
     if parts.scheme == "file" and (parts.netloc or not parts.path.startswith("/")):
         raise BadValue("a file:// URL names an absolute directory: file:///var/lib/evidence")
-    if parts.scheme == "s3" and (not parts.hostname or parts.username or parts.password):
+    # A bucket name has no ":" or "@": anything else there may be a credential.
+    if parts.scheme == "s3" and ("@" in raw or not _BUCKET.match(parts.netloc)):
         raise BadValue("an s3:// URL names a bucket, and no credentials: s3://bucket/prefix")
     return raw
 
