@@ -18,6 +18,7 @@ import pytest
 from responder.notify import SlackConfig
 
 from .apiserver import container_id
+from .fakekubelet import FakeKubelet
 from .netcat import CID, FULL_CID, netcat_event
 from .slackserver import SlackServer
 
@@ -335,3 +336,26 @@ def test_a_pod_gone_before_the_capture_is_skipped(cluster, respond, tmp_path):
     (decision,) = status["decisions"]
     assert decision["outcome"] == "skipped"
     assert not (tmp_path / "state" / "evidence").exists()
+
+
+def test_logs_fetched_through_the_kubelet_are_kept_bounded_by_tail_lines_and_max_bytes(
+        cluster, workload, respond, tmp_path):
+    current = b"".join(b"2024-05-01T10:00:%02dZ line %d\n" % (i % 60, i) for i in range(200))
+    with FakeKubelet(tmp_path, {("c0", False): current, ("c1", False): b"sidecar up\n",
+                                ("c1", True): b"sidecar crashed: segfault\n"}) as kubelet:
+        cluster.core.patch_node_status(workload["node"], kubelet.node_status())
+        _, _, status = respond(CAPTURE % "{tail_lines: 50, max_bytes: 600}",
+                               state_dir=str(tmp_path / "state"))
+    (decision,) = status["decisions"]
+    assert (decision["outcome"], decision.get("reason")) == ("done", None)
+    directory = bundle_dir(decision["details"])
+    # The last 50 lines, cut at 600 bytes.
+    assert (directory / "logs/c0.log").read_bytes() == b"".join(
+        current.splitlines(keepends=True)[-50:])[:600]
+    assert (directory / "logs/c1.log").read_bytes() == b"sidecar up\n"
+    assert (directory / "logs/c1.previous.log").read_bytes() == b"sidecar crashed: segfault\n"
+    assert read_json(directory, "errors.json") == {}
+    asked = sorted((path.rsplit("/", 1)[1], query.get("previous", "false"), query["tailLines"],
+                    query["limitBytes"], query["timestamps"]) for path, query in kubelet.requests)
+    assert asked == [("c0", "false", "50", "600", "true"), ("c1", "false", "50", "600", "true"),
+                     ("c1", "true", "50", "600", "true")]
