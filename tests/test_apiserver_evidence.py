@@ -334,7 +334,18 @@ def test_a_pod_gone_before_the_capture_is_skipped(cluster, respond, tmp_path):
     cluster.add_pod("other", node=node, container_ids=(CID + "ef" * 26,))
     _, _, status = respond(CAPTURE % "{}", state_dir=str(tmp_path / "state"))
     (decision,) = status["decisions"]
-    assert decision["outcome"] == "skipped"
+    assert (decision["outcome"], decision["reason"]) == ("skipped", "pod no longer exists")
+    assert not (tmp_path / "state" / "evidence").exists()
+
+
+def test_a_forged_container_id_captures_nothing(cluster, apiserver, workload, make_app,
+                                                make_table, tmp_path):
+    app = make_app(make_table(CAPTURE % "{}"), api_client=apiserver.api_client(),
+                   state_dir=str(tmp_path / "state"), intake="inline")
+    event = netcat_event(namespace=cluster.namespace, **{"container.id": "fedcba987654"})
+    reply = app.test_client().post("/", data=json.dumps(event), content_type="application/json")
+    assert [(d["outcome"], d["reason"]) for d in reply.get_json()["decisions"]] == [
+        ("skipped", "container not in pod (container.id fedcba987654 is not one of its own)")]
     assert not (tmp_path / "state" / "evidence").exists()
 
 
