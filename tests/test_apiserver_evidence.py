@@ -370,3 +370,48 @@ def test_logs_fetched_through_the_kubelet_are_kept_bounded_by_tail_lines_and_max
                     query["limitBytes"], query["timestamps"]) for path, query in kubelet.requests)
     assert asked == [("c0", "false", "50", "600", "true"), ("c1", "false", "50", "600", "true"),
                      ("c1", "true", "50", "600", "true")]
+
+
+def test_the_owner_chain_of_a_job_pod_runs_up_to_its_cronjob(cluster, respond, tmp_path):
+    from kubernetes import client as k8s
+
+    batch = k8s.BatchV1Api(cluster.core.api_client)
+    node = cluster.add_node("node-a").metadata.name
+    pod_template = {"spec": {"restartPolicy": "Never", "containers": [
+        {"name": "c0", "image": "registry.example/job:1"}]}}
+    cron = batch.create_namespaced_cron_job(cluster.namespace, {
+        "metadata": {"name": "nightly"},
+        "spec": {"schedule": "0 3 * * *", "jobTemplate": {"spec": {"template": pod_template}}}})
+    job = batch.create_namespaced_job(cluster.namespace, {
+        "metadata": {"name": "nightly-2890", "ownerReferences": [{
+            "apiVersion": "batch/v1", "kind": "CronJob", "name": "nightly",
+            "uid": cron.metadata.uid, "controller": True}]},
+        "spec": {"template": pod_template}})
+    pod = cluster.core.create_namespaced_pod(cluster.namespace, {
+        "metadata": {"name": "web", "ownerReferences": [{
+            "apiVersion": "batch/v1", "kind": "Job", "name": job.metadata.name,
+            "uid": job.metadata.uid, "controller": True}]},
+        "spec": {"nodeName": node, **pod_template["spec"]}})
+    cluster.set_running(pod, (FULL_CID,))
+    _, _, status = respond(CAPTURE % "{}", state_dir=str(tmp_path / "state"))
+    chain = read_json(bundle_dir(status["decisions"][0]["details"]), "owners.json")
+    assert [(o["kind"], o["name"], o["object"]["metadata"]["uid"]) for o in chain] == [
+        ("Job", "nightly-2890", job.metadata.uid), ("CronJob", "nightly", cron.metadata.uid)]
+
+
+@pytest.mark.parametrize(("owner", "note"), [
+    ({"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "name": "web",
+      "uid": "11111111-1111-4111-8111-111111111111"}, "kind not followed by capture-evidence"),
+    ({"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-owner",
+      "uid": "22222222-2222-4222-8222-222222222222"},
+     "the object of this name has another uid (replaced)")])
+def test_owners_not_followed_are_named_with_why(cluster, respond, tmp_path, owner, note):
+    node = cluster.add_node("node-a").metadata.name
+    cluster.add_owner("ReplicaSet", "web-owner", {"app": "web"})  # another uid than `owner`
+    pod = cluster.core.create_namespaced_pod(cluster.namespace, {
+        "metadata": {"name": "web", "ownerReferences": [{**owner, "controller": True}]},
+        "spec": {"nodeName": node, "containers": [{"name": "c0", "image": "app:1"}]}})
+    cluster.set_running(pod, (FULL_CID,))
+    _, _, status = respond(CAPTURE % "{}", state_dir=str(tmp_path / "state"))
+    chain = read_json(bundle_dir(status["decisions"][0]["details"]), "owners.json")
+    assert chain == [{**owner, "note": note}]

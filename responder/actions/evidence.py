@@ -172,7 +172,7 @@ class CaptureEvidence(Action):
             if known is None:
                 entry["note"] = "kind not followed by capture-evidence"
                 break
-            found = self._read_owner(known[2], ref["name"], namespace)
+            found = self._read_owner(known, ref["name"], namespace)
             if isinstance(found, str):
                 entry["error"] = errors[f"owners.json: {ref['kind']} {ref['name']}"] = found
                 break
@@ -184,8 +184,9 @@ class CaptureEvidence(Action):
             ref = _controller(obj)
         return chain
 
-    def _read_owner(self, reader: str, name: str, namespace: str) -> Any:
-        api = self.batch if reader.endswith(("_job", "_cron_job")) else self.apps
+    def _read_owner(self, known: tuple[str, str, str], name: str, namespace: str) -> Any:
+        _, group, reader = known
+        api = self.batch if group == "batch" else self.apps
         try:
             return getattr(api, reader)(name, namespace, _request_timeout=self.timeout)
         except Exception as exc:  # noqa: BLE001 - recorded in the bundle, the rest goes on
