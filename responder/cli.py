@@ -1,5 +1,5 @@
-"""The `responder` command: serve, check an action table, replay recorded events, list the
-actions."""
+"""The `responder` command: serve, check an action table, replay recorded events, approve or
+reject a waiting response, list the actions."""
 
 from __future__ import annotations
 
@@ -62,6 +62,18 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--token", help="bearer token for --to (or RESPONDER_REPLAY_TOKEN)")
     replay.set_defaults(run=_replay)
 
+    for verb in ("approve", "reject"):
+        decide = sub.add_parser(verb, help=f"{verb} an event awaiting approval on a running "
+                                "responder")
+        decide.add_argument("uuid", help="the event's uuid (as in its Slack message or "
+                            "GET /events/<uuid>)")
+        decide.add_argument("--to", metavar="URL", required=True,
+                            help="the responder's base URL, e.g. http://localhost:2801")
+        decide.add_argument("--token", help="bearer token (or RESPONDER_REPLAY_TOKEN)")
+        decide.add_argument("--as", dest="by", metavar="NAME",
+                            help="approver name recorded (default: your login name)")
+        decide.set_defaults(run=_decide, verb=verb)
+
     actions = sub.add_parser("actions", help="list every action: parameters, needs, limits, "
                              "RBAC")
     shape = actions.add_mutually_exclusive_group()
@@ -121,6 +133,12 @@ def _check(args: argparse.Namespace) -> int:
         print(f"{path}: OK, {len(table.rules)} rule(s)"
               f"{'' if table.dry_run else ', dry_run is OFF by default'}")
     return status
+
+
+def _decide(args: argparse.Namespace) -> int:
+    from .replay_remote import post_decision
+
+    return post_decision(args.to, args.uuid, args.verb, args.by, args.token, sys.stdout)
 
 
 def _actions(args: argparse.Namespace) -> int:

@@ -70,6 +70,10 @@ def build_components(settings: Settings, *, table: Table | None = None,
     state_dir = Path(settings.storage.state_dir).expanduser()
     startup = StartupTable(table) if table else \
         load_startup_table(settings.table.actions_file, registry, state_dir)
+    if settings.intake.mode == "inline" and startup.table.needs_approval:
+        raise ConfigError(f"{startup.table.source}: a table rule asks for approval, but "
+                          "RESPONDER_INTAKE=inline acts before replying and cannot wait for "
+                          "one; use RESPONDER_INTAKE=queue")
     if api_client is UNSET:
         api_client, where = kube.connect(settings)
     else:

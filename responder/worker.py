@@ -8,13 +8,25 @@ import os
 import random
 import threading
 import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .actions import Outcome, Result
+from .approvals import (
+    audit_note,
+    gated_decisions,
+    iso,
+    new_record,
+    timeout_verdict,
+    verdict_reason,
+)
+from .decisions import Plan
 from .errors import EventError
 from .events import Event, parse_event
 from .executor import ActionReport, decision_fields, log_decision_fields
-from .journal import Added, Claimed, Closing, EventStore
+from .journal import AWAITING, Added, Claimed, Closing, EventStore
 from .logs import Trouble
 from .owners import owner_alive, process_owner
 from .service import Responder, log_received
@@ -51,6 +63,23 @@ def prior_results(plan, recorded) -> dict[int, Result]:
     return prior
 
 
+@dataclass
+class _Pass:
+    """One event's processing: its plan, what is recorded, what waits for approval."""
+
+    item: Claimed
+    plan: Plan
+    prior: dict[int, Result]
+    #: Indices of the decisions that wait (or waited) for approval.
+    gated: Mapping[int, Any]
+    verdict: dict[str, Any] | None
+    last_try: bool
+    #: Decisions the verdict skipped (not run: recorded by the worker).
+    skipped: list[int] = field(default_factory=list)
+    deferred: dict[int, dict] = field(default_factory=dict)
+    audits: dict[int, dict] = field(default_factory=dict)
+
+
 def touched_cluster(report: ActionReport) -> bool:
     """Whether an outcome came from a live action (as opposed to dry-run, a plan-time skip
     or coalescing, which the same table and event reproduce exactly)."""
@@ -82,6 +111,8 @@ class Worker:
         self._threads: list[threading.Thread] = []
         #: The events of the batch in hand, parsed once (for their audit records too).
         self._parsed: dict[int, Event] = {}
+        #: What to do once the batch's closings are committed (approval requests).
+        self._after_commit: list[Callable[[], None]] = []
         self._troubles = {name: Trouble(what, logger) for name, what in (
             ("ingest", "taking spooled events into the journal"),
             ("loop", "the worker loop"), ("sync", "journal housekeeping"))}
@@ -92,11 +123,21 @@ class Worker:
         handled."""
         handled = 0
         self._ingest_safely()
+        self.expire_approvals()
         while (deadline is None or time.monotonic() < deadline) and \
                 (claimed := self.store.claim(self.batch, self.lease_seconds, self.owner)):
             handled += self._run_batch(claimed)
             self._ingest_safely()  # what arrived meanwhile joins the queue behind older ones
         return handled
+
+    def expire_approvals(self) -> list[str]:
+        """Events whose approval deadline passed get the timeout's verdict (their rule's
+        on_timeout) and are due now; returns their uuids."""
+        expired = self.store.expire_approvals(
+            lambda record: timeout_verdict(record, self.store.clock()))
+        for uuid in expired:
+            logger.warning("event %s: no approval in time; its on_timeout applies", uuid)
+        return expired
 
     def _run_batch(self, claimed: list[Claimed]) -> int:
         # One commit closes the batch: after a crash its events are planned again, and
@@ -120,6 +161,12 @@ class Worker:
                 os.sched_yield()
         finally:
             self.store.finish_many(closings)
+        for told in self._after_commit:
+            try:
+                told()
+            except Exception:  # noqa: BLE001 - a Slack problem must not stall the worker
+                logger.exception("after an approval request")
+        self._after_commit.clear()
         # Logged once committed: a crash before this plans the batch again, and logs it
         # then; one after it leaves the records marked due, for the next worker to log.
         self.log_audit(handled)
@@ -207,7 +254,8 @@ class Worker:
 
     def process(self, item: Claimed, closings: list[Closing]) -> None:
         """Plan and act on one claimed event; its closing goes into `closings`, which the
-        caller commits together."""
+        caller commits together. Decisions of a table rule that asks for approval wait
+        (state awaiting-approval) until a verdict makes the event due again."""
         try:
             event = parse_event(item.body)
         except EventError as exc:  # validated at intake; only a corrupted row gets here
@@ -215,38 +263,98 @@ class Worker:
             return
         self._parsed[item.id] = event
         plan = self.responder.plan(event)
-        # A first claim has nothing recorded; only a retry (or a crash's) can have.
+        # A first claim has nothing recorded; only a retry (or a crash's, or the pass after
+        # an approval) can have.
         prior = prior_results(plan, self.store.recorded(item.id).values()) \
             if item.attempts > 1 else {}
-        last_try = item.attempts >= self.max_attempts
-        deferred: dict[int, dict] = {}
-        audits: dict[int, dict] = {}
+        record = self.store.approval(item.id) if item.attempts > 1 else None
+        verdict = record.get("verdict") if record else None
+        if verdict:
+            gated = {i: None for i, d in enumerate(plan.decisions)
+                     if d.table_rule in record["rules"] and not d.dry_run}
+        else:
+            gated = gated_decisions(self.responder.table, plan,
+                                    self.responder.executor.actions is not None)
+        run = _Pass(item, plan, prior, gated, verdict, item.attempts >= self.max_attempts)
+        if gated and not verdict:
+            self._run_until_approval(run, closings)
+        else:
+            self._run_all(run, closings, record)
+
+    def _execute(self, run: _Pass, prior: dict[int, Result]) -> list[ActionReport] | None:
+        """Run what `prior` does not hold; None when the event was put back for a retry."""
+        item, plan = run.item, run.plan
+        slots = decision_slots(plan)
+        note = audit_note(run.verdict) if run.verdict else None
 
         def record(index: int, report: ActionReport) -> None:
-            if report.result.retryable and not last_try:
+            if report.result.retryable and not run.last_try:
                 return  # a transient failure is not final unless this was the last try
             stored = {**report.to_dict(), "slot": slots[index]}
             audit = decision_fields(plan, report.decision, report.target, report.result)
+            if note and index in run.gated:
+                audit["approval"] = note
             if touched_cluster(report):
                 # Durable at once: after a crash this action must not run again.
                 self.store.record(item.id, index, stored, self.lease_seconds, audit)
             else:
-                deferred[index], audits[index] = stored, audit  # recomputed if lost
+                run.deferred[index], run.audits[index] = stored, audit  # recomputed if lost
 
         # Coalescing on every try: a window knows the event that opened it, so a retry (or a
         # restart after a crash) acts for the opener and stays coalesced for the others.
-        slots = decision_slots(plan)
         reports = self.responder.executor.execute(
             plan, prior, record, heartbeat=lambda: self.store.renew(item.id, self.lease_seconds),
             log=False)
+        for index in run.skipped:  # given by the verdict, not run: recorded here
+            record(index, reports[index])
         transient = [r for r in reports if r.result.retryable]
-        if transient and not last_try:
+        if transient and not run.last_try:
             self._retry_later(item, transient[0].result.reason or "transient failure")
+            return None
+        return reports
+
+    def _run_all(self, run: _Pass, closings: list[Closing], record: dict | None) -> None:
+        """Act on every decision (an event without approval, or one with its verdict:
+        approved decisions run with every check made again now; rejected or timed-out ones
+        are skipped with the verdict's reason)."""
+        prior = dict(run.prior)
+        reason = verdict_reason(run.verdict) if run.verdict else None
+        if reason:
+            run.skipped = [i for i in run.gated if i not in prior]
+            prior.update({i: Result(Outcome.SKIPPED, reason) for i in run.skipped})
+        reports = self._execute(run, prior)
+        if reports is None:
             return
         failed = any(r.result.outcome is Outcome.FAILED for r in reports)
-        closings.append(Closing(item.id, "failed" if failed else "done", None, deferred,
-                                audits))
-        self.responder.after_actions(plan, reports)
+        closings.append(Closing(run.item.id, "failed" if failed else "done", None,
+                                run.deferred, run.audits))
+        self.responder.after_actions(run.plan, reports, record)
+
+    def _run_until_approval(self, run: _Pass, closings: list[Closing]) -> None:
+        """Act on the decisions that need no approval; check the others against the cluster
+        without acting, and leave the event awaiting approval with that plan."""
+        placeholders = {i: Result(Outcome.SKIPPED, "awaiting approval") for i in run.gated}
+        reports = self._execute(run, {**run.prior, **placeholders})
+        if reports is None:
+            return
+        checks = self.responder.executor.precheck(run.plan, list(run.gated))
+        slots = decision_slots(run.plan)
+        planned = [{"slot": slots[i], "table_rule": reports[i].decision.table_rule,
+                    "action": reports[i].decision.action,
+                    "target": reports[i].target.describe(reports[i].decision.target_keys),
+                    "check": checks[i]} for i in sorted(run.gated)]
+        record = new_record(run.gated, planned, self.store.clock())
+        closings.append(Closing(run.item.id, AWAITING, None, run.deferred, run.audits,
+                                approval=record))
+        done = [r for i, r in enumerate(reports) if i not in run.gated]
+        logger.warning("event %s: %d action(s) of table rule(s) %s await approval until %s",
+                       run.plan.event.uuid, len(planned), ", ".join(record["rules"]),
+                       iso(record["deadline"]))
+        # Told once the closing commits: the Slack message's handle is stored with the record.
+        self._after_commit.append(lambda: self.responder.request_approval(run.plan, done,
+                                                                          record))
+        if self.responder.audit is not None:
+            self.responder.audit.record_all(run.plan.event, done)
 
     def _give_back(self, item: Claimed, reason: str) -> None:
         """After an unexpected error: retry later, or fail for good on the last attempt, so
