@@ -80,7 +80,10 @@ class AuditQueue:
                 if item is None:
                     return
                 event, reports, notes = item
-                self.recorder.record_all(event, reports, notes)
+                if notes:
+                    self.recorder.record_all(event, reports, notes)
+                else:  # the common case, in the shape every recorder takes
+                    self.recorder.record_all(event, reports)
             except Exception:  # noqa: BLE001 - record_all never raises; a bug must not stop us
                 logger.exception("recording audit Events failed")
             finally:
