@@ -148,14 +148,15 @@ def approver_name(body: Any) -> str:
 class Approvals:
     """Approve or reject an event awaiting approval: one commit gives the verdict and makes
     the event due; the worker is woken and acts (checks run again first). Used by the HTTP
-    routes and the Slack interactions alike."""
+    routes and the Slack interactions alike.
 
-    def __init__(self, store: EventStore, wake: Callable[[], None],
-                 on_decided: Callable[[str, bytes, dict[str, Any]], None] | None = None):
+    The Slack message is updated by the worker once it has acted (who decided, when, each
+    outcome), not here: the worker may be another process, and one sender per message keeps
+    the updates in order (an earlier "acting now" can never land after the outcomes)."""
+
+    def __init__(self, store: EventStore, wake: Callable[[], None]):
         self.store = store
         self.wake = wake
-        #: Told (uuid, event body, record) after a verdict commits: the Slack message update.
-        self.on_decided = on_decided
 
     def decide(self, uuid: str, verb: str, by: str, via: str,
                user_id: str | None = None) -> tuple[int, dict[str, Any]]:
@@ -169,10 +170,6 @@ class Approvals:
             return 409, conflict_body(uuid, state, record)
         logger.warning("event %s %s by %s", uuid, verdict["decision"], approver_text(verdict))
         self.wake()
-        if self.on_decided is not None:
-            known = self.store.approval_of(uuid)
-            if known is not None:
-                self.on_decided(uuid, *known)
         return 200, {"uuid": uuid, "state": state, "approval": public_view(record or {})}
 
 

@@ -442,6 +442,15 @@ class EventStore:
                          (json.dumps(approval), row[0]))
             return approval
 
+    def awaiting_unannounced(self) -> list[tuple[bytes, dict[str, Any]]]:
+        """Events awaiting approval whose Slack message was never posted (Slack failed, or
+        the process stopped first): body and approval record."""
+        rows = self.connection().execute(
+            f"SELECT body, approval FROM events WHERE state = '{AWAITING}' "
+            "ORDER BY id").fetchall()
+        found = [(bytes(body), json.loads(text)) for body, text in rows if text]
+        return [(body, record) for body, record in found if not record.get("slack")]
+
     def approval_of(self, key: str) -> tuple[bytes, dict[str, Any]] | None:
         """An event's body and approval record by key (None: unknown, or never asked)."""
         row = self.connection().execute("SELECT body, approval FROM events WHERE key = ?",

@@ -15,8 +15,7 @@ from .approvals import audit_note, gated_decisions
 from .audit import EventRecorder
 from .auditqueue import AuditQueue
 from .decisions import Plan, plan_response
-from .errors import EventError
-from .events import Event, parse_event
+from .events import Event
 from .executor import ActionReport, Executor
 from .guardrails import Guardrails
 from .journal import EventStore
@@ -127,19 +126,19 @@ class Responder:
         if self.audit is not None:
             self.audit.record_all(plan.event, reports, notes)
 
-    def request_approval(self, plan: Plan, reports: list[ActionReport],
+    def request_approval(self, event: Event, reports: list[ActionReport],
                          record: dict[str, Any]) -> None:
         """Ask in Slack (when on) for the approval an event waits for; the message's handle
         goes into the journal, so later updates edit it, from any process."""
         if self.notifier is None:
             return
-        uuid = plan.event.uuid
+        uuid = event.uuid
 
         def keep(handle: Any) -> None:
             if self.store is not None:
                 self.store.update_approval(uuid, {"slack": {"channel": handle[0],
                                                             "ts": handle[1]}})
-        self.notifier.request_approval(plan.event, reports, record, on_sent=keep)
+        self.notifier.request_approval(event, reports, record, on_sent=keep)
 
     def approval_message(self, uuid: str) -> Callable[[], tuple[str, str] | None]:
         """Where an approval's Slack message is, read when the update is sent (the post
@@ -149,18 +148,6 @@ class Responder:
             slack = known[1].get("slack") if known else None
             return (slack["channel"], slack["ts"]) if slack else None
         return find
-
-    def show_decision(self, uuid: str, body: bytes, record: dict[str, Any]) -> None:
-        """Update the approval's message at once with who decided (the outcomes follow
-        when the worker has acted)."""
-        if self.notifier is None:
-            return
-        try:
-            event = parse_event(body)
-        except EventError:  # a corrupted row: the worker says so when it gets there
-            return
-        # No outcomes yet: the worker's update, once it has acted, brings them all.
-        self.notifier.update_approval(event, record, (), self.approval_message(uuid))
 
     def alert(self, text: str) -> None:
         logger.warning("alert: %s", text)

@@ -195,7 +195,17 @@ class Worker:
         left = self.store.unaudited_finished(owner_alive)
         for start in range(0, len(left), 500):  # bounded by SQLite's variable limit
             self.log_audit(left[start:start + 500])
+        self._announce_waiting()
         return released
+
+    def _announce_waiting(self) -> None:
+        """Post the Slack message of events awaiting approval that never got one (Slack
+        was down, or the process stopped between the commit and the post)."""
+        if self.responder.notifier is None:
+            return
+        for body, record in self.store.awaiting_unannounced():
+            with contextlib.suppress(EventError):  # a corrupted row: its timeout still runs
+                self.responder.request_approval(parse_event(body), [], record)
 
     def _ingest_safely(self) -> None:
         """Events already in the journal are processed even when taking more in fails."""
@@ -351,7 +361,7 @@ class Worker:
                        run.plan.event.uuid, len(planned), ", ".join(record["rules"]),
                        iso(record["deadline"]))
         # Told once the closing commits: the Slack message's handle is stored with the record.
-        self._after_commit.append(lambda: self.responder.request_approval(run.plan, done,
+        self._after_commit.append(lambda: self.responder.request_approval(run.plan.event, done,
                                                                           record))
         if self.responder.audit is not None:
             self.responder.audit.record_all(run.plan.event, done)

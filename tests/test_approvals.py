@@ -260,6 +260,23 @@ def test_restart_while_awaiting_loses_nothing(cluster, web, slack, responder_app
     assert len(slack.state.answered(POST_MESSAGE_PATH)) == 1
 
 
+def test_a_request_slack_never_got_is_posted_again_at_restart(cluster, web, slack,
+                                                               responder_app):
+    slack.state.fail(500, times=2)  # the post and its one retry
+    first = responder_app()
+    post_event(first, cluster.namespace)
+    assert slack.state.answered(POST_MESSAGE_PATH) == []
+    assert status(first)["approval"].get("slack") is None
+    from responder.app import shutdown
+    shutdown(first)
+    second = responder_app()
+    second.extensions["worker"].take_over()  # what the worker does when it starts
+    second.extensions["responder"].notifier.flush(10)
+    (message,) = slack.state.answered(POST_MESSAGE_PATH)
+    assert [b["action_id"] for b in buttons_of(message)] == ["approve", "reject"]
+    assert status(second)["approval"]["slack"] == {"channel": "C123", "ts": "1.0"}
+
+
 def test_http_approve_and_reject_answers(cluster, web, responder_app):
     app = responder_app()
     post_event(app, cluster.namespace)
