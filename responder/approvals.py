@@ -154,9 +154,12 @@ class Approvals:
     outcome), not here: the worker may be another process, and one sender per message keeps
     the updates in order (an earlier "acting now" can never land after the outcomes)."""
 
-    def __init__(self, store: EventStore, wake: Callable[[], None]):
+    def __init__(self, store: EventStore, wake: Callable[[], None],
+                 counted: Callable[[dict[str, Any]], None] = lambda verdict: None):
         self.store = store
         self.wake = wake
+        #: Told each verdict given (the responder_approvals_total metric).
+        self.counted = counted
 
     def decide(self, uuid: str, verb: str, by: str, via: str,
                user_id: str | None = None) -> tuple[int, dict[str, Any]]:
@@ -169,6 +172,7 @@ class Approvals:
         if not decided:
             return 409, conflict_body(uuid, state, record)
         logger.warning("event %s %s by %s", uuid, verdict["decision"], approver_text(verdict))
+        self.counted(verdict)
         self.wake()
         return 200, {"uuid": uuid, "state": state, "approval": public_view(record or {})}
 

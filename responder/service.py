@@ -149,6 +149,9 @@ class Responder:
             return (slack["channel"], slack["ts"]) if slack else None
         return find
 
+    def count_verdict(self, verdict: dict[str, Any]) -> None:
+        self.metrics.inc(self.metrics.approvals, verdict["decision"], verdict["via"])
+
     def alert(self, text: str) -> None:
         logger.warning("alert: %s", text)
         if self.notifier is not None:

@@ -133,10 +133,15 @@ class Worker:
     def expire_approvals(self) -> list[str]:
         """Events whose approval deadline passed get the timeout's verdict (their rule's
         on_timeout) and are due now; returns their uuids."""
-        expired = self.store.expire_approvals(
-            lambda record: timeout_verdict(record, self.store.clock()))
-        for uuid in expired:
-            logger.warning("event %s: no approval in time; its on_timeout applies", uuid)
+        given: list[dict[str, Any]] = []
+
+        def verdict(record: dict[str, Any]) -> dict[str, Any]:
+            given.append(timeout_verdict(record, self.store.clock()))
+            return given[-1]
+        expired = self.store.expire_approvals(verdict)
+        for uuid, told in zip(expired, given, strict=True):
+            logger.warning("event %s: no approval in time; %s", uuid, audit_note(told))
+            self.responder.count_verdict(told)
         return expired
 
     def _run_batch(self, claimed: list[Claimed]) -> int:

@@ -276,3 +276,14 @@ def test_settings_list_the_new_slack_variables():
             "RESPONDER_SLACK_APPROVERS"} <= set(names)
     assert Settings.of(slack_token="xoxb-1", slack_channel="C1",
                        slack_signing_secret=SECRET).slack.interactive
+
+
+def test_a_dry_run_approval_rule_does_not_wait(make_app, make_table):
+    # Nothing would change the cluster: nobody is asked (and no API is called).
+    text = (TABLE % "{timeout: 5m}").replace("dry_run: false", "dry_run: true")
+    app = make_app(make_table(text), api_client=ApiClient())
+    app.test_client().post("/", data=json.dumps(netcat_event()))
+    app.extensions["worker"].run_pending()
+    state = app.test_client().get("/events/u-1").get_json()
+    assert state["state"] == "done" and "approval" not in state
+    assert state["decisions"][0]["outcome"] == "would-run"

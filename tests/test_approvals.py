@@ -192,6 +192,9 @@ def test_timeout_applies_on_timeout(cluster, web, slack, responder_app, on_timeo
     assert outcomes(done)[1] == expected
     assert (cluster.pod("web") is None) == (on_timeout == "run")
     assert done["approval"]["via"] == "timeout"
+    decision = "approved" if on_timeout == "run" else "timed-out"
+    assert f'responder_approvals_total{{decision="{decision}",via="timeout"}} 1.0' in \
+        app.test_client().get("/metrics").get_data(as_text=True)
     # Too late for a click now: refused, the user told why.
     assert click(app, "approve").get_json()["ok"] is False
     app.extensions["responder"].notifier.flush(10)
@@ -298,6 +301,8 @@ def test_http_approve_and_reject_answers(cluster, web, responder_app):
     assert (late.status_code, late.get_json()["state"]) == (409, "done")
     assert outcomes(status(app))[1] == ("delete-pod", "skipped", "rejected by carol (HTTP)")
     assert cluster.pod("web") is not None
+    exposition = client.get("/metrics").get_data(as_text=True)
+    assert 'responder_approvals_total{decision="rejected",via="http"} 1.0' in exposition
 
 
 def test_pod_replaced_before_approval_is_skipped_with_its_reason(cluster, web, responder_app):
@@ -347,3 +352,69 @@ def test_cli_approves_against_a_running_app(cluster, web, responder_app, capsys)
     work(app)
     assert cluster.pod("web") is None
     assert status(app)["approval"]["via"] == "http"
+
+
+LIMITED = table().replace("defaults: {dry_run: false}",
+                          "defaults: {dry_run: false, max_pod_deletions_per_minute: 1}")
+
+
+def test_a_limit_reached_while_waiting_skips_the_second_approval(cluster, web, responder_app):
+    cluster.add_pod("api", node=web, container_ids=("a" * 64,))
+    app = responder_app(LIMITED)
+    post_event(app, cluster.namespace, "ev-1")
+    other = netcat_event("ev-2", namespace=cluster.namespace, pod="api")
+    other["output_fields"]["container.id"] = "a" * 12
+    app.test_client().post("/", data=json.dumps(other),
+                           headers={"Authorization": f"Bearer {AUTH}"})
+    work(app)
+    # Both pre-checked "ready": the pre-check holds no place in the limit.
+    assert [status(app, u)["decisions"][1]["outcome"] for u in ("ev-1", "ev-2")] == [
+        "awaiting-approval", "awaiting-approval"]
+    assert "reason" not in status(app, "ev-2")["decisions"][1]
+    assert click(app, "approve", "ev-1").get_json()["ok"] is True
+    assert click(app, "approve", "ev-2").get_json()["ok"] is True
+    work(app)
+    assert outcomes(status(app, "ev-1"))[1] == ("delete-pod", "done", None)
+    assert outcomes(status(app, "ev-2"))[1] == (
+        "delete-pod", "skipped", "pod deletion limit reached (1 per minute)")
+    assert cluster.pod("api") is not None
+
+
+def test_the_running_worker_acts_as_soon_as_approved(cluster, web, responder_app):
+    app = responder_app(start_worker=True, worker="thread")
+    client = app.test_client()
+    bearer = {"Authorization": f"Bearer {AUTH}"}
+    client.post("/", data=json.dumps(netcat_event("ev-1", namespace=cluster.namespace)),
+                headers=bearer)
+    assert wait_for(lambda: status(app)["state"] == "awaiting-approval")
+    assert client.post("/events/ev-1/approve", json={"by": "frank"},
+                       headers=bearer).status_code == 200
+    assert wait_for(lambda: status(app)["state"] == "done")
+    assert cluster.pod("web") is None
+
+
+def wait_for(condition, seconds=10.0):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_webhook_mode_asks_without_buttons_and_approval_works_over_http(
+        cluster, web, slack, apiserver, make_app, make_table, capsys):
+    app = make_app(make_table(table()), api_client=apiserver.api_client(),
+                   slack=SlackConfig(webhook_url=slack.webhook_url, window_seconds=0))
+    # The start-up log (the app's own handler writes to stdout).
+    assert "approvals only over HTTP" in capsys.readouterr().out
+    app.test_client().post("/", data=json.dumps(netcat_event("ev-1", namespace=cluster.namespace)))
+    work(app)
+    (asked,) = slack.state.bodies()
+    assert buttons_of(asked) == []
+    assert "responder approve ev-1 --to URL" in attachment_text(asked)
+    assert app.test_client().post("/events/ev-1/approve", json={"by": "gina"}).status_code == 200
+    work(app)
+    assert cluster.pod("web") is None
+    told = slack.state.bodies()[-1]  # an incoming webhook cannot edit: a new message
+    assert "*Approved* by gina (over HTTP)" in attachment_text(told)
