@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from .decisions import Plan
+from .decisions import Decision, Plan
 from .journal import EventStore
 from .table import Approval, Table
 
@@ -43,6 +43,12 @@ def gated_decisions(table: Table, plan: Plan, live: bool) -> dict[int, Approval]
         if approval and not decision.dry_run and not decision.skip_reason:
             gated[index] = approval
     return gated
+
+
+def approval_target(decision: Decision) -> str:
+    """What one approval covers: the table rule and the target, as coalescing keys them."""
+    target = decision.target
+    return f"{decision.table_rule}|{target.namespace}|{target.pod or target.node}"
 
 
 def new_record(gated: Mapping[int, Approval], planned: list[dict[str, Any]], now: float

@@ -442,6 +442,18 @@ class EventStore:
                          (json.dumps(approval), row[0]))
             return approval
 
+    def awaiting_targets(self) -> dict[str, str]:
+        """The approval targets (`targets` of the record) of events awaiting a verdict, to
+        the event's key."""
+        rows = self.connection().execute(
+            f"SELECT key, approval FROM events WHERE state = '{AWAITING}'").fetchall()
+        found: dict[str, str] = {}
+        for key, text in rows:
+            record = json.loads(text) if text else {}
+            if not record.get("verdict"):
+                found.update(dict.fromkeys(record.get("targets", []), key))
+        return found
+
     def awaiting_unannounced(self) -> list[tuple[bytes, dict[str, Any]]]:
         """Events awaiting approval whose Slack message was never posted (Slack failed, or
         the process stopped first): body and approval record."""

@@ -15,6 +15,7 @@ from typing import Any
 
 from .actions import Outcome, Result
 from .approvals import (
+    approval_target,
     audit_note,
     gated_decisions,
     iso,
@@ -74,8 +75,9 @@ class _Pass:
     gated: Mapping[int, Any]
     verdict: dict[str, Any] | None
     last_try: bool
-    #: Decisions the verdict skipped (not run: recorded by the worker).
-    skipped: list[int] = field(default_factory=list)
+    #: Outcomes the worker gives, not the executor (a verdict's skip, a decision coalesced
+    #: into another event's approval): recorded by the worker.
+    given: dict[int, Result] = field(default_factory=dict)
     deferred: dict[int, dict] = field(default_factory=dict)
     audits: dict[int, dict] = field(default_factory=dict)
 
@@ -113,6 +115,8 @@ class Worker:
         self._parsed: dict[int, Event] = {}
         #: What to do once the batch's closings are committed (approval requests).
         self._after_commit: list[Callable[[], None]] = []
+        #: Approval targets (approvals.approval_target) this batch set waiting, to event keys.
+        self._batch_targets: dict[str, str] = {}
         self._troubles = {name: Trouble(what, logger) for name, what in (
             ("ingest", "taking spooled events into the journal"),
             ("loop", "the worker loop"), ("sync", "journal housekeeping"))}
@@ -150,6 +154,7 @@ class Worker:
         closings: list[Closing] = []
         handled: list[int] = []
         self._parsed.clear()
+        self._batch_targets.clear()
         try:
             for item in claimed:
                 if not self.store.still_ours(item, self.lease_seconds):
@@ -292,9 +297,24 @@ class Worker:
                                     self.responder.executor.actions is not None)
         run = _Pass(item, plan, prior, gated, verdict, item.attempts >= self.max_attempts)
         if gated and not verdict:
+            run.given = self._join_awaited(run)
+            run.gated = {i: a for i, a in gated.items() if i not in run.given}
+        if run.gated and not verdict:
             self._run_until_approval(run, closings)
         else:
             self._run_all(run, closings, record)
+
+    def _join_awaited(self, run: _Pass) -> dict[int, Result]:
+        """Decisions whose table rule and target already wait for approval in another
+        event: coalesced into that approval (a storm asks once, as it acts once)."""
+        awaited = {**self.store.awaiting_targets(), **self._batch_targets}
+        joined = {}
+        for index in run.gated:
+            other = awaited.get(approval_target(run.plan.decisions[index]))
+            if other is not None and other != run.item.key:
+                joined[index] = Result(Outcome.COALESCED, "the same table rule and target "
+                                       f"already await approval (event {other})")
+        return joined
 
     def _execute(self, run: _Pass, prior: dict[int, Result]) -> list[ActionReport] | None:
         """Run what `prior` does not hold; None when the event was put back for a retry."""
@@ -320,7 +340,7 @@ class Worker:
         reports = self.responder.executor.execute(
             plan, prior, record, heartbeat=lambda: self.store.renew(item.id, self.lease_seconds),
             log=False)
-        for index in run.skipped:  # given by the verdict, not run: recorded here
+        for index in run.given:  # decided here, not run by the executor: recorded here
             record(index, reports[index])
         transient = [r for r in reports if r.result.retryable]
         if transient and not run.last_try:
@@ -332,12 +352,11 @@ class Worker:
         """Act on every decision (an event without approval, or one with its verdict:
         approved decisions run with every check made again now; rejected or timed-out ones
         are skipped with the verdict's reason)."""
-        prior = dict(run.prior)
         reason = verdict_reason(run.verdict) if run.verdict else None
         if reason:
-            run.skipped = [i for i in run.gated if i not in prior]
-            prior.update({i: Result(Outcome.SKIPPED, reason) for i in run.skipped})
-        reports = self._execute(run, prior)
+            run.given.update({i: Result(Outcome.SKIPPED, reason) for i in run.gated
+                              if i not in run.prior})
+        reports = self._execute(run, {**run.prior, **run.given})
         if reports is None:
             return
         failed = any(r.result.outcome is Outcome.FAILED for r in reports)
@@ -349,7 +368,7 @@ class Worker:
         """Act on the decisions that need no approval; check the others against the cluster
         without acting, and leave the event awaiting approval with that plan."""
         placeholders = {i: Result(Outcome.SKIPPED, "awaiting approval") for i in run.gated}
-        reports = self._execute(run, {**run.prior, **placeholders})
+        reports = self._execute(run, {**run.prior, **run.given, **placeholders})
         if reports is None:
             return
         checks = self.responder.executor.precheck(run.plan, list(run.gated))
@@ -358,7 +377,9 @@ class Worker:
                     "action": reports[i].decision.action,
                     "target": reports[i].target.describe(reports[i].decision.target_keys),
                     "check": checks[i]} for i in sorted(run.gated)]
-        record = new_record(run.gated, planned, self.store.clock())
+        targets = sorted({approval_target(run.plan.decisions[i]) for i in run.gated})
+        record = {**new_record(run.gated, planned, self.store.clock()), "targets": targets}
+        self._batch_targets.update(dict.fromkeys(targets, run.item.key))
         closings.append(Closing(run.item.id, AWAITING, None, run.deferred, run.audits,
                                 approval=record))
         done = [r for i, r in enumerate(reports) if i not in run.gated]

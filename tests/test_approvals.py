@@ -418,3 +418,20 @@ def test_webhook_mode_asks_without_buttons_and_approval_works_over_http(
     assert cluster.pod("web") is None
     told = slack.state.bodies()[-1]  # an incoming webhook cannot edit: a new message
     assert "*Approved* by gina (over HTTP)" in attachment_text(told)
+
+
+def test_a_storm_for_one_pod_asks_once(cluster, web, slack, responder_app):
+    app = responder_app()
+    post_event(app, cluster.namespace, "ev-1")
+    post_event(app, cluster.namespace, "ev-2")  # the same pod, the same table rule
+    second = status(app, "ev-2")
+    assert second["state"] == "done"
+    assert outcomes(second)[1] == ("delete-pod", "coalesced", "the same table rule and target "
+                                   "already await approval (event ev-1)")
+    asked = [m for m in slack.state.answered(POST_MESSAGE_PATH) if buttons_of(m)]
+    assert len(asked) == 1
+    assert click(app, "approve", "ev-1").get_json()["ok"] is True
+    work(app)
+    assert cluster.pod("web") is None
+    post_event(app, cluster.namespace, "ev-3")  # decided meanwhile: a new request
+    assert status(app, "ev-3")["state"] == "awaiting-approval"
