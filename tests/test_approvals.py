@@ -435,3 +435,24 @@ def test_a_storm_for_one_pod_asks_once(cluster, web, slack, responder_app):
     assert cluster.pod("web") is None
     post_event(app, cluster.namespace, "ev-3")  # decided meanwhile: a new request
     assert status(app, "ev-3")["state"] == "awaiting-approval"
+
+
+def test_the_pre_check_says_what_would_be_skipped_and_uses_no_limit(cluster, web, slack,
+                                                                   responder_app):
+    cluster.add_pod("agent", node=web, container_ids=("b" * 64,), owner="DaemonSet")
+    app = responder_app(LIMITED)
+    event = netcat_event("ev-1", namespace=cluster.namespace, pod="agent")
+    event["output_fields"]["container.id"] = "b" * 12
+    app.test_client().post("/", data=json.dumps(event), headers={"Authorization": f"Bearer {AUTH}"})
+    work(app)
+    waiting = status(app)["decisions"][1]
+    assert waiting["outcome"] == "awaiting-approval"
+    assert waiting["reason"].startswith("would be skipped now: ") and "DaemonSet" in \
+        waiting["reason"]
+    (message,) = slack.state.answered(POST_MESSAGE_PATH)
+    assert "would be skipped now:" in attachment_text(message)
+    # The pre-check of a deletion held no place in the one-per-minute limit.
+    post_event(app, cluster.namespace, "ev-2")
+    assert click(app, "approve", "ev-2").get_json()["ok"] is True
+    work(app)
+    assert outcomes(status(app, "ev-2"))[1] == ("delete-pod", "done", None)
