@@ -54,12 +54,39 @@ def _expected_line(path: str, number: int, raw: str) -> dict[str, Any]:
     if not isinstance(line, dict):
         raise ConfigError(f"{path}: line {number}: expected a replay line (a JSON object), "
                           f"got {type(line).__name__}")
-    if "uuid" not in line and not ("line" in line and "error" in line):
-        raise ConfigError(f"{path}: line {number}: not a replay line: it has neither 'uuid' "
-                          "nor 'line' and 'error'")
-    if not isinstance(line.get("actions", []), list):
-        raise ConfigError(f"{path}: line {number}: 'actions' must be a list")
+    problem = _replay_line_problem(line)
+    if problem:
+        raise ConfigError(f"{path}: line {number}: {problem}")
     return line
+
+
+def _replay_line_problem(line: dict[str, Any]) -> str | None:
+    """What makes a JSON object no replay line, or None. Checked, so that a hand-edited
+    expectation gives this message instead of a traceback in the comparison."""
+    if "error" in line:
+        number = line.get("line")
+        if not isinstance(number, int) or isinstance(number, bool):
+            return "'line' must be a number"
+    elif "uuid" not in line:
+        return "not a replay line: it has neither 'uuid' nor 'line' and 'error'"
+    elif not isinstance(line["uuid"], str):
+        return "'uuid' must be a string"
+    matched = line.get("matched", [])
+    if not isinstance(matched, list) or not all(isinstance(m, str) for m in matched):
+        return "'matched' must be a list of table rule names"
+    actions = line.get("actions", [])
+    if not isinstance(actions, list):
+        return "'actions' must be a list"
+    for index, action in enumerate(actions, 1):
+        if not isinstance(action, dict) or not _is_target(action.get("target", {})):
+            return (f"actions[{index}] must be an object whose 'target' maps names to "
+                    "strings")
+    return None
+
+
+def _is_target(target: Any) -> bool:
+    return isinstance(target, dict) and all(
+        isinstance(v, str | int | float | None) for v in target.values())
 
 
 def format_changes(changes: list[dict[str, Any]], before: str = "BEFORE", after: str = "AFTER"

@@ -7,8 +7,13 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from responder.cli import main
+from responder.errors import ConfigError
+from responder.replaydiff import format_changes, read_expectation
+from responder.tablediff import changed_events
 
 from .conftest import DATA
 
@@ -186,6 +191,12 @@ def test_expect_reports_an_event_that_no_longer_parses(capsys, tmp_path):
     ("[1, 2]\n", "line 1: expected a replay line (a JSON object), got list"),
     ('{"rule": "x"}\n', "line 1: not a replay line: it has neither 'uuid' nor 'line' and 'error'"),
     ('{"uuid": "a", "actions": 3}\n', "line 1: 'actions' must be a list"),
+    ('{"uuid": ["a"]}\n', "line 1: 'uuid' must be a string"),
+    ('{"line": "2", "error": "x"}\n', "line 1: 'line' must be a number"),
+    ('{"uuid": "a", "matched": "r"}\n', "line 1: 'matched' must be a list of table rule names"),
+    ('{"uuid": "a", "actions": [1]}\n', "line 1: actions[1] must be an object whose 'target'"),
+    ('{"uuid": "a", "actions": [{"target": {"pod": ["p"]}}]}\n',
+     "line 1: actions[1] must be an object whose 'target' maps names to strings"),
     (b"\xff\xfe", "cannot read the expectation: not UTF-8 text"),
 ])
 def test_a_bad_expectation_exits_2_naming_file_and_line(capsys, tmp_path, content, message):
@@ -251,3 +262,41 @@ def test_the_command_never_shows_a_traceback(tmp_path, argv):
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2 and done.stdout == ""
     assert "Traceback" not in done.stderr and "missing." in done.stderr
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+                    lambda inner: st.lists(inner, max_size=3)
+                    | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=8)
+LINE_KEYS = st.sampled_from(["uuid", "line", "error", "matched", "actions", "rule", "target",
+                             "action", "outcome", "reason"])
+ACTION = st.fixed_dictionaries(
+    {"action": st.sampled_from(["label-pod", "delete-pod"]),
+     "target": st.dictionaries(st.sampled_from(["pod", "node"]), JSON, max_size=2)},
+    optional={"outcome": JSON, "reason": JSON})
+LINE = st.one_of(
+    st.recursive(JSON, lambda inner: st.dictionaries(LINE_KEYS, inner, max_size=5),
+                 max_leaves=12),
+    st.fixed_dictionaries({"uuid": st.sampled_from(["a", "c4e8daf1-dc01-52f8-a35d-90480d0ed3da"])},
+                          optional={"matched": st.lists(st.text(max_size=3), max_size=2),
+                                    "actions": st.lists(ACTION | JSON, max_size=3),
+                                    "rule": JSON, "priority": JSON}),
+    st.fixed_dictionaries({"line": st.integers(1, 3), "error": JSON}))
+
+
+@pytest.mark.slow
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(LINE, max_size=4))
+def test_any_expectation_is_compared_or_refused_never_a_traceback(tmp_path, lines):
+    """Whatever a hand-edited expectation holds, reading it either refuses it by line
+    (ConfigError) or gives lines the comparison and its table take without an exception."""
+    path = tmp_path / "expected.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    try:
+        expected = read_expectation(str(path))
+    except ConfigError as exc:
+        assert str(exc).startswith(f"{path}: line ")
+        return
+    replayed = [json.loads(line) for line in EXPECTED.read_text().splitlines()]
+    for before, after in ((expected, replayed), (replayed, expected), (expected, expected)):
+        format_changes(changed_events(before, after))
