@@ -50,7 +50,7 @@ def create_app(settings: Settings | None = None, *, table: Table | None = None,
     app.config["MAX_CONTENT_LENGTH"] = settings.intake.max_body_bytes
     spool = SpoolWriter(parts.spool_dir) if settings.intake.mode == "queue" else None
     app.extensions.update(components=parts, responder=responder, worker=worker, store=store,
-                          spool=spool, reloader=start_reloader(parts))
+                          spool=spool, reloader=start_reloader(parts), undoer=parts.undoer)
     watch_queue(parts, spool)
     intake = None
     if spool is not None:

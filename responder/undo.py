@@ -15,7 +15,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from .actions import Action, ObjectRef, Outcome, Result, Target, api_failure
+from .actions import (
+    Action,
+    ObjectRef,
+    Outcome,
+    Registry,
+    Result,
+    Target,
+    api_failure,
+    default_registry,
+)
 from .audit import EventRecorder, core_event
 from .errors import EventError, UndoRefused
 from .events import Event, Priority, parse_event
@@ -65,12 +74,17 @@ class Undoer:
     """Undoes recorded events in the serving process. Parts are passed in (`wiring`)."""
 
     def __init__(self, store: EventStore, actions: Mapping[str, Action] | None,
-                 shared: SharedState, *, recorder: EventRecorder | None = None,
-                 notifier: Any = None, retry: RetryPolicy | None = None,
+                 shared: SharedState, *, registry: Registry | None = None,
+                 recorder: EventRecorder | None = None, notifier: Any = None,
+                 retry: RetryPolicy | None = None,
                  idle_reason: str = "no Kubernetes cluster configured",
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time,
+                 lock_wait: float = LOCK_WAIT_SECONDS):
         self.store = store
         self.actions = actions
+        #: What each recorded action declares (whether it can be undone), cluster or not.
+        self.registry = registry or default_registry()
+        self.lock_wait = lock_wait
         self.shared = shared
         self.recorder = recorder
         self.notifier = notifier
@@ -92,7 +106,7 @@ class Undoer:
             raise UndoRefused(409, f"event {clipped(uuid, 128)} is still {recorded.state}: "
                               "undo it once its actions have run")
         try:
-            token = acquire(self.shared, f"undo:{uuid}", LOCK_SECONDS, LOCK_WAIT_SECONDS)
+            token = acquire(self.shared, f"undo:{uuid}", LOCK_SECONDS, self.lock_wait)
         except Contended:
             raise UndoRefused(409, f"event {clipped(uuid, 128)} is being undone already") \
                 from None
@@ -117,20 +131,13 @@ class Undoer:
         earlier = earlier_undo(undos, name, where, slot)
         if earlier is not None:
             return said(ALREADY_UNDONE, f"already undone by {earlier['by']} at {earlier['at']}")
-        refusal = undo_refusal(stored, self._action_class(name))
+        refusal = undo_refusal(stored, self.registry.get(name))
         if refusal:
             return said(NOT_UNDONE, refusal)
         if self.actions is None:
             return said(FAILED, self.idle_reason)
         result = self._call(self.actions[name], stored)
         return said(_OUTCOMES.get(result.outcome, FAILED), result.reason, result.involved)
-
-    def _action_class(self, name: str) -> type[Action] | None:
-        action = (self.actions or {}).get(name)
-        if action is not None:
-            return type(action)
-        from .actions import default_registry  # no cluster: still say what cannot be undone
-        return default_registry().get(name)
 
     def _call(self, action: Action, stored: Mapping[str, Any]) -> Result:
         target = stored_target(stored)

@@ -99,8 +99,9 @@ def build_undoer(responder: Responder) -> Undoer:
     """Undo with the actions, retries, audit recorder and Slack the responder acts with."""
     executor = responder.executor
     return Undoer(responder.store, executor.actions, responder.shared,
-                  recorder=responder.recorder, notifier=responder.notifier,
-                  retry=executor.retry, idle_reason=executor.idle_reason or "")
+                  registry=responder.registry, recorder=responder.recorder,
+                  notifier=responder.notifier, retry=executor.retry,
+                  idle_reason=executor.idle_reason or "no Kubernetes cluster configured")
 
 
 def connect_shared(settings: Settings, store: EventStore) -> SharedState:

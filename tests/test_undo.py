@@ -210,7 +210,7 @@ def test_an_undo_already_running_for_the_event_is_refused(store):
     shared = LocalState(store)
     shared.try_lock("undo:u-1", 60)
     with pytest.raises(UndoRefused) as busy:
-        Undoer(store, None, shared).undo("u-1")
+        Undoer(store, None, shared, lock_wait=0.05).undo("u-1")
     assert (busy.value.status, str(busy.value)) == (409, "event u-1 is being undone already")
 
 
