@@ -135,11 +135,9 @@ def _add_routes(app: Flask, responder: Responder, intake: Intake | None) -> None
         return jsonify(status), 200
 
 
-def _add_undo_route(app: Flask, undoer: Undoer | None, intake: Intake | None) -> None:
+def _add_undo_route(app: Flask, undoer: Undoer, intake: Intake | None) -> None:
     @app.post("/events/<uuid>/undo", endpoint="event_undo")
     def event_undo(uuid: str) -> tuple[Response, int]:
-        if undoer is None:
-            raise UndoRefused(503, "undo is not set up in this process")
         by = _undo_by()
         try:
             return jsonify(undoer.undo(uuid, by)), 200

@@ -52,7 +52,7 @@ class Components:
     where: str
     slack: SlackConfig | None
     #: Undoes recorded events (`POST /events/<uuid>/undo`, and whatever else asks).
-    undoer: Undoer | None = None
+    undoer: Undoer
 
     @property
     def metrics(self) -> Metrics:
