@@ -23,6 +23,8 @@ from responder.undo import REASON
 
 from .netcat import FULL_CID, NETCAT, netcat_event
 from .slackserver import SlackServer
+from .test_manifests import MANIFESTS
+from .test_rbac import ACCOUNT, USER, token_for
 
 pytestmark = pytest.mark.slow
 
@@ -304,3 +306,28 @@ def test_the_cli_undoes_through_a_running_responder(cluster, node, web, app, ser
     assert not cluster.core.read_node(node).spec.unschedulable
     code, printed = run_cli("undo", "no-such", "--to", served_app, "--token", TOKEN)
     assert (code, printed["status"]) == (1, 404)
+
+
+@pytest.fixture(scope="module")
+def deployed(apiserver):
+    """manifests/ applied as an operator would (`kubectl apply -k`), as test_rbac does."""
+    apiserver.kubectl("apply", "-k", str(MANIFESTS))
+    return apiserver
+
+
+def test_undo_needs_no_verb_the_cluster_role_lacks(cluster, node, web, deployed, make_app,
+                                                   make_table, slack):
+    """As the ServiceAccount manifests/rbac.yaml binds: every request of the response and of
+    its undo (audit Events included) is allowed, and the cluster is back as it was."""
+    app = make_app(make_table(CONTAIN), auth_token=TOKEN,
+                   api_client=deployed.api_client(token=token_for(deployed, ACCOUNT)))
+    respond(app, netcat_event(namespace=cluster.namespace))
+    mark = deployed.audit_mark()
+    assert undo(app, "u-1").get_json()["outcome"] == "undone"
+    seen = deployed.requests_since(mark, user=USER)
+    assert {(r.verb, r.code) for r in seen} >= {("patch", 200), ("delete", 200),
+                                                ("create", 201)}
+    assert all(200 <= r.code < 300 for r in seen), seen
+    assert cluster.pod("web").metadata.labels == {"team": "blue"}
+    assert not cluster.core.read_node(node).spec.unschedulable
+    assert no_policy(cluster)
