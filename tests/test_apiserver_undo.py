@@ -254,6 +254,25 @@ def test_undo_of_a_pod_gone_since_says_so(cluster, web, app):
         ("isolate-pod", "undone", "pod no longer exists; the pod stays detached: its "
          "ReplicaSet's labels (app=web) are not put back, since a replacement runs")]
     assert no_policy(cluster)  # no garbage collector here: undo deleted it
+    # The pod gone, the Event goes on the policy deleted.
+    assert [(e.involved_object.kind, e.involved_object.name, e.action)
+            for e in undo_events(cluster)] == [("NetworkPolicy", "isolate-web", "isolate-pod")]
+
+
+def test_a_policy_of_that_name_made_since_by_someone_else_is_left_alone(cluster, web, app):
+    respond(app, netcat_event(namespace=cluster.namespace))
+    policies = client.NetworkingV1Api(cluster.core.api_client)
+    policies.delete_namespaced_network_policy("isolate-web", cluster.namespace)
+    policies.create_namespaced_network_policy(cluster.namespace, {
+        "metadata": {"name": "isolate-web"},
+        "spec": {"podSelector": {"matchLabels": {"app": "db"}}, "policyTypes": ["Ingress"]}})
+    answer = undo(app, "u-1").get_json()
+    assert said(answer)[1] == (
+        "isolate-pod", "undone", "the NetworkPolicy isolate-web is another one now (uid "
+        "changed); left alone; the pod stays detached: its ReplicaSet's labels (app=web) are "
+        "not put back, since a replacement runs")
+    assert not no_policy(cluster)
+    assert ISOLATED not in cluster.pod("web").metadata.labels
 
 
 def test_refusals_are_json_with_their_status(cluster, web, app):

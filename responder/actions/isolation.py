@@ -11,7 +11,18 @@ from typing import Any
 from kubernetes.client import AppsV1Api, NetworkingV1Api, V1DeleteOptions, V1Preconditions
 from kubernetes.client.exceptions import ApiException
 
-from .base import Action, Kind, Outcome, Param, PodFacts, Rbac, Result, Target, object_ref
+from .base import (
+    Action,
+    Kind,
+    ObjectRef,
+    Outcome,
+    Param,
+    PodFacts,
+    Rbac,
+    Result,
+    Target,
+    object_ref,
+)
 from .labels import label_map_problems, label_value_problem
 from .pods import MERGE_PATCH, POD, READ_POD, read_pod_or_reason, refused_patch
 
@@ -179,8 +190,8 @@ class IsolatePod(Action):
         """Delete the policy and remove the label; the labels detach took stay off: the
         ReplicaSet has started a replacement, and putting them back would make it one pod
         too many (the ReplicaSet would then delete one, maybe this one)."""
-        deleted = self._delete_policy(target, details.get("policy") or policy_name(target.pod),
-                                      details.get("policy_uid"))
+        name = details.get("policy") or policy_name(target.pod)
+        deleted = self._delete_policy(target, name, details.get("policy_uid"))
         uid = details.get("pod_uid") or target.pod_uid
         pod = read_pod_or_reason(self, dataclasses.replace(target, pod_uid=uid))
         removed = False
@@ -191,7 +202,9 @@ class IsolatePod(Action):
         notes = [note for note in (deleted if isinstance(deleted, str) else None,
                                    pod.reason if isinstance(pod, Result) else None,
                                    _detached_note(details.get("detached"))) if note]
-        involved = None if isinstance(pod, Result) else object_ref(pod, POD)
+        # The audit Event goes on the pod; on the deleted policy when the pod is gone.
+        involved = object_ref(pod, POD) if not isinstance(pod, Result) else ObjectRef(
+            POLICY.kind, name, target.namespace, details.get("policy_uid"), POLICY.api_version)
         if deleted is True or removed:
             return Result(Outcome.DONE, "; ".join(notes) or None, involved)
         return Result(Outcome.ALREADY_DONE, "; ".join(["already undone", *notes]), involved)
