@@ -105,20 +105,35 @@ class Undoer:
         if recorded.state not in ("done", "failed"):
             raise UndoRefused(409, f"event {clipped(uuid, 128)} is still {recorded.state}: "
                               "undo it once its actions have run")
-        try:
-            token = acquire(self.shared, f"undo:{uuid}", LOCK_SECONDS, self.lock_wait)
-        except Contended:
-            raise UndoRefused(409, f"event {clipped(uuid, 128)} is being undone already") \
-                from None
+        token = self._lock(uuid)
         try:
             recorded = self.store.lookup(uuid) or recorded  # undos finished while we waited
             results = [self._undo_one(stored, recorded.undos) for stored in recorded.outcomes]
             record = undo_record(results, by, self.clock(), bool(recorded.undos))
             self.store.record_undo(recorded.id, record)
         finally:
-            self.shared.unlock(f"undo:{uuid}", token)
+            self._unlock(uuid, token)
         self._tell(recorded, results, record)
         return {"uuid": uuid, **record}
+
+    def _lock(self, uuid: str) -> str:
+        """One undo of an event at a time, across replicas sharing Redis: two at once would
+        both find the labels ours and both put them back, and both say so."""
+        try:
+            return acquire(self.shared, f"undo:{uuid}", LOCK_SECONDS, self.lock_wait)
+        except Contended:
+            raise UndoRefused(409, f"event {clipped(uuid, 128)} is being undone already") \
+                from None
+        except Exception as exc:  # noqa: BLE001 - e.g. Redis down: say so, not a 500
+            raise UndoRefused(503, f"cannot take the undo lock: {type(exc).__name__}") \
+                from None
+
+    def _unlock(self, uuid: str, token: str) -> None:
+        try:
+            self.shared.unlock(f"undo:{uuid}", token)
+        except Exception as exc:  # noqa: BLE001 - the lock then just expires
+            logger.warning("cannot release the undo lock of %s (%s)", clipped(uuid),
+                           type(exc).__name__)
 
     def _undo_one(self, stored: Mapping[str, Any],
                   undos: list[dict[str, Any]]) -> ActionUndo:

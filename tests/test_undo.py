@@ -9,6 +9,7 @@ import json
 import sqlite3
 
 import pytest
+import redis
 
 from responder.actions import Outcome, Target, default_registry
 from responder.errors import UndoRefused
@@ -212,6 +213,19 @@ def test_an_undo_already_running_for_the_event_is_refused(store):
     with pytest.raises(UndoRefused) as busy:
         Undoer(store, None, shared, lock_wait=0.05).undo("u-1")
     assert (busy.value.status, str(busy.value)) == (409, "event u-1 is being undone already")
+
+
+def test_shared_state_out_of_reach_is_a_503_not_a_500(store):
+    class Unreachable(LocalState):
+        def try_lock(self, name, seconds):
+            raise redis.exceptions.ConnectionError("Redis down")
+
+    finished(store, "u-1", [])
+    with pytest.raises(UndoRefused) as down:
+        Undoer(store, None, Unreachable(store)).undo("u-1")
+    assert (down.value.status, str(down.value)) == (
+        503, "cannot take the undo lock: ConnectionError")
+    assert "undos" not in store.status("u-1")
 
 
 # --- what the actions record when an answer was lost ---------------------------------------
