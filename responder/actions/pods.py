@@ -205,6 +205,8 @@ class LabelPod(Action):
             "pod_uid": before["uid"], "set": labels, "previous": before["previous"]})
 
     def undo(self, target: Target, details: Mapping[str, Any]) -> Result:
+        """Put back the labels' values before on the same pod (by uid), each only while it
+        still has the value we set."""
         pod = read_pod_or_reason(self, dataclasses.replace(target, pod_uid=details.get("pod_uid")))
         if isinstance(pod, Result):
             return pod
