@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 
@@ -13,7 +14,7 @@ from werkzeug.exceptions import HTTPException
 from . import kube
 from .actions import Registry
 from .auth import TokenAuth
-from .errors import EventError, StorageError
+from .errors import EventError, StorageError, UndoRefused
 from .events import parse_event
 from .intake import Intake
 from .logs import clipped
@@ -23,12 +24,15 @@ from .service import Responder
 from .settings import Settings
 from .spool import SpoolWriter
 from .table import Table
+from .undo import Undoer
 from .wakeup import WakeListener, WakeSender, Wakeups
 from .wiring import UNSET, build_components, start_reloader, stop_components, watch_queue
 
 logger = logging.getLogger(__name__)
 EVENT_METHODS = ["POST", "PUT"]  # Falcosidekick's webhook.method may be PUT
 EVENT_ENDPOINTS = {"receive_root": "/", "receive_events": "/events"}
+#: About one event: need the token as the event endpoints do.
+STATUS_ENDPOINTS = ("event_status", "event_undo")
 
 
 def create_app(settings: Settings | None = None, *, table: Table | None = None,
@@ -46,7 +50,7 @@ def create_app(settings: Settings | None = None, *, table: Table | None = None,
     app.config["MAX_CONTENT_LENGTH"] = settings.intake.max_body_bytes
     spool = SpoolWriter(parts.spool_dir) if settings.intake.mode == "queue" else None
     app.extensions.update(components=parts, responder=responder, worker=worker, store=store,
-                          spool=spool, reloader=start_reloader(parts))
+                          spool=spool, reloader=start_reloader(parts), undoer=parts.undoer)
     watch_queue(parts, spool)
     intake = None
     if spool is not None:
@@ -63,6 +67,7 @@ def create_app(settings: Settings | None = None, *, table: Table | None = None,
                 app.extensions["wakeup"] = WakeListener(parts.spool_dir, worker.wake).start()
     _add_auth(app, settings, responder.metrics)
     _add_routes(app, responder, intake)
+    _add_undo_route(app, parts.undoer, intake)
     if responder.api_client is not None:
         # Started by the first /readyz (in the process that serves it: gunicorn forks).
         app.extensions["api_probe"] = kube.ApiProbe(responder.api_client)
@@ -93,7 +98,7 @@ def _add_auth(app: Flask, settings: Settings, metrics: Metrics) -> None:
         @app.before_request
         def authenticate() -> tuple[Response, int] | None:
             # Probes and metrics stay open; events in and out need the token.
-            if request.endpoint in EVENT_ENDPOINTS or request.endpoint == "event_status":
+            if request.endpoint in EVENT_ENDPOINTS or request.endpoint in STATUS_ENDPOINTS:
                 refused = auth.reject_unless_allowed()
                 if refused:
                     metrics.inc(metrics.rejected, "401")
@@ -130,6 +135,35 @@ def _add_routes(app: Flask, responder: Responder, intake: Intake | None) -> None
         return jsonify(status), 200
 
 
+def _add_undo_route(app: Flask, undoer: Undoer, intake: Intake | None) -> None:
+    @app.post("/events/<uuid>/undo", endpoint="event_undo")
+    def event_undo(uuid: str) -> tuple[Response, int]:
+        by = _undo_by()
+        try:
+            return jsonify(undoer.undo(uuid, by)), 200
+        except UndoRefused as exc:
+            if exc.status == 404 and intake is not None and intake.known(uuid):
+                # Spooled, not yet taken into the journal by the worker.
+                raise UndoRefused(409, f"event {clipped(uuid, 128)} is still received: undo "
+                                  "it once its actions have run") from None
+            raise
+
+
+def _undo_by() -> str | None:
+    """The optional JSON body's `by`: who asks (400 for a body that is not such an object)."""
+    body = request.get_data(cache=False)
+    if not body.strip():
+        return None
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise UndoRefused(400, "body must be empty or a JSON object like {\"by\": \"name\"}") \
+            from None
+    if not isinstance(data, dict) or set(data) - {"by"}:
+        raise UndoRefused(400, "body must be empty or a JSON object with only \"by\"")
+    return data.get("by")
+
+
 def _add_health_routes(app: Flask, responder: Responder) -> None:
     @app.get("/healthz")
     def healthz() -> tuple[Response, int]:
@@ -163,6 +197,11 @@ def _add_error_handlers(app: Flask, metrics: Metrics) -> None:
     def bad_event(exc: EventError) -> tuple[Response, int]:
         metrics.inc(metrics.rejected, "400")
         return jsonify({"error": str(exc)}), 400
+
+    @app.errorhandler(UndoRefused)
+    def undo_refused(exc: UndoRefused) -> tuple[Response, int]:
+        metrics.inc(metrics.rejected, str(exc.status))
+        return jsonify({"error": str(exc)}), exc.status
 
     @app.errorhandler(StorageError)
     def no_room(exc: StorageError) -> tuple[Response, int]:

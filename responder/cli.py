@@ -1,5 +1,5 @@
-"""The `responder` command: serve, check an action table, replay recorded events, list the
-actions."""
+"""The `responder` command: serve, check an action table, replay recorded events, undo what
+was done about one, list the actions."""
 
 from __future__ import annotations
 
@@ -71,6 +71,16 @@ def _parser() -> argparse.ArgumentParser:
                         help="instead, POST each event to a running responder and print replies")
     replay.add_argument("--token", help="bearer token for --to (or RESPONDER_REPLAY_TOKEN)")
     replay.set_defaults(run=_replay)
+
+    undo = sub.add_parser("undo", help="ask a running responder to undo what it did about "
+                          "an event")
+    undo.add_argument("uuid", help="the event's uuid (as GET /events/<uuid> knows it)")
+    undo.add_argument("--to", metavar="URL", required=True,
+                      help="the responder's base URL, e.g. http://falco-responder:2801")
+    undo.add_argument("--token", help="bearer token (or RESPONDER_UNDO_TOKEN)")
+    undo.add_argument("--as", dest="by", metavar="NAME",
+                      help="who undoes it, kept in the journal (default: anonymous)")
+    undo.set_defaults(run=_undo)
 
     actions = sub.add_parser("actions", help="list every action: parameters, needs, limits, "
                              "RBAC")
@@ -220,6 +230,13 @@ def _print_changes(changes: list[dict[str, Any]], shape: str, sides: tuple[str, 
         return
     for change in changes:
         print(json.dumps(change))
+
+
+def _undo(args: argparse.Namespace) -> int:
+    from .undo_remote import post_undo
+
+    configure_cli_logging()
+    return post_undo(args.uuid, args.to, args.token, args.by, sys.stdout)
 
 
 def replay_events(stream: Iterable[str], table: Table, settings: Settings | None = None

@@ -28,7 +28,12 @@ from ..envvars import MASK
 from ..events import Event
 from ..executor import ActionReport
 from .config import SlackConfig
-from .message import build_alert_message, build_slack_message, message_target
+from .message import (
+    build_alert_message,
+    build_slack_message,
+    build_undo_message,
+    message_target,
+)
 from .policy import ACTED, should_notify
 
 logger = logging.getLogger(__name__)
@@ -207,6 +212,11 @@ class SlackNotifier:
     def send_alert(self, text: str) -> None:
         """Queue a plain guardrail alert; identical alerts are aggregated like events."""
         self._submit(_Job(("alert", text), partial(build_alert_message, text), "alert"))
+
+    def send_undo(self, event: Event, undo: Mapping[str, Any]) -> None:
+        """Queue the message about one undo of `event` (never folded into another)."""
+        self._submit(_Job(("undo", event.uuid, undo["at"], id(undo)),
+                          lambda count: build_undo_message(event, undo), "undo"))
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything queued, and every summary whose window has closed, is sent."""
