@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 
@@ -14,7 +15,7 @@ from . import kube
 from .actions import Registry
 from .approvals import ApprovalError, Approvals, approver_name, awaiting_decisions, public_view
 from .auth import TokenAuth
-from .errors import EventError, StorageError
+from .errors import EventError, StorageError, UndoRefused
 from .events import parse_event
 from .intake import Intake
 from .interactions import InteractionError, SlackInteractions
@@ -26,6 +27,7 @@ from .service import Responder
 from .settings import Settings
 from .spool import SpoolWriter
 from .table import Table
+from .undo import Undoer
 from .wakeup import WakeListener, WakeSender, Wakeups
 from .wiring import (
     UNSET,
@@ -39,8 +41,9 @@ from .wiring import (
 logger = logging.getLogger(__name__)
 EVENT_METHODS = ["POST", "PUT"]  # Falcosidekick's webhook.method may be PUT
 EVENT_ENDPOINTS = {"receive_root": "/", "receive_events": "/events"}
-#: Other endpoints behind the bearer token (besides the event intake).
-TOKEN_ENDPOINTS = {"event_status", "event_approve", "event_reject"}
+#: About one event: need the token as the event endpoints do (not /slack/interactions:
+#: Slack cannot send the token; the app's signing secret authenticates it instead).
+STATUS_ENDPOINTS = ("event_status", "event_undo", "event_approve", "event_reject")
 
 
 def create_app(settings: Settings | None = None, *, table: Table | None = None,
@@ -58,7 +61,7 @@ def create_app(settings: Settings | None = None, *, table: Table | None = None,
     app.config["MAX_CONTENT_LENGTH"] = settings.intake.max_body_bytes
     spool = SpoolWriter(parts.spool_dir) if settings.intake.mode == "queue" else None
     app.extensions.update(components=parts, responder=responder, worker=worker, store=store,
-                          spool=spool, reloader=start_reloader(parts))
+                          spool=spool, reloader=start_reloader(parts), undoer=parts.undoer)
     watch_queue(parts, spool)
     intake = None
     if spool is not None:
@@ -75,6 +78,7 @@ def create_app(settings: Settings | None = None, *, table: Table | None = None,
                 app.extensions["wakeup"] = WakeListener(parts.spool_dir, worker.wake).start()
     _add_auth(app, settings, responder.metrics)
     _add_routes(app, responder, intake)
+    _add_undo_route(app, parts.undoer, intake)
     wakeups = Wakeups(worker.wake, *([app.extensions["wake_sender"]] if spool else []))
     approvals = Approvals(store, wakeups.set, counted=responder.count_verdict)
     _add_approval_routes(app, responder, approvals, intake, interactions_for(parts, approvals))
@@ -108,9 +112,7 @@ def _add_auth(app: Flask, settings: Settings, metrics: Metrics) -> None:
         @app.before_request
         def authenticate() -> tuple[Response, int] | None:
             # Probes and metrics stay open; events in and out need the token.
-            # /slack/interactions is not here: Slack cannot send the token; the app's
-            # signing secret authenticates it instead (responder.interactions).
-            if request.endpoint in EVENT_ENDPOINTS or request.endpoint in TOKEN_ENDPOINTS:
+            if request.endpoint in EVENT_ENDPOINTS or request.endpoint in STATUS_ENDPOINTS:
                 refused = auth.reject_unless_allowed()
                 if refused:
                     metrics.inc(metrics.rejected, "401")
@@ -192,6 +194,35 @@ def _add_approval_routes(app: Flask, responder: Responder, approvals: Approvals,
         return jsonify(body), status
 
 
+def _add_undo_route(app: Flask, undoer: Undoer, intake: Intake | None) -> None:
+    @app.post("/events/<uuid>/undo", endpoint="event_undo")
+    def event_undo(uuid: str) -> tuple[Response, int]:
+        by = _undo_by()
+        try:
+            return jsonify(undoer.undo(uuid, by)), 200
+        except UndoRefused as exc:
+            if exc.status == 404 and intake is not None and intake.known(uuid):
+                # Spooled, not yet taken into the journal by the worker.
+                raise UndoRefused(409, f"event {clipped(uuid, 128)} is still received: undo "
+                                  "it once its actions have run") from None
+            raise
+
+
+def _undo_by() -> str | None:
+    """The optional JSON body's `by`: who asks (400 for a body that is not such an object)."""
+    body = request.get_data(cache=False)
+    if not body.strip():
+        return None
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise UndoRefused(400, "body must be empty or a JSON object like {\"by\": \"name\"}") \
+            from None
+    if not isinstance(data, dict) or set(data) - {"by"}:
+        raise UndoRefused(400, "body must be empty or a JSON object with only \"by\"")
+    return data.get("by")
+
+
 def _add_health_routes(app: Flask, responder: Responder) -> None:
     @app.get("/healthz")
     def healthz() -> tuple[Response, int]:
@@ -231,6 +262,11 @@ def _add_error_handlers(app: Flask, metrics: Metrics) -> None:
     def bad_request(exc: ValueError) -> tuple[Response, int]:
         metrics.inc(metrics.rejected, "400")
         return jsonify({"error": str(exc)}), 400
+
+    @app.errorhandler(UndoRefused)
+    def undo_refused(exc: UndoRefused) -> tuple[Response, int]:
+        metrics.inc(metrics.rejected, str(exc.status))
+        return jsonify({"error": str(exc)}), exc.status
 
     @app.errorhandler(StorageError)
     def no_room(exc: StorageError) -> tuple[Response, int]:

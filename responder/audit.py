@@ -76,6 +76,22 @@ class EventRecorder:
         self.count(RECORDED_OUTCOME)
         return True
 
+    def create(self, body: CoreV1Event, what: str) -> bool:
+        """Create an Event built elsewhere (an undo's); True when the API accepted it.
+        Never raises: `what` names it in the warning of a refusal."""
+        try:
+            self.core.create_namespaced_event(body.metadata.namespace, body,
+                                              _request_timeout=self.timeout)
+        except Exception as exc:  # noqa: BLE001 - the audit trail must never stop a response
+            logger.warning("cannot record audit Event for %s: %s", what, api_failure(exc))
+            self.count(FAILED)
+            return False
+        self.count(RECORDED_OUTCOME)
+        return True
+
+    def now(self) -> datetime:
+        return self._now()
+
     def record_all(self, event: Event, reports: list[ActionReport],
                    notes: Mapping[str, str] | None = None) -> int:
         """`record` each report (with the note of its table rule, if any); how many Events
@@ -100,6 +116,13 @@ def involved_object(report: ActionReport) -> ObjectRef | None:
 def build_audit_event(event: Event, report: ActionReport, ref: ObjectRef, instance: str,
                       now: datetime, note: str | None = None) -> CoreV1Event:
     """The core/v1 Event body recording one action. Pure."""
+    return core_event(ref, REASON, report.decision.action, audit_message(event, report, note),
+                      instance, now)
+
+
+def core_event(ref: ObjectRef, reason: str, action: str, message: str, instance: str,
+               now: datetime, kind: str = "Warning") -> CoreV1Event:
+    """A core/v1 Event about `ref` from the responder. Pure."""
     namespace = ref.namespace or CLUSTER_SCOPED_NAMESPACE
     seconds = now.replace(microsecond=0)
     return CoreV1Event(
@@ -107,10 +130,10 @@ def build_audit_event(event: Event, report: ActionReport, ref: ObjectRef, instan
         involved_object=V1ObjectReference(
             kind=ref.kind, name=ref.name, namespace=ref.namespace, uid=ref.uid,
             api_version=ref.api_version),
-        reason=REASON,
-        type="Warning",
-        action=report.decision.action,
-        message=audit_message(event, report, note),
+        reason=reason,
+        type=kind,
+        action=action,
+        message=clip_message(message),
         source=V1EventSource(component=COMPONENT),
         reporting_component=COMPONENT,
         reporting_instance=instance,
@@ -129,9 +152,13 @@ def audit_message(event: Event, report: ActionReport, note: str | None = None) -
         outcome = result.reason or "already done"  # e.g. "already gone", "already cordoned"
     else:
         outcome = f"{result.outcome} ({result.reason})" if result.reason else str(result.outcome)
-    message = (f"Falco rule {event.rule!r} matched table rule {report.decision.table_rule!r}: "
-               f"{report.decision.action} {outcome}; Falco event {event.uuid}"
-               f"{'; ' + note if note else ''}")
+    return clip_message(
+        f"Falco rule {event.rule!r} matched table rule {report.decision.table_rule!r}: "
+        f"{report.decision.action} {outcome}; Falco event {event.uuid}"
+        f"{'; ' + note if note else ''}")
+
+
+def clip_message(message: str) -> str:
     return message if len(message) <= MESSAGE_LIMIT else message[:MESSAGE_LIMIT - 1] + "…"
 
 

@@ -69,6 +69,10 @@ CREATE TRIGGER IF NOT EXISTS depth_gone AFTER DELETE ON events
 -- How far each intake spool segment has been taken in, in the same commit as its events;
 -- offset -1 once it is read to its end and removed (kept a while, so a reader that was
 -- late cannot take it in again).
+-- Each undo of an event (POST /events/<uuid>/undo), in order: who asked, when, and what
+-- came of each action (responder.undo). Created on open, so older journals get it too.
+CREATE TABLE IF NOT EXISTS undos (event_id INTEGER NOT NULL, seq INTEGER NOT NULL,
+                                  record TEXT NOT NULL, PRIMARY KEY (event_id, seq));
 CREATE TABLE IF NOT EXISTS spool_offsets (segment TEXT PRIMARY KEY, offset INTEGER NOT NULL,
                                           records INTEGER NOT NULL, finished REAL);
 """
@@ -124,6 +128,19 @@ class AuditDue:
     event_id: int
     body: bytes | None
     decisions: list[tuple[int, dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """An event as the journal has it, for undoing it: its state, body, action outcomes
+    (in plan order) and its undos so far (oldest first)."""
+
+    id: int
+    key: str
+    state: str
+    body: bytes
+    outcomes: list[dict[str, Any]]
+    undos: list[dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -546,7 +563,33 @@ class EventStore:
                   "decisions": [outcomes[i] for i in sorted(outcomes)]}
         if row[4]:
             status["approval"] = json.loads(row[4])
+        undos = self.undos(row[0])
+        if undos:
+            status["undos"] = undos
         return status
+
+    # --- undo ------------------------------------------------------------------------
+    def lookup(self, key: str) -> Recorded | None:
+        """The event `key` with its outcomes and undos, or None when unknown."""
+        row = self.connection().execute(
+            "SELECT id, state, body FROM events WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        outcomes = self.recorded(row[0])
+        return Recorded(row[0], key, row[1], bytes(row[2]),
+                        [outcomes[i] for i in sorted(outcomes)], self.undos(row[0]))
+
+    def undos(self, event_id: int) -> list[dict[str, Any]]:
+        rows = self.connection().execute(
+            "SELECT record FROM undos WHERE event_id = ? ORDER BY seq", (event_id,)).fetchall()
+        return [json.loads(row[0]) for row in rows]
+
+    def record_undo(self, event_id: int, record: dict[str, Any]) -> None:
+        """Keep one undo of an event, after those before it."""
+        with self.transaction() as conn:
+            conn.execute("INSERT INTO undos (event_id, seq, record) SELECT ?, "
+                         "COALESCE(MAX(seq), 0) + 1, ? FROM undos WHERE event_id = ?",
+                         (event_id, json.dumps(record), event_id))
 
     def sync(self) -> None:
         """Checkpoint the WAL: the batched fsync that makes recent commits power-safe."""
@@ -558,6 +601,8 @@ class EventStore:
         cutoff = self.clock() - keep_seconds
         with self.transaction(conn):
             conn.execute("DELETE FROM outcomes WHERE event_id IN (SELECT id FROM events "
+                         "WHERE state IN ('done', 'failed') AND finished < ?)", (cutoff,))
+            conn.execute("DELETE FROM undos WHERE event_id IN (SELECT id FROM events "
                          "WHERE state IN ('done', 'failed') AND finished < ?)", (cutoff,))
             gone = conn.execute("DELETE FROM events WHERE state IN ('done', 'failed') "
                                 "AND finished < ?", (cutoff,)).rowcount

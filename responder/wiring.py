@@ -28,6 +28,7 @@ from .settings import Settings
 from .shared import RedisState, SharedState
 from .spool import SpoolWriter
 from .table import Table
+from .undo import Undoer
 from .worker import Worker
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ class Components:
     #: Where the Kubernetes client points, said at startup.
     where: str
     slack: SlackConfig | None
+    #: Undoes recorded events (`POST /events/<uuid>/undo`, and whatever else asks).
+    undoer: Undoer
 
     @property
     def metrics(self) -> Metrics:
@@ -93,7 +96,16 @@ def build_components(settings: Settings, *, table: Table | None = None,
                     lease_seconds=settings.intake.lease_seconds, spool_dir=spool_dir)
     log_startup(responder, where, slack_status(slack))
     return Components(settings, registry, startup, responder, store, worker, spool_dir, where,
-                      slack)
+                      slack, build_undoer(responder))
+
+
+def build_undoer(responder: Responder) -> Undoer:
+    """Undo with the actions, retries, audit recorder and Slack the responder acts with."""
+    executor = responder.executor
+    return Undoer(responder.store, executor.actions, responder.shared,
+                  registry=responder.registry, recorder=responder.recorder,
+                  notifier=responder.notifier, retry=executor.retry,
+                  idle_reason=executor.idle_reason or "no Kubernetes cluster configured")
 
 
 def connect_shared(settings: Settings, store: EventStore) -> SharedState:

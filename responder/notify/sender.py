@@ -30,7 +30,12 @@ from ..events import Event
 from ..executor import ActionReport
 from .approval import build_approval_message
 from .config import SlackConfig
-from .message import build_alert_message, build_slack_message, message_target
+from .message import (
+    build_alert_message,
+    build_slack_message,
+    build_undo_message,
+    message_target,
+)
 from .policy import ACTED, should_notify
 
 logger = logging.getLogger(__name__)
@@ -257,6 +262,11 @@ class SlackNotifier:
         """Queue a message only `user` sees in `channel` (Web API only)."""
         self._submit(_Job(("tell", next(self._serial)), lambda count: {"text": text},
                           f"ephemeral to {user}", only_to=(channel, user)))
+
+    def send_undo(self, event: Event, undo: Mapping[str, Any]) -> None:
+        """Queue the message about one undo of `event` (never folded into another)."""
+        self._submit(_Job(("undo", event.uuid, undo["at"], id(undo)),
+                          lambda count: build_undo_message(event, undo), "undo"))
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything queued, and every summary whose window has closed, is sent."""
