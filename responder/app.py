@@ -159,7 +159,8 @@ def interactions_for(parts: Components, approvals: Approvals) -> SlackInteractio
     slack, notifier = parts.slack, parts.responder.notifier
     if slack is None or not slack.interactive or notifier is None:
         return None
-    return SlackInteractions(slack.signing_secret, slack.approvers, approvals, notifier.tell)
+    return SlackInteractions(slack.signing_secret, slack.approvers, approvals, notifier.tell,
+                             undo=parts.undoer.undo)
 
 
 def _add_approval_routes(app: Flask, responder: Responder, approvals: Approvals,

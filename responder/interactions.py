@@ -18,6 +18,7 @@ from urllib.parse import parse_qs
 from slack_sdk.signature import Clock, SignatureVerifier
 
 from .approvals import Approvals
+from .errors import UndoRefused
 from .logs import clipped
 
 logger = logging.getLogger(__name__)
@@ -81,16 +82,21 @@ class SlackInteractions:
     """Verifies, parses and dispatches Slack's interaction requests."""
 
     def __init__(self, signing_secret: str, approvers: tuple[str, ...], approvals: Approvals,
-                 tell: Callable[[str, str, str], None], clock: Clock | None = None):
+                 tell: Callable[[str, str, str], None], clock: Clock | None = None,
+                 undo: Callable[[str, str], dict[str, Any]] | None = None):
         self._verifier = SignatureVerifier(signing_secret, clock or Clock())
         self.approvers = frozenset(approvers)
         self.approvals = approvals
         #: (channel, user, text): a message only the clicking user sees.
         self.tell = tell
+        #: (uuid, by) -> the undo's answer: `Undoer.undo`, which raises UndoRefused.
+        self.undo = undo
         self.handlers: dict[str, Callable[[Click], tuple[int, dict[str, Any]]]] = {
             "approve": lambda click: self._decide(click, "approve"),
             "reject": lambda click: self._decide(click, "reject"),
         }
+        if undo is not None:
+            self.handlers["undo"] = self._undo
 
     def __repr__(self) -> str:
         return "SlackInteractions(signing_secret=***)"
@@ -111,9 +117,9 @@ class SlackInteractions:
             logger.warning("Slack user %s (%s) clicked %s on event %s but is not in "
                            "RESPONDER_SLACK_APPROVERS: refused", click.user_id,
                            click.user_name, click.action_id, clipped(click.value, 64))
-            self.tell(click.channel, click.user_id, "You are not allowed to approve or "
-                      "reject falco-responder actions (not in RESPONDER_SLACK_APPROVERS); "
-                      "nothing was done.")
+            self.tell(click.channel, click.user_id, "You are not allowed to approve, "
+                      "reject or undo falco-responder actions (not in "
+                      "RESPONDER_SLACK_APPROVERS); nothing was done.")
             return 200, {"ok": False, "error": "user not in RESPONDER_SLACK_APPROVERS"}
         return handler(click)
 
@@ -131,3 +137,25 @@ class SlackInteractions:
             self.tell(click.channel, click.user_id, f"Not done: {body['error']}.")
             return 200, {"ok": False, **body}
         return 200, {"ok": True, **body}
+
+    def _undo(self, click: Click) -> tuple[int, dict[str, Any]]:
+        # The name is Slack's display name, which anyone may change: the id makes it sure.
+        name = "".join(c if c.isprintable() else "?" for c in click.user_name[:72])
+        by = f"{name} (Slack {click.user_id})"
+        try:
+            answer = self.undo(click.value, by)
+        except UndoRefused as exc:
+            self.tell(click.channel, click.user_id, f"Not undone: {exc}.")
+            return 200, {"ok": False, "error": str(exc), "status": exc.status}
+        self.tell(click.channel, click.user_id, undo_summary(answer))
+        return 200, {"ok": True, **answer}
+
+
+def undo_summary(answer: Mapping[str, Any]) -> str:
+    """What the clicking user is told of their undo: the whole outcome, then each action."""
+    lines = [f"Undo of event {clipped(str(answer.get('uuid')), 64)}: {answer.get('outcome')}."]
+    for act in answer.get("actions", []):
+        target = "/".join(str(v) for v in (act.get("target") or {}).values()) or "no target"
+        reason = f" ({act['reason']})" if act.get("reason") else ""
+        lines.append(f"• {act.get('action')} on {target}: {act.get('outcome')}{reason}")
+    return clipped("\n".join(lines), 2900)

@@ -287,3 +287,33 @@ def test_a_dry_run_approval_rule_does_not_wait(make_app, make_table):
     state = app.test_client().get("/events/u-1").get_json()
     assert state["state"] == "done" and "approval" not in state
     assert state["decisions"][0]["outcome"] == "would-run"
+
+
+def _report(action, outcome, dry_run=False):
+    from responder.actions import Outcome, Result, Target
+    from responder.decisions import Decision
+    from responder.executor import ActionReport
+
+    target = Target("shop", "web")
+    decision = Decision("delete-on-approval", action, {}, target, ("namespace", "pod"), dry_run)
+    return ActionReport(decision, target, Result(Outcome(outcome)))
+
+
+@pytest.mark.parametrize("reports, offered", [
+    ([_report("label-pod", "done")], True),
+    ([_report("isolate-pod", "already-done")], True),
+    ([_report("delete-pod", "done")], False),  # a deletion cannot be undone
+    ([_report("label-pod", "would-run", dry_run=True)], False),  # nothing was done
+    ([_report("label-pod", "skipped")], False),
+])
+def test_undo_is_offered_only_after_an_action_that_can_be_undone_acted(reports, offered):
+    event = event_from_dict(netcat_event("u-9"))
+    verdict = {"decision": "approved", "by": "alice", "via": "http", "at": 1_700_000_060.0}
+    message = build_approval_message(event, record(verdict=verdict), reports, interactive=True,
+                                     undoable={"label-pod", "isolate-pod", "cordon-node"})
+    blocks = message["attachments"][0]["blocks"]
+    buttons = [e["action_id"] for b in blocks if b["type"] == "actions" for e in b["elements"]]
+    assert buttons == (["undo"] if offered else [])
+    webhook = build_approval_message(event, record(verdict=verdict), reports,
+                                     interactive=False, undoable={"label-pod", "isolate-pod"})
+    assert "actions" not in [b["type"] for b in webhook["attachments"][0]["blocks"]]

@@ -152,7 +152,8 @@ def test_approve_in_slack_deletes_the_pod_and_updates_the_message(cluster, web, 
     updates = slack.state.answered(UPDATE_PATH)
     assert all((u["channel"], u["ts"]) == ("C123", "1.0") for u in updates)
     final = updates[-1]
-    assert buttons_of(final) == []
+    # Approve and Reject are gone; the label it put on can be undone (the deletion cannot).
+    assert [b["action_id"] for b in buttons_of(final)] == ["undo"]
     assert "*Approved* by <@U0ALICE> (alice)" in attachment_text(final)
     assert "`delete-pod` on namespace" in attachment_text(final)
     assert "done" in attachment_text(final).split("`delete-pod`")[1]

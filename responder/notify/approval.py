@@ -9,9 +9,10 @@ entry there and here."""
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
+from ..actions import Outcome
 from ..approvals import APPROVED, REJECTED, TIMED_OUT, iso
 from ..events import Event
 from ..executor import ActionReport
@@ -29,7 +30,8 @@ from .message import (
     outcome_text,
 )
 
-APPROVE, REJECT = "approve", "reject"
+APPROVE, REJECT, UNDO = "approve", "reject", "undo"
+UNDO_BLOCK_ID = "falco-responder-undo"
 BLOCK_ID = "falco-responder-approval"
 LINES_LIMIT = 2900
 _USER_ID = re.compile(r"^[UW][A-Z0-9]{2,40}$")
@@ -37,12 +39,15 @@ _USER_ID = re.compile(r"^[UW][A-Z0-9]{2,40}$")
 
 def build_approval_message(event: Event, record: Mapping[str, Any],
                            reports: Sequence[ActionReport] = (),
-                           interactive: bool = True) -> dict[str, Any]:
+                           interactive: bool = True,
+                           undoable: Collection[str] = ()) -> dict[str, Any]:
     """chat.postMessage / chat.update arguments for an approval. Pure.
 
     `record` is the journal's approval record; `reports` the outcomes known so far (those
-    of rules that did not wait, or every outcome once acted on). Buttons only while
-    nobody has decided and only when Slack can call back (`interactive`)."""
+    of rules that did not wait, or every outcome once acted on). Approve and Reject only
+    while nobody has decided, Undo once an action of a kind in `undoable` (the actions
+    that declare a reversal) has changed the cluster; buttons only when Slack can call
+    back (`interactive`)."""
     verdict = record.get("verdict")
     target = message_target(event, reports)
     blocks: list[dict[str, Any]] = [
@@ -54,6 +59,8 @@ def build_approval_message(event: Event, record: Mapping[str, Any],
     blocks.append(_section(actions_text(record, reports)))
     if interactive and not verdict:
         blocks.append(buttons(event.uuid))
+    elif interactive and any(_reversible(r, undoable) for r in reports):
+        blocks.append(undo_button(event.uuid))
     blocks.append({"type": "context", "elements": [_mrkdwn(
         f"uuid {cut_escaped(event.uuid, 64)} · requested {iso(record.get('requested'))}")]})
     text = headline(event, record, target)
@@ -69,6 +76,26 @@ def buttons(uuid: str) -> dict[str, Any]:
     return {"type": "actions", "block_id": BLOCK_ID,
             "elements": [button(APPROVE, "Approve", "primary"),
                          button(REJECT, "Reject", "danger")]}
+
+
+def undo_button(uuid: str) -> dict[str, Any]:
+    """The Undo button, behind Slack's confirmation dialog: one stray click must not put a
+    contained pod back on the network."""
+    confirm = {"title": {"type": "plain_text", "text": "Undo the response?"},
+               "text": {"type": "mrkdwn", "text": "Labels are put back, an isolation lifted "
+                        "and a cordon removed, where the responder set them. A deleted pod "
+                        "stays deleted."},
+               "confirm": {"type": "plain_text", "text": "Undo"},
+               "deny": {"type": "plain_text", "text": "Cancel"}}
+    return {"type": "actions", "block_id": UNDO_BLOCK_ID,
+            "elements": [{"type": "button", "action_id": UNDO, "value": uuid,
+                          "text": {"type": "plain_text", "text": "Undo"},
+                          "confirm": confirm}]}
+
+
+def _reversible(report: ActionReport, undoable: Collection[str]) -> bool:
+    return (report.decision.action in undoable and not report.decision.dry_run
+            and report.result.outcome in (Outcome.DONE, Outcome.ALREADY_DONE))
 
 
 def headline(event: Event, record: Mapping[str, Any], target: Any) -> str:

@@ -183,8 +183,11 @@ class SlackNotifier:
 
     def __init__(self, config: SlackConfig, *, on_result: Callable[[str], None] | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 retry_handlers: list[RetryHandler] | None = None):
+                 retry_handlers: list[RetryHandler] | None = None,
+                 undoable: frozenset[str] = frozenset()):
         self.config = config
+        #: The actions that can be undone: an approval message offers Undo after them.
+        self.undoable = undoable
         self._on_result = on_result
         self._clock = clock
         handlers = default_retry_handlers() if retry_handlers is None else retry_handlers
@@ -255,8 +258,9 @@ class SlackNotifier:
     def _approval_builder(self, event: Event, record: Mapping[str, Any],
                           reports: Sequence[ActionReport]) -> Callable[[int], dict[str, Any]]:
         record, reports = dict(record), tuple(reports)  # as they are now, not when sent
-        interactive = self.config.interactive
-        return lambda count: build_approval_message(event, record, reports, interactive)
+        interactive, undoable = self.config.interactive, self.undoable
+        return lambda count: build_approval_message(event, record, reports, interactive,
+                                                    undoable)
 
     def tell(self, channel: str, user: str, text: str) -> None:
         """Queue a message only `user` sees in `channel` (Web API only)."""
