@@ -97,3 +97,24 @@ def test_undo_of_an_event_still_waiting_is_refused_with_the_reason(cluster, web,
         slack.state.answered(EPHEMERAL_PATH)[-1]["text"]
     assert policies(cluster) == []  # nothing acted while it waits, nothing undone
     assert status(app)["state"] == "awaiting-approval"
+
+
+AUTOMATIC = """
+defaults: {dry_run: false}
+rules:
+  - name: isolate-at-once
+    match: {rules: ["Netcat Remote Code Execution in Container"]}
+    actions:
+      - action: isolate-pod
+"""
+
+
+def test_an_automatic_response_is_offered_undo_in_its_own_message(cluster, web, slack,
+                                                                   responder_app):
+    app = responder_app(AUTOMATIC)
+    post_event(app, cluster.namespace)
+    assert status(app)["state"] == "done" and policies(cluster)
+    (message,) = slack.state.answered(POST_MESSAGE_PATH)
+    assert [(b["action_id"], b["value"]) for b in buttons_of(message)] == [("undo", "ev-1")]
+    assert click(app, "undo").get_json()["outcome"] == "undone"
+    assert policies(cluster) == []

@@ -12,7 +12,6 @@ import re
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from ..actions import Outcome
 from ..approvals import APPROVED, REJECTED, TIMED_OUT, iso
 from ..events import Event
 from ..executor import ActionReport
@@ -27,11 +26,12 @@ from .message import (
     cut_escaped,
     escape_mrkdwn,
     message_target,
+    offers_undo,
     outcome_text,
+    undo_button,
 )
 
-APPROVE, REJECT, UNDO = "approve", "reject", "undo"
-UNDO_BLOCK_ID = "falco-responder-undo"
+APPROVE, REJECT = "approve", "reject"
 BLOCK_ID = "falco-responder-approval"
 LINES_LIMIT = 2900
 _USER_ID = re.compile(r"^[UW][A-Z0-9]{2,40}$")
@@ -59,7 +59,7 @@ def build_approval_message(event: Event, record: Mapping[str, Any],
     blocks.append(_section(actions_text(record, reports)))
     if interactive and not verdict:
         blocks.append(buttons(event.uuid))
-    elif interactive and any(_reversible(r, undoable) for r in reports):
+    elif interactive and offers_undo(reports, undoable):
         blocks.append(undo_button(event.uuid))
     blocks.append({"type": "context", "elements": [_mrkdwn(
         f"uuid {cut_escaped(event.uuid, 64)} · requested {iso(record.get('requested'))}")]})
@@ -76,26 +76,6 @@ def buttons(uuid: str) -> dict[str, Any]:
     return {"type": "actions", "block_id": BLOCK_ID,
             "elements": [button(APPROVE, "Approve", "primary"),
                          button(REJECT, "Reject", "danger")]}
-
-
-def undo_button(uuid: str) -> dict[str, Any]:
-    """The Undo button, behind Slack's confirmation dialog: one stray click must not put a
-    contained pod back on the network."""
-    confirm = {"title": {"type": "plain_text", "text": "Undo the response?"},
-               "text": {"type": "mrkdwn", "text": "Labels are put back, an isolation lifted "
-                        "and a cordon removed, where the responder set them. A deleted pod "
-                        "stays deleted."},
-               "confirm": {"type": "plain_text", "text": "Undo"},
-               "deny": {"type": "plain_text", "text": "Cancel"}}
-    return {"type": "actions", "block_id": UNDO_BLOCK_ID,
-            "elements": [{"type": "button", "action_id": UNDO, "value": uuid,
-                          "text": {"type": "plain_text", "text": "Undo"},
-                          "confirm": confirm}]}
-
-
-def _reversible(report: ActionReport, undoable: Collection[str]) -> bool:
-    return (report.decision.action in undoable and not report.decision.dry_run
-            and report.result.outcome in (Outcome.DONE, Outcome.ALREADY_DONE))
 
 
 def headline(event: Event, record: Mapping[str, Any], target: Any) -> str:

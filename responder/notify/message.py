@@ -6,13 +6,17 @@ attacker controls can mention a channel or render a disguised link."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from ..actions import Outcome, Result, Target
 from ..decisions import resolve_target
 from ..events import Event, Priority
 from ..executor import ActionReport
+
+#: The Undo button's action_id: the interactions endpoint dispatches on it.
+UNDO = "undo"
+UNDO_BLOCK_ID = "falco-responder-undo"
 
 #: Attachment colour bar by severity: reds for Critical and above, orange for Error,
 #: amber for Warning, blue for Notice, green for Informational, grey for Debug.
@@ -79,12 +83,15 @@ def message_target(event: Event, reports: Sequence[ActionReport]) -> Target:
 
 
 def build_slack_message(event: Event, reports: Sequence[ActionReport],
-                        matched: Sequence[str], count: int = 1) -> dict[str, Any]:
+                        matched: Sequence[str], count: int = 1,
+                        undoable: Collection[str] = ()) -> dict[str, Any]:
     """The keyword arguments for WebhookClient.send / WebClient.chat_postMessage. Pure.
 
     `text` is the notification and fallback line; the details are Block Kit blocks inside
     one attachment, because only attachments carry the severity colour bar. `count` is how
-    many events this message stands for (more than 1 for an aggregation summary).
+    many events this message stands for (more than 1 for an aggregation summary). A message
+    about one event carries an Undo button when an action of a kind in `undoable` changed
+    the cluster (the sender passes them only when Slack can call back).
     """
     target = message_target(event, reports)
     blocks: list[dict[str, Any]] = [
@@ -95,11 +102,34 @@ def build_slack_message(event: Event, reports: Sequence[ActionReport],
     if event.output:
         blocks.append(_section("*Falco output*\n" + _code(event.output, OUTPUT_LIMIT)))
     blocks.append(_section(_actions_text(reports)))
+    if count == 1 and offers_undo(reports, undoable):
+        blocks.append(undo_button(event.uuid))
     blocks.append({"type": "context", "elements": [_mrkdwn(_context_text(event, count))]})
     text = _headline(event, target, reports, count)
     return {"text": text,
             "attachments": [{"color": COLOURS[event.priority], "fallback": text,
                              "blocks": blocks}]}
+
+
+def undo_button(uuid: str) -> dict[str, Any]:
+    """The Undo button, behind Slack's confirmation dialog: one stray click must not put a
+    contained pod back on the network."""
+    confirm = {"title": {"type": "plain_text", "text": "Undo the response?"},
+               "text": {"type": "mrkdwn", "text": "Labels are put back, an isolation lifted "
+                        "and a cordon removed, where the responder set them. A deleted pod "
+                        "stays deleted."},
+               "confirm": {"type": "plain_text", "text": "Undo"},
+               "deny": {"type": "plain_text", "text": "Cancel"}}
+    return {"type": "actions", "block_id": UNDO_BLOCK_ID,
+            "elements": [{"type": "button", "action_id": UNDO, "value": uuid,
+                          "text": {"type": "plain_text", "text": "Undo"},
+                          "confirm": confirm}]}
+
+
+def offers_undo(reports: Sequence[ActionReport], undoable: Collection[str]) -> bool:
+    """Whether an action of a kind that can be undone (`undoable`) changed the cluster."""
+    return any(r.decision.action in undoable and not r.decision.dry_run
+               and r.result.outcome in (Outcome.DONE, Outcome.ALREADY_DONE) for r in reports)
 
 
 def build_alert_message(text: str, count: int = 1) -> dict[str, Any]:

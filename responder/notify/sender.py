@@ -221,7 +221,8 @@ class SlackNotifier:
         failed = any(r.result.outcome == Outcome.FAILED for r in reports)
         coalesced = any(r.result.outcome == Outcome.COALESCED for r in reports) and not any(
             r.result.outcome in ACTED for r in reports)
-        build = partial(build_slack_message, event, reports, matched)
+        build = partial(build_slack_message, event, reports, matched,
+                        undoable=self.undoable if self.config.interactive else ())
         self._submit(_Job(key, build, f"rule={event.rule!r} uuid={event.uuid}", failed,
                           coalesced))
 
