@@ -23,6 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import alerts
+from .alerts import AlertSummary
+
 logger = logging.getLogger(__name__)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -98,6 +101,9 @@ class Closing:
     error: str | None
     outcomes: dict[int, dict[str, Any]]
     audits: dict[int, dict[str, Any]] = field(default_factory=dict)
+    #: What the console's timeline shows of the event (responder.alerts), kept in the
+    #: same commit; None for an event that could not be read.
+    summary: AlertSummary | None = None
 
 
 @dataclass(frozen=True)
@@ -170,7 +176,7 @@ class EventStore:
                 self._connections.append(conn)
                 self._read_only = self._read_only or not os.access(self.path, os.W_OK)
         if not self._ready:
-            retry_busy(lambda: conn.executescript(SCHEMA))
+            retry_busy(lambda: conn.executescript(SCHEMA + alerts.SCHEMA))
             _add_columns(conn)
             self._ready = True
         return conn
@@ -345,10 +351,11 @@ class EventStore:
         return {idx: json.loads(report) for idx, report in rows}
 
     def finish(self, event_id: int, state: str = "done", error: str | None = None,
-               outcomes: dict[int, dict[str, Any]] | None = None) -> None:
+               outcomes: dict[int, dict[str, Any]] | None = None,
+               summary: AlertSummary | None = None) -> None:
         """Close an event, writing in the same commit the outcomes not yet recorded (those
         that touched no cluster, so nothing is lost if they are computed again)."""
-        self.finish_many([Closing(event_id, state, error, outcomes or {})])
+        self.finish_many([Closing(event_id, state, error, outcomes or {}, summary=summary)])
 
     def finish_many(self, closings: list[Closing]) -> None:
         """Close several events in one commit (a worker's batch)."""
@@ -363,6 +370,8 @@ class EventStore:
             conn.executemany("UPDATE events SET state = ?, finished = ?, error = ?, "
                              "lease_until = NULL WHERE id = ?",
                              [(c.state, now, c.error, c.event_id) for c in closings])
+            alerts.write_summaries(conn, [(c.event_id, c.state, c.summary) for c in closings
+                                          if c.summary is not None])
 
     # --- the audit trail: records logged once, after the commit that makes them true --
     def audit_due(self, event_ids: list[int]) -> list[AuditDue]:
@@ -447,6 +456,7 @@ class EventStore:
         conn = self.connection()
         cutoff = self.clock() - keep_seconds
         with self.transaction(conn):
+            alerts.prune_summaries(conn, cutoff)
             conn.execute("DELETE FROM outcomes WHERE event_id IN (SELECT id FROM events "
                          "WHERE state IN ('done', 'failed') AND finished < ?)", (cutoff,))
             gone = conn.execute("DELETE FROM events WHERE state IN ('done', 'failed') "

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 from .actions import Outcome, Result
+from .alerts import summarize
+from .decisions import resolve_target
 from .errors import EventError
 from .events import Event, parse_event
 from .executor import ActionReport, decision_fields, log_decision_fields
@@ -244,15 +246,20 @@ class Worker:
             self._retry_later(item, transient[0].result.reason or "transient failure")
             return
         failed = any(r.result.outcome is Outcome.FAILED for r in reports)
+        summary = summarize(event, resolve_target(event), item.received, plan.matched,
+                            [(r.decision.action, str(r.result.outcome)) for r in reports])
         closings.append(Closing(item.id, "failed" if failed else "done", None, deferred,
-                                audits))
+                                audits, summary))
         self.responder.after_actions(plan, reports)
 
     def _give_back(self, item: Claimed, reason: str) -> None:
         """After an unexpected error: retry later, or fail for good on the last attempt, so
         RESPONDER_MAX_ATTEMPTS bounds even a bug's retries."""
         if item.attempts >= self.max_attempts:
-            self.store.finish(item.id, "failed", reason)
+            event = self._parsed.get(item.id)
+            summary = summarize(event, resolve_target(event), item.received, (), ()) \
+                if event else None
+            self.store.finish(item.id, "failed", reason, summary=summary)
         else:
             self._retry_later(item, reason)
 
