@@ -13,7 +13,7 @@ from ..settings import Settings
 from .session import COOKIE, Session, Sessions, csrf_matches
 
 LOGIN_FORM_MAX_AGE = 3600
-OPEN_ENDPOINTS = {"console.login", "console.static"}
+OPEN_ENDPOINTS = {"console.login", "console.login_post", "console.static"}
 # Everything is served from here; nothing from elsewhere, no inline script.
 HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
