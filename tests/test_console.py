@@ -463,3 +463,17 @@ def test_console_answers_carry_a_strict_content_security_policy(console):
     script = client.get("/ui/static/console.js")
     assert script.status_code == 200
     script.close()
+
+
+def test_editor_check_logs_no_decision(console, capsys):
+    # A tried table's would-be decisions are not the responder's: the audit log (decision
+    # records) must not show them.
+    app, client = console(auth_token=TOKEN)
+    post(app, client, event("u-shell"), token=TOKEN)
+    log_in(client)
+    capsys.readouterr()
+    reply = client.post("/ui/table/check", json={"text": CHANGED},
+                        headers={"X-CSRF-Token": session_csrf(client)})
+    assert reply.get_json()["changes"] == 1
+    logged = capsys.readouterr()
+    assert " decision " not in logged.out + logged.err

@@ -29,7 +29,7 @@ from ..wiring import dry_run_cause
 from .auditevents import list_audit_events
 from .charts import rule_charts
 from .guard import Guard, add_headers, safe_next
-from .tablecheck import DEFAULT_LAST, check_table, clamp_last
+from .tablecheck import DEFAULT_LAST, Check, Replayer, clamp_last
 from .timeline import OUTCOMES, PRIORITIES, STATES, BadFilter, load_page, read_cursor, read_filters
 
 AUDIT_TIMEOUT = 3.0
@@ -161,11 +161,12 @@ def _add_table(console: Blueprint, responder: Responder, app: Flask) -> None:
                 "reload_problems": list(reloader.problems) if reloader else [],
                 "refused_sha256": reloader.refused_sha256 if reloader else None}
 
-    def run_check(text: str, last: int):
+    replayer = Replayer(responder.registry, responder.settings.kubernetes.namespace,
+                        responder.settings.table.force_dry_run)
+
+    def run_check(text: str, last: int) -> Check:
         bodies = alerts.recent_bodies(responder.store.connection(), last)
-        return check_table(text, responder.table, responder.registry, bodies,
-                           own_namespace=responder.settings.kubernetes.namespace,
-                           force_dry_run=responder.settings.table.force_dry_run)
+        return replayer.check(text, responder.table, bodies)
 
     @console.get("/table")
     def table_page() -> str:
