@@ -186,13 +186,29 @@ def _alert_row(row: tuple) -> dict[str, Any]:
             "state": state}
 
 
+# The newest unfinished events, each query walking the journal's queue index in its order
+# (one ORDER BY id over every pending row would sort them all: 90 ms at 100,000).
+_QUEUED_IDS = (
+    "SELECT id FROM events WHERE state = 'pending' AND not_before = 0 ORDER BY id DESC "
+    "LIMIT ?",  # new, or released by a dead worker
+    "SELECT id FROM events WHERE state = 'pending' AND not_before > 0 "
+    "ORDER BY not_before DESC LIMIT ?",  # waiting for a retry
+    "SELECT id FROM events WHERE state = 'running' ORDER BY not_before DESC LIMIT ?",
+)
+
+
 def queued_rows(conn: sqlite3.Connection, limit: int) -> list[tuple[int, str, bytes, float,
                                                                      str, int, str | None]]:
     """The newest events not yet finished: (id, key, body, received, state, attempts,
-    error). Served by the journal's queue index; their summaries are made on display."""
+    error), newest first. Their summaries are made on display."""
+    ids = sorted({row[0] for sql in _QUEUED_IDS for row in conn.execute(sql, (limit,))},
+                 reverse=True)[:limit]
+    if not ids:
+        return []
+    marks = ",".join("?" * len(ids))
     return conn.execute(
-        "SELECT id, key, body, received, state, attempts, error FROM events "
-        "WHERE state IN ('pending', 'running') ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        f"SELECT id, key, body, received, state, attempts, error FROM events "
+        f"WHERE id IN ({marks}) ORDER BY id DESC", ids).fetchall()
 
 
 def hourly_counts(conn: sqlite3.Connection, now: float, hours: int = 24

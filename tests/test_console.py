@@ -477,3 +477,38 @@ def test_editor_check_logs_no_decision(console, capsys):
     assert reply.get_json()["changes"] == 1
     logged = capsys.readouterr()
     assert " decision " not in logged.out + logged.err
+
+
+def test_a_script_with_the_bearer_token_needs_no_session(console):
+    app, client = console(auth_token=TOKEN)
+    post(app, client, event("u-shell"), token=TOKEN)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    assert client.get("/ui/alerts", headers=headers).status_code == 200
+    reply = client.post("/ui/table/check", json={"text": CHANGED}, headers=headers)
+    assert reply.status_code == 200 and reply.get_json()["changes"] == 1
+    wrong = {"Authorization": "Bearer not-it"}
+    assert client.post("/ui/table/check", json={"text": CHANGED},
+                       headers=wrong).status_code == 401
+
+
+def test_the_queue_block_lists_new_retrying_and_running_events_newest_first(console):
+    app, client = console()
+    post(app, client, *[event(f"u-{i}") for i in range(4)], work=False)
+    worker, store = app.extensions["worker"], app.extensions["store"]
+    worker.ingest()
+    first, second = store.claim(2, 60)
+    store.retry_later(first.id, 30, "HTTP 503: try later")
+    html = page(client, "/ui/alerts")
+    assert rows(html) == ["u-3", "u-2", "u-1", "u-0"]
+    assert "s-running" in html and 'title="HTTP 503: try later">retrying' in html
+
+
+def test_inline_intake_says_it_keeps_no_journal(console):
+    _, client = console(intake="inline")
+    assert 'id="inline"' in page(client, "/ui/alerts")
+
+
+def test_the_rule_filter_suggests_the_rules_seen(console):
+    app, client = console()
+    post(app, client, event("u-1"))
+    assert '<option value="Terminal shell in container">' in page(client, "/ui/alerts")

@@ -94,7 +94,10 @@ def _add_timeline(console: Blueprint, responder: Responder) -> None:
         filters = read_filters(request.args)
         before = read_cursor(request.args.get("before"))
         found = load_page(responder.store.connection(), filters, before)
+        conn = responder.store.connection()
+        known = sorted({row[1] for row in alerts.hourly_counts(conn, time.time())})
         return {"page": found, "filters": filters, "first_page": before is None,
+                "known_rules": known, "inline": responder.settings.intake.mode == "inline",
                 "priorities": PRIORITIES, "outcomes": OUTCOMES, "states": STATES,
                 "args": {k: v for k, v in request.args.items() if k != "before" and v},
                 "rows_url": url_for("console.timeline_rows", **request.args.to_dict())}
