@@ -47,17 +47,19 @@ def _weighted_rules() -> list[tuple[str, str]]:
     return [(rule, priority) for rule, priority, share in RULES for _ in range(share)]
 
 
-def fill_journal(state_dir: Path, count: int, now: float) -> list[str]:
-    """`count` alerts received over the last 24 hours (oldest first) and PENDING more not
+def fill_journal(state_dir: Path, count: int, now: float, pending: int = PENDING
+                 ) -> list[str]:
+    """`count` alerts received over the last 24 hours (oldest first) and `pending` more not
     yet finished; returns the uuids of the finished ones."""
     rules = _weighted_rules()
-    store = EventStore(state_dir, max_pending=count + PENDING + 10)
+    store = EventStore(state_dir, max_pending=count + pending + 10)
     first = now - 86400 + 600  # inside the retention, with room for the run
-    times = (first + i * (86400 - 1200) / count for i in itertools.count())
+    step = (86400 - 1200) / (count + pending)
+    times = (first + i * step for i in itertools.count())
     uuids: list[str] = []
     try:
-        for start in range(0, count + PENDING, BATCH):
-            n = min(BATCH, count + PENDING - start)
+        for start in range(0, count + pending, BATCH):
+            n = min(BATCH, count + pending - start)
             records, alerts = [], {}
             for i in range(start, start + n):
                 rule, priority = rules[i % len(rules)]

@@ -838,9 +838,24 @@ def section_console(profile: Profile, gen: Generator, workdir: Path) -> None:
         check = cp.time_page(session, base, "POST", "/ui/table/check", profile.console_runs,
                              csrf, {"text": _packaged_table() + cp.EXTRA_RULE, "last": 200})
         rows.append(_latency_row("table check (POST, replays 200 alerts)", check))
+        rows += _backlog_rows(profile, workdir, cp, alerts)
     print(f"{profile.console_runs} requests per page after 2 warm-ups, one at a time, logged "
           "in, over loopback; target: p95 < 100 ms")
     table(["page", "p50 ms", "p95 ms", "max ms", "target"], rows)
+
+
+def _backlog_rows(profile: Profile, workdir: Path, cp, backlog: int) -> list[list[object]]:
+    """The pages that read unfinished events, with `backlog` of them waiting (the queue
+    worker off, as when it is down)."""
+    cp.fill_journal(workdir / "backlog-state", 0, time.time(), pending=backlog)
+    env = {"RESPONDER_AUTH_TOKEN": cp.TOKEN, "RESPONDER_WORKER": "off"}
+    with serving(workdir, ("backlog", SERVE, env)) as [server]:
+        base = f"http://127.0.0.1:{server.port}"
+        session, _ = cp.log_in(base)
+        return [_latency_row(f"{name}, {backlog:,} waiting", cp.time_page(
+                    session, base, "GET", path, profile.console_runs))
+                for name, path in (("timeline", "/ui/alerts"), ("overview", "/ui/"),
+                                   ("waiting alert", "/ui/alerts/bench-000007"))]
 
 
 def _latency_row(name: str, took: list[float]) -> list[object]:
