@@ -136,7 +136,8 @@ class Filters:
 
 _ROW = ("a.event_id, a.key, a.received, a.rule, a.priority, a.namespace, a.pod, a.node, "
         "a.matched, a.actions, a.state")
-QUEUED_STATES = ("pending", "running")
+AWAITING = "awaiting-approval"  # journal.AWAITING (the journal imports this module)
+QUEUED_STATES = ("pending", "running", AWAITING)
 
 
 def alert_page(conn: sqlite3.Connection, filters: Filters, limit: int,
@@ -194,13 +195,15 @@ _QUEUED_IDS = (
     "SELECT id FROM events WHERE state = 'pending' AND not_before > 0 "
     "ORDER BY not_before DESC LIMIT ?",  # waiting for a retry
     "SELECT id FROM events WHERE state = 'running' ORDER BY not_before DESC LIMIT ?",
+    f"SELECT id FROM events WHERE state = '{AWAITING}' ORDER BY not_before DESC LIMIT ?",
 )
 
 
 def queued_rows(conn: sqlite3.Connection, limit: int) -> list[tuple[int, str, bytes, float,
                                                                      str, int, str | None]]:
-    """The newest events not yet finished: (id, key, body, received, state, attempts,
-    error), newest first. Their summaries are made on display."""
+    """The newest events not yet finished (waiting, being worked on, or awaiting approval):
+    (id, key, body, received, state, attempts, error), newest first. Their summaries are
+    made on display."""
     ids = sorted({row[0] for sql in _QUEUED_IDS for row in conn.execute(sql, (limit,))},
                  reverse=True)[:limit]
     if not ids:

@@ -28,6 +28,7 @@ from .settings import Settings
 from .shared import RedisState, SharedState
 from .spool import SpoolWriter
 from .table import Table
+from .undo import Undoer
 from .worker import Worker
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ class Components:
     #: Where the Kubernetes client points, said at startup.
     where: str
     slack: SlackConfig | None
+    #: Undoes recorded events (`POST /events/<uuid>/undo`, and whatever else asks).
+    undoer: Undoer
 
     @property
     def metrics(self) -> Metrics:
@@ -70,6 +73,10 @@ def build_components(settings: Settings, *, table: Table | None = None,
     state_dir = Path(settings.storage.state_dir).expanduser()
     startup = StartupTable(table) if table else \
         load_startup_table(settings.table.actions_file, registry, state_dir)
+    if settings.intake.mode == "inline" and startup.table.needs_approval:
+        raise ConfigError(f"{startup.table.source}: a table rule asks for approval, but "
+                          "RESPONDER_INTAKE=inline acts before replying and cannot wait for "
+                          "one; use RESPONDER_INTAKE=queue")
     if api_client is UNSET:
         api_client, where = kube.connect(settings)
     else:
@@ -78,7 +85,8 @@ def build_components(settings: Settings, *, table: Table | None = None,
     metrics = Metrics()
     store = EventStore(state_dir, settings.intake.max_pending, settings.intake.drop_policy)
     shared = connect_shared(settings, store)
-    notifier = SlackNotifier(slack, on_result=lambda r: metrics.inc(metrics.slack, r)) \
+    notifier = SlackNotifier(slack, on_result=lambda r: metrics.inc(metrics.slack, r),
+                             undoable=frozenset(a.name for a in registry if a.reversal)) \
         if slack else None
     responder = Responder(settings, startup.table, registry, api_client, metrics=metrics,
                           store=store, shared=shared, notifier=notifier)
@@ -89,7 +97,16 @@ def build_components(settings: Settings, *, table: Table | None = None,
                     lease_seconds=settings.intake.lease_seconds, spool_dir=spool_dir)
     log_startup(responder, where, slack_status(slack))
     return Components(settings, registry, startup, responder, store, worker, spool_dir, where,
-                      slack)
+                      slack, build_undoer(responder))
+
+
+def build_undoer(responder: Responder) -> Undoer:
+    """Undo with the actions, retries, audit recorder and Slack the responder acts with."""
+    executor = responder.executor
+    return Undoer(responder.store, executor.actions, responder.shared,
+                  registry=responder.registry, recorder=responder.recorder,
+                  notifier=responder.notifier, retry=executor.retry,
+                  idle_reason=executor.idle_reason or "no Kubernetes cluster configured")
 
 
 def connect_shared(settings: Settings, store: EventStore) -> SharedState:

@@ -512,3 +512,21 @@ def test_the_rule_filter_suggests_the_rules_seen(console):
     app, client = console()
     post(app, client, event("u-1"))
     assert '<option value="Terminal shell in container">' in page(client, "/ui/alerts")
+
+
+def test_an_event_awaiting_approval_shows_in_the_queue_block(console):
+    from responder.alerts import AWAITING as SHOWN
+    from responder.journal import AWAITING
+
+    assert SHOWN == AWAITING
+    app, client = console()
+    post(app, client, event("u-wait"), work=False)
+    worker, store = app.extensions["worker"], app.extensions["store"]
+    worker.ingest()
+    [claimed] = store.claim(1, 60)
+    store.finish_many([Closing(claimed.id, AWAITING, None, {},
+                               approval={"deadline": time.time() + 900})])
+    html = page(client, "/ui/alerts")
+    assert rows(html) == ["u-wait"] and "awaiting approval" in html
+    assert rows(page(client, f"/ui/alerts?state={AWAITING}")) == ["u-wait"]
+    assert "Awaiting approval" in page(client, "/ui/alerts/u-wait")

@@ -195,3 +195,37 @@ def _section(text: str) -> dict[str, Any]:
 def _mrkdwn(text: str) -> dict[str, Any]:
     # verbatim: Slack must not turn event text into links or channel references by itself.
     return {"type": "mrkdwn", "text": text, "verbatim": True}
+
+
+#: The colour bar of an undo: green when everything asked for was put back, orange when an
+#: action's undo failed (undo again).
+UNDO_COLOURS = {"undone": "#2eb67d", "already-undone": "#2eb67d", "failed": ALERT_COLOUR}
+
+
+def build_undo_message(event: Event, undo: Mapping[str, Any]) -> dict[str, Any]:
+    """The message saying what an undo (`responder.undo`'s record) put back and what it
+    could not, action by action. Pure; `by` and every reason are escaped like event text."""
+    target = resolve_target(event)
+    where = _where(target)
+    verdict = {"undone": "undone", "already-undone": "already undone",
+               "failed": "undo FAILED for some actions"}.get(undo["outcome"], undo["outcome"])
+    text = (f":leftwards_arrow_with_hook: {cut_escaped(event.rule, FIELD_LIMIT)}"
+            f"{' on ' + where if where else ''}: {verdict} by "
+            f"{cut_escaped(str(undo['by']), FIELD_LIMIT)}")
+    lines = [f"• `{escape_mrkdwn(a['action'])}`: {_undo_text(a)}" for a in undo["actions"]]
+    body = "*Undo*\n" + ("\n".join(lines) if lines else "no action was recorded")
+    if len(body) > SECTION_LIMIT:
+        body = body[:SECTION_LIMIT - len(CUT_MARK)] + CUT_MARK
+    context = f"uuid {cut_escaped(str(undo['uuid']), 64)} · at {cut_escaped(str(undo['at']), 64)}"
+    blocks = [_section(body), {"type": "context", "elements": [_mrkdwn(context)]}]
+    return {"text": text,
+            "attachments": [{"color": UNDO_COLOURS.get(undo["outcome"], ALERT_COLOUR),
+                             "fallback": text, "blocks": blocks}]}
+
+
+def _undo_text(action: Mapping[str, Any]) -> str:
+    outcome = {"undone": "undone", "already-undone": "already undone",
+               "not-undone": "not undone", "failed": "FAILED"}.get(action["outcome"],
+                                                                   action["outcome"])
+    reason = action.get("reason")
+    return f"{outcome}: {cut_escaped(reason, REASON_LIMIT)}" if reason else outcome
