@@ -79,7 +79,7 @@ def capture(browser, base: str, uuids: list[str], out: Path) -> None:
     browser.save_screenshot(str(out / "console-timeline.png"))
     browser.get(base + f"/ui/alerts/{uuids[1]}")
     wait.until(lambda b: "Reading" not in b.find_element(By.ID, "audit").text)
-    browser.save_screenshot(str(out / "console-alert.png"))
+    whole_page(browser, out / "console-alert.png")
     browser.get(base + "/ui/table")
     editor = wait.until(ready.presence_of_element_located((By.ID, "table-text")))
     browser.execute_script("arguments[0].value += arguments[1];"
@@ -87,6 +87,15 @@ def capture(browser, base: str, uuids: list[str], out: Path) -> None:
     wait.until(ready.visibility_of_element_located((By.ID, "diff")))
     browser.execute_script("document.getElementById('check-result').scrollIntoView()")
     browser.save_screenshot(str(out / "console-table.png"))
+
+
+def whole_page(browser, path: Path, most: int = 2000) -> None:
+    """A screenshot of the page down to its end (up to `most` pixels high)."""
+    size = browser.get_window_size()
+    height = browser.execute_script("return document.documentElement.scrollHeight")
+    browser.set_window_size(size["width"], min(most, height + 140))  # + the window's frame
+    browser.save_screenshot(str(path))
+    browser.set_window_size(size["width"], size["height"])
 
 
 def main() -> int:
