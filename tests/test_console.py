@@ -530,3 +530,13 @@ def test_an_event_awaiting_approval_shows_in_the_queue_block(console):
     assert rows(html) == ["u-wait"] and "awaiting approval" in html
     assert rows(page(client, f"/ui/alerts?state={AWAITING}")) == ["u-wait"]
     assert "Awaiting approval" in page(client, "/ui/alerts/u-wait")
+
+
+def test_guessing_the_token_is_throttled(console):
+    from responder.console.guard import FAILED_LOGINS_PER_MINUTE
+
+    _, client = console(auth_token=TOKEN)
+    for _ in range(FAILED_LOGINS_PER_MINUTE):
+        assert log_in(client, token="guess").status_code == 401
+    reply = log_in(client)  # even the right one, for now
+    assert reply.status_code == 429 and "too many" in reply.get_json()["error"]

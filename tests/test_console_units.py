@@ -82,3 +82,17 @@ def test_filters_read_from_a_query_string():
     (None, 200), ("", 200), ("50", 50), ("0", 1), ("999999", MAX_LAST), ("many", 200)])
 def test_how_many_alerts_a_check_replays_is_bounded(raw, expected):
     assert clamp_last(raw) == expected
+
+
+def test_failed_logins_stop_counting_after_a_minute():
+    import time
+
+    from responder.console.guard import FAILED_LOGINS_PER_MINUTE, Guard
+    from responder.settings import Settings
+
+    guard = Guard(Settings.of(auth_token="t"))
+    for _ in range(FAILED_LOGINS_PER_MINUTE):
+        guard.login_failed()
+    assert guard.login_blocked()
+    assert not guard.login_blocked(now=time.monotonic() + 61)
+    assert "t" not in repr(guard).replace("Guard(token=", "")

@@ -4,6 +4,9 @@ every POST, and the headers every console answer carries."""
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
+from collections import deque
 from urllib.parse import urlsplit
 
 from flask import Response, jsonify, redirect, request, url_for
@@ -13,6 +16,8 @@ from ..settings import Settings
 from .session import COOKIE, Session, Sessions, csrf_matches
 
 LOGIN_FORM_MAX_AGE = 3600
+# Guessing the token through the form: at most this many wrong tries a minute per process.
+FAILED_LOGINS_PER_MINUTE = 10
 OPEN_ENDPOINTS = {"console.login", "console.login_post", "console.static"}
 # Everything is served from here; nothing from elsewhere, no inline script.
 HEADERS = {
@@ -37,6 +42,8 @@ class Guard:
         # Signs the login form's own CSRF token (there is no session yet to hold one).
         key = hashlib.sha256(b"login form|" + (token or "").encode("utf-8")).hexdigest()
         self._login_forms = URLSafeTimedSerializer(key, salt="console-login")
+        self._failures: deque[float] = deque()
+        self._failures_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"Guard(token={'***' if self.sessions else None})"
@@ -89,6 +96,18 @@ class Guard:
             return self._login_forms.loads(given or "", max_age=LOGIN_FORM_MAX_AGE) == "login"
         except BadSignature:
             return False
+
+    def login_blocked(self, now: float | None = None) -> bool:
+        """Too many wrong tokens in the last minute."""
+        now = time.monotonic() if now is None else now
+        with self._failures_lock:
+            while self._failures and self._failures[0] < now - 60:
+                self._failures.popleft()
+            return len(self._failures) >= FAILED_LOGINS_PER_MINUTE
+
+    def login_failed(self) -> None:
+        with self._failures_lock:
+            self._failures.append(time.monotonic())
 
     def log_in(self, response: Response) -> None:
         """Set a new session's cookie on `response`."""

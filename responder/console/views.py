@@ -212,7 +212,11 @@ def _add_login(console: Blueprint, guard: Guard) -> None:
                             "to"}), 404
         if not guard.login_form_valid(request.form.get("csrf")):
             return jsonify({"error": "missing or wrong CSRF token"}), 403
+        if guard.login_blocked():
+            return jsonify({"error": "too many wrong tokens in the last minute; try again "
+                            "later"}), 429
         if not guard.sessions.token_matches(request.form.get("token", "")):
+            guard.login_failed()
             return form("That is not the responder's token.", 401)
         response = make_response(redirect(safe_next(request.form.get("next"))))
         guard.log_in(response)
