@@ -7,7 +7,7 @@ import pytest
 
 from responder.alerts import HOUR
 from responder.console.auditevents import involved_names
-from responder.console.charts import HEIGHT, OUTCOME_WIDTH, rule_charts
+from responder.console.charts import HEIGHT, OUTCOME_WIDTH, alert_total, rule_charts
 from responder.console.guard import safe_next
 from responder.console.session import Sessions, csrf_matches
 from responder.console.tablecheck import MAX_LAST, clamp_last
@@ -34,6 +34,8 @@ def test_charts_keep_the_busiest_rules_and_count_the_rest():
     rows = [(int(NOW // HOUR), f"rule-{i:02d}", "", i + 1) for i in range(25)]
     charts, left_out = rule_charts(rows, NOW, limit=20)
     assert len(charts) == 20 and left_out == 5 and charts[0].rule == "rule-24"
+    assert alert_total(rows, NOW) == sum(range(1, 26))  # the quieter rules count too
+    assert alert_total([(int(NOW // HOUR) - 24, "old", "", 9)], NOW) == 0
 
 
 def test_a_session_cookie_carries_a_csrf_token_and_no_secret():

@@ -54,6 +54,12 @@ def rule_charts(rows: Iterable[tuple[int, str, str, int]], now: float,
     return ranked[:limit], max(0, len(ranked) - limit)
 
 
+def alert_total(rows: Iterable[tuple[int, str, str, int]], now: float) -> int:
+    """Alerts of every rule over the last 24 hours."""
+    first = int(now // HOUR) - HOURS + 1
+    return sum(n for hour, _, outcome, n in rows if not outcome and hour >= first)
+
+
 def hour_bars(counts: list[int], first_hour: int) -> list[Bar]:
     """A bar per hour, scaled to the busiest hour."""
     top = max(counts) or 1

@@ -27,7 +27,7 @@ from ..service import Responder
 from ..settings import Settings
 from ..wiring import dry_run_cause
 from .auditevents import list_audit_events
-from .charts import rule_charts
+from .charts import alert_total, rule_charts
 from .guard import Guard, add_headers, safe_next
 from .tablecheck import DEFAULT_LAST, Check, Replayer, clamp_last
 from .timeline import OUTCOMES, PRIORITIES, STATES, BadFilter, load_page, read_cursor, read_filters
@@ -80,9 +80,10 @@ def _add_overview(console: Blueprint, responder: Responder) -> None:
     def overview() -> str:
         now = time.time()
         conn = responder.store.connection()
-        charts, left_out = rule_charts(alerts.hourly_counts(conn, now), now)
+        rows = alerts.hourly_counts(conn, now)
+        charts, left_out = rule_charts(rows, now)
         return render_template("overview.html", charts=charts, left_out=left_out,
-                               total=sum(c.total for c in charts),
+                               total=alert_total(rows, now),
                                pending=responder.store.pending(), table=responder.table,
                                now=now)
 
