@@ -106,11 +106,13 @@ def write_summaries(conn: sqlite3.Connection, summaries: Iterable[tuple[int, str
 
 
 def prune_summaries(conn: sqlite3.Connection, cutoff: float) -> None:
-    """Inside the journal's prune transaction, before its events go: forget the summaries
-    of the events it deletes (finished before `cutoff`), and hourly counts a day older."""
-    doomed = "SELECT id FROM events WHERE state IN ('done', 'failed') AND finished < ?"
-    conn.execute(f"DELETE FROM alert_outcomes WHERE event_id IN ({doomed})", (cutoff,))
-    conn.execute(f"DELETE FROM alerts WHERE event_id IN ({doomed})", (cutoff,))
+    """Inside the journal's prune transaction, after its events are deleted: forget the
+    summaries of the events gone (all received before `cutoff`, as they finished before
+    it), walking only the alerts that old, and hourly counts a day older."""
+    gone = ("SELECT event_id FROM alerts WHERE received < ? AND NOT EXISTS "
+            "(SELECT 1 FROM events WHERE events.id = alerts.event_id)")
+    conn.execute(f"DELETE FROM alert_outcomes WHERE event_id IN ({gone})", (cutoff,))
+    conn.execute(f"DELETE FROM alerts WHERE event_id IN ({gone})", (cutoff,))
     conn.execute("DELETE FROM alert_hours WHERE hour < ?", (int(cutoff // HOUR) - 24,))
 
 

@@ -609,13 +609,13 @@ class EventStore:
         conn = self.connection()
         cutoff = self.clock() - keep_seconds
         with self.transaction(conn):
-            alerts.prune_summaries(conn, cutoff)
             conn.execute("DELETE FROM outcomes WHERE event_id IN (SELECT id FROM events "
                          "WHERE state IN ('done', 'failed') AND finished < ?)", (cutoff,))
             conn.execute("DELETE FROM undos WHERE event_id IN (SELECT id FROM events "
                          "WHERE state IN ('done', 'failed') AND finished < ?)", (cutoff,))
             gone = conn.execute("DELETE FROM events WHERE state IN ('done', 'failed') "
                                 "AND finished < ?", (cutoff,)).rowcount
+            alerts.prune_summaries(conn, cutoff)
             conn.execute("DELETE FROM spool_offsets WHERE finished < ?", (cutoff,))
         return gone
 

@@ -331,14 +331,19 @@ def test_hourly_counts_count_an_event_finished_twice_once(console):
 
 def test_pruned_events_take_their_summaries_with_them(console):
     app, client = console()
-    post(app, client, event("u-1"))
     store = app.extensions["store"]
-    store.clock = lambda: time.time() + 10 * 86400
+    store.clock = lambda: time.time() - 3 * 86400  # received and finished 3 days ago
+    post(app, client, event("u-old"))
+    store.clock = time.time
+    post(app, client, event("u-new"))
     store.prune(86400)
     conn = store.connection()
-    assert conn.execute("SELECT COUNT(*) FROM alerts").fetchone()[0] == 0
-    assert conn.execute("SELECT COUNT(*) FROM alert_outcomes").fetchone()[0] == 0
-    assert rows(page(client, "/ui/alerts")) == []
+    assert conn.execute("SELECT key FROM alerts").fetchall() == [("u-new",)]
+    assert conn.execute("SELECT COUNT(*) FROM alert_outcomes").fetchone()[0] == 1
+    assert rows(page(client, "/ui/alerts")) == ["u-new"]
+    counted = [n for _, _, outcome, n in hourly_counts(conn, time.time(), hours=24 * 5)
+               if outcome == ""]
+    assert counted == [1]  # the hourly counts of 3 days ago are gone too
 
 
 def test_the_intake_writes_no_summary(console):
