@@ -15,6 +15,7 @@ from . import kube
 from .actions import Registry
 from .approvals import ApprovalError, Approvals, approver_name, awaiting_decisions, public_view
 from .auth import TokenAuth
+from .console import register_console
 from .errors import EventError, StorageError, UndoRefused
 from .events import parse_event
 from .intake import Intake
@@ -86,6 +87,7 @@ def create_app(settings: Settings | None = None, *, table: Table | None = None,
         # Started by the first /readyz (in the process that serves it: gunicorn forks).
         app.extensions["api_probe"] = kube.ApiProbe(responder.api_client)
     _add_health_routes(app, responder)
+    register_console(app, responder, settings)
     _add_error_handlers(app, responder.metrics)
     return app
 

@@ -23,6 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import alerts
+from .alerts import AlertSummary
+
 logger = logging.getLogger(__name__)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -118,6 +121,9 @@ class Closing:
     audits: dict[int, dict[str, Any]] = field(default_factory=dict)
     #: With state AWAITING: the approval record to keep (its deadline becomes not_before).
     approval: dict[str, Any] | None = None
+    #: What the console's timeline shows of a finished event (responder.alerts), kept in
+    #: the same commit; None for an event that could not be read, or not finished.
+    summary: AlertSummary | None = None
 
 
 @dataclass(frozen=True)
@@ -203,7 +209,7 @@ class EventStore:
                 self._connections.append(conn)
                 self._read_only = self._read_only or not os.access(self.path, os.W_OK)
         if not self._ready:
-            retry_busy(lambda: conn.executescript(SCHEMA))
+            retry_busy(lambda: conn.executescript(SCHEMA + alerts.SCHEMA))
             _add_columns(conn)
             self._ready = True
         return conn
@@ -378,10 +384,11 @@ class EventStore:
         return {idx: json.loads(report) for idx, report in rows}
 
     def finish(self, event_id: int, state: str = "done", error: str | None = None,
-               outcomes: dict[int, dict[str, Any]] | None = None) -> None:
+               outcomes: dict[int, dict[str, Any]] | None = None,
+               summary: AlertSummary | None = None) -> None:
         """Close an event, writing in the same commit the outcomes not yet recorded (those
         that touched no cluster, so nothing is lost if they are computed again)."""
-        self.finish_many([Closing(event_id, state, error, outcomes or {})])
+        self.finish_many([Closing(event_id, state, error, outcomes or {}, summary=summary)])
 
     def finish_many(self, closings: list[Closing]) -> None:
         """Close several events in one commit (a worker's batch)."""
@@ -402,6 +409,8 @@ class EventStore:
                              "lease_until = NULL, not_before = ?, approval = ? WHERE id = ?",
                              [(c.state, c.approval["deadline"], json.dumps(c.approval),
                                c.event_id) for c in closings if c.approval is not None])
+            alerts.write_summaries(conn, [(c.event_id, c.state, c.summary) for c in closings
+                                          if c.summary is not None and c.approval is None])
 
     # --- approvals -----------------------------------------------------------------
     def approval(self, event_id: int) -> dict[str, Any] | None:
@@ -606,6 +615,7 @@ class EventStore:
                          "WHERE state IN ('done', 'failed') AND finished < ?)", (cutoff,))
             gone = conn.execute("DELETE FROM events WHERE state IN ('done', 'failed') "
                                 "AND finished < ?", (cutoff,)).rowcount
+            alerts.prune_summaries(conn, cutoff)
             conn.execute("DELETE FROM spool_offsets WHERE finished < ?", (cutoff,))
         return gone
 

@@ -83,6 +83,8 @@ class Responder:
         # One attribute assignment: a request sees the old table or the new, never a mix;
         # its limits travel with each plan made from it.
         self._table = table
+        #: When this table began to serve (the console shows it).
+        self.table_loaded_at = time.time()
         self.metrics.table_rules.set(len(table.rules))
 
     def plan(self, event: Event) -> Plan:

@@ -6,7 +6,7 @@ import fnmatch
 import operator
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -121,6 +121,8 @@ class Table:
     dry_run: bool = True
     protected_namespaces: frozenset[str] = frozenset({"kube-system"})
     limits: Limits = Limits()
+    #: The YAML it was parsed from (the console shows it, and its digest).
+    text: str = field(default="", repr=False, compare=False)
 
     def is_dry_run(self, rule: TableRule) -> bool:
         return self.dry_run if rule.dry_run is None else rule.dry_run
@@ -160,7 +162,7 @@ def parse_table(text: str, source: str, registry: Registry) -> Table:
     table = _build_table(doc, source, registry, problems)
     if problems:
         raise TableError(source, problems)
-    return table
+    return replace(table, text=text)
 
 
 def match_rules(table: Table, event: Event) -> list[TableRule]:

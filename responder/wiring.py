@@ -200,10 +200,10 @@ def log_startup(responder: Responder, where: str, slack: str) -> None:
     logger.info("intake: %s, journal %s; %s", responder.settings.intake.mode,
                 responder.store.path if responder.store else "-", slack)
     if not responder.armed:
-        logger.warning("DRY-RUN: no action will change the cluster (%s)", _dry_run_cause(responder))
+        logger.warning("DRY-RUN: no action will change the cluster (%s)", dry_run_cause(responder))
 
 
-def _dry_run_cause(responder: Responder) -> str:
+def dry_run_cause(responder: Responder) -> str:
     if responder.settings.table.force_dry_run:
         return "RESPONDER_DRY_RUN=true"
     if responder.api_client is None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .actions import Outcome, Result
+from .alerts import summarize
 from .approvals import (
     approval_target,
     audit_note,
@@ -23,7 +24,7 @@ from .approvals import (
     timeout_verdict,
     verdict_reason,
 )
-from .decisions import Plan
+from .decisions import Plan, resolve_target
 from .errors import EventError
 from .events import Event, parse_event
 from .executor import ActionReport, decision_fields, log_decision_fields
@@ -360,8 +361,11 @@ class Worker:
         if reports is None:
             return
         failed = any(r.result.outcome is Outcome.FAILED for r in reports)
-        closings.append(Closing(run.item.id, "failed" if failed else "done", None,
-                                run.deferred, run.audits))
+        event, item = run.plan.event, run.item
+        summary = summarize(event, resolve_target(event), item.received, run.plan.matched,
+                            [(r.decision.action, str(r.result.outcome)) for r in reports])
+        closings.append(Closing(item.id, "failed" if failed else "done", None,
+                                run.deferred, run.audits, summary=summary))
         self.responder.after_actions(run.plan, reports, record)
 
     def _run_until_approval(self, run: _Pass, closings: list[Closing]) -> None:
@@ -396,7 +400,10 @@ class Worker:
         """After an unexpected error: retry later, or fail for good on the last attempt, so
         RESPONDER_MAX_ATTEMPTS bounds even a bug's retries."""
         if item.attempts >= self.max_attempts:
-            self.store.finish(item.id, "failed", reason)
+            event = self._parsed.get(item.id)
+            summary = summarize(event, resolve_target(event), item.received, (), ()) \
+                if event else None
+            self.store.finish(item.id, "failed", reason, summary=summary)
         else:
             self._retry_later(item, reason)
 
