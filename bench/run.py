@@ -76,11 +76,13 @@ class Profile:
     flood: int = 1_000  # section 4: alerts for as many pods, posted as fast as we can
     flood_watch: float = 15.0  # seconds of the flood's API requests checked against the budget
     act_env: tuple[tuple[str, str], ...] = ()  # section 4: settings for `responder serve`
+    console_alerts: int = 100_000  # section 5: alerts in the journal
+    console_runs: int = 30  # section 5: timed requests per page
 
 
 FULL = Profile(10, 2, 10_000, 5.0, (5_000, 50_000, 100_000), 300.0)
 QUICK = Profile(1, 0, 200, 0.5, (200, 500, 1_000), 30.0, act_alerts=8, act_bursts=1,
-                flood=100, flood_watch=3.0)
+                flood=100, flood_watch=3.0, console_alerts=5_000, console_runs=5)
 
 
 # --- servers --------------------------------------------------------------------------
@@ -808,10 +810,72 @@ def redis_costs(tta, workdir: Path) -> None:
           [[name, f"{p50:.3f}", f"{p99:.3f}"] for name, (p50, p99) in found.items()])
 
 
+# --- 5. console pages -------------------------------------------------------------------
+
+CONSOLE_TARGET_MS = 100.0
+
+
+def section_console(profile: Profile, gen: Generator, workdir: Path) -> None:
+    from bench import console_pages as cp
+
+    alerts = profile.console_alerts
+    header(f"5. Console pages with {alerts:,} alerts in the journal")
+    state = workdir / "console-state"  # where Server("console", ...) keeps its journal
+    now = time.time()
+    began = time.monotonic()
+    uuids = cp.fill_journal(state, alerts, now)
+    print(f"journal filled in {time.monotonic() - began:.0f} s: {alerts:,} finished alerts over "
+          f"24 h (8 rules, 40 namespaces) and {cp.PENDING} not yet processed, written "
+          "through the journal's own intake and closing commits")
+    env = {"RESPONDER_AUTH_TOKEN": cp.TOKEN}
+    with serving(workdir, ("console", SERVE, env)) as [server]:
+        base = f"http://127.0.0.1:{server.port}"
+        session, csrf = cp.log_in(base)
+        rows = []
+        for name, method, path in cp.pages(session, base, uuids, now):
+            rows.append(_latency_row(name, cp.time_page(session, base, method, path,
+                                                        profile.console_runs)))
+        check = cp.time_page(session, base, "POST", "/ui/table/check", profile.console_runs,
+                             csrf, {"text": _packaged_table() + cp.EXTRA_RULE, "last": 200})
+        rows.append(_latency_row("table check (POST, replays 200 alerts)", check))
+        rows += _backlog_rows(profile, workdir, cp, alerts)
+    print(f"{profile.console_runs} requests per page after 2 warm-ups, one at a time, logged "
+          "in, over loopback; target: p95 < 100 ms")
+    table(["page", "p50 ms", "p95 ms", "max ms", "target"], rows)
+
+
+def _backlog_rows(profile: Profile, workdir: Path, cp, backlog: int) -> list[list[object]]:
+    """The pages that read unfinished events, with `backlog` of them waiting (the queue
+    worker off, as when it is down)."""
+    cp.fill_journal(workdir / "backlog-state", 0, time.time(), pending=backlog)
+    env = {"RESPONDER_AUTH_TOKEN": cp.TOKEN, "RESPONDER_WORKER": "off"}
+    with serving(workdir, ("backlog", SERVE, env)) as [server]:
+        base = f"http://127.0.0.1:{server.port}"
+        session, _ = cp.log_in(base)
+        return [_latency_row(f"{name}, {backlog:,} waiting", cp.time_page(
+                    session, base, "GET", path, profile.console_runs))
+                for name, path in (("timeline", "/ui/alerts"), ("overview", "/ui/"),
+                                   ("waiting alert", "/ui/alerts/bench-000007"))]
+
+
+def _latency_row(name: str, took: list[float]) -> list[object]:
+    took = sorted(took)
+    p95 = percentile(took, 0.95)
+    return [name, f"{percentile(took, 0.5):.1f}", f"{p95:.1f}", f"{max(took):.1f}",
+            verdict(p95 < CONSOLE_TARGET_MS)]
+
+
+def _packaged_table() -> str:
+    from importlib import resources
+
+    return resources.files("responder").joinpath("default_actions.yaml").read_text("utf-8")
+
+
 # --- main -----------------------------------------------------------------------------
 
 SECTIONS = {"throughput": section_throughput, "storm": section_storm,
-            "memory": section_memory, "time-to-act": section_time_to_act}
+            "memory": section_memory, "time-to-act": section_time_to_act,
+            "console": section_console}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -819,9 +883,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     parser.add_argument("--python-client", action="store_true",
                         help="use the Python load generator even when wrk is installed")
-    parser.add_argument("--sections", default="throughput,time-to-act,storm,memory",
+    parser.add_argument("--sections", default="throughput,time-to-act,storm,memory,console",
                         help="comma-separated subset of: throughput, time-to-act, storm, "
-                             "memory")
+                             "memory, console")
     parser.add_argument("--threads", type=int, metavar="N",
                         help="gunicorn threads per worker for every server of section 1 "
                              "(default: the responder's default)")

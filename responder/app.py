@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 
@@ -12,11 +13,15 @@ from werkzeug.exceptions import HTTPException
 
 from . import kube
 from .actions import Registry
+from .approvals import ApprovalError, Approvals, approver_name, awaiting_decisions, public_view
 from .auth import TokenAuth
-from .errors import EventError, StorageError
+from .console import register_console
+from .errors import EventError, StorageError, UndoRefused
 from .events import parse_event
 from .evidencestore import bundle_listing
 from .intake import Intake
+from .interactions import InteractionError, SlackInteractions
+from .journal import AWAITING
 from .logs import clipped
 from .metrics import Metrics
 from .notify import SlackConfig
@@ -24,14 +29,24 @@ from .service import Responder
 from .settings import Settings
 from .spool import SpoolWriter
 from .table import Table
+from .undo import Undoer
 from .wakeup import WakeListener, WakeSender, Wakeups
-from .wiring import UNSET, build_components, start_reloader, stop_components, watch_queue
+from .wiring import (
+    UNSET,
+    Components,
+    build_components,
+    start_reloader,
+    stop_components,
+    watch_queue,
+)
 
 logger = logging.getLogger(__name__)
 EVENT_METHODS = ["POST", "PUT"]  # Falcosidekick's webhook.method may be PUT
 EVENT_ENDPOINTS = {"receive_root": "/", "receive_events": "/events"}
-#: What is known about an event: the same token as sending one.
-STATUS_ENDPOINTS = ("event_status", "event_evidence")
+#: About one event: need the token as the event endpoints do (not /slack/interactions:
+#: Slack cannot send the token; the app's signing secret authenticates it instead).
+STATUS_ENDPOINTS = ("event_status", "event_evidence", "event_undo", "event_approve",
+                    "event_reject")
 
 
 def create_app(settings: Settings | None = None, *, table: Table | None = None,
@@ -49,7 +64,7 @@ def create_app(settings: Settings | None = None, *, table: Table | None = None,
     app.config["MAX_CONTENT_LENGTH"] = settings.intake.max_body_bytes
     spool = SpoolWriter(parts.spool_dir) if settings.intake.mode == "queue" else None
     app.extensions.update(components=parts, responder=responder, worker=worker, store=store,
-                          spool=spool, reloader=start_reloader(parts))
+                          spool=spool, reloader=start_reloader(parts), undoer=parts.undoer)
     watch_queue(parts, spool)
     intake = None
     if spool is not None:
@@ -66,10 +81,16 @@ def create_app(settings: Settings | None = None, *, table: Table | None = None,
                 app.extensions["wakeup"] = WakeListener(parts.spool_dir, worker.wake).start()
     _add_auth(app, settings, responder.metrics)
     _add_routes(app, responder, intake)
+    _add_evidence_route(app, responder)
+    _add_undo_route(app, parts.undoer, intake)
+    wakeups = Wakeups(worker.wake, *([app.extensions["wake_sender"]] if spool else []))
+    approvals = Approvals(store, wakeups.set, counted=responder.count_verdict)
+    _add_approval_routes(app, responder, approvals, intake, interactions_for(parts, approvals))
     if responder.api_client is not None:
         # Started by the first /readyz (in the process that serves it: gunicorn forks).
         app.extensions["api_probe"] = kube.ApiProbe(responder.api_client)
     _add_health_routes(app, responder)
+    register_console(app, responder, settings)
     _add_error_handlers(app, responder.metrics)
     return app
 
@@ -124,6 +145,11 @@ def _add_routes(app: Flask, responder: Responder, intake: Intake | None) -> None
             # Spooled, not yet taken into the queue by the worker.
             status = {"uuid": uuid, "state": "received", "attempts": 0, "error": None,
                       "decisions": []}
+        if status is not None and status.get("approval"):
+            record = status["approval"]
+            status["approval"] = public_view(record)
+            if status["state"] == AWAITING:
+                status["decisions"] += awaiting_decisions(record)
         if status is None:
             # Counted like every other refusal: many of them mean a client polls for events
             # this replica never had (another replica's, or ones past retention).
@@ -132,6 +158,8 @@ def _add_routes(app: Flask, responder: Responder, intake: Intake | None) -> None
                             "past retention)"}), 404
         return jsonify(status), 200
 
+
+def _add_evidence_route(app: Flask, responder: Responder) -> None:
     @app.get("/events/<uuid>/evidence", endpoint="event_evidence")
     def event_evidence(uuid: str) -> tuple[Response, int]:
         status = responder.store.status(uuid)
@@ -145,6 +173,76 @@ def _add_routes(app: Flask, responder: Responder, intake: Intake | None) -> None
             return jsonify({"error": f"event {clipped(uuid, 128)} {said}"}), 404
         return jsonify({"uuid": uuid, "bundles": [bundle_listing(responder.evidence, b)
                                                   for b in bundles]}), 200
+
+
+def interactions_for(parts: Components, approvals: Approvals) -> SlackInteractions | None:
+    """The Slack interactions handler, when a signing secret is set (else the path is 404)."""
+    slack, notifier = parts.slack, parts.responder.notifier
+    if slack is None or not slack.interactive or notifier is None:
+        return None
+    return SlackInteractions(slack.signing_secret, slack.approvers, approvals, notifier.tell,
+                             undo=parts.undoer.undo)
+
+
+def _add_approval_routes(app: Flask, responder: Responder, approvals: Approvals,
+                         intake: Intake | None, interactions: SlackInteractions | None) -> None:
+    metrics = responder.metrics
+
+    def decide(uuid: str, verb: str) -> tuple[Response, int]:
+        by = approver_name(request.get_json(force=True, silent=True))
+        status, body = approvals.decide(uuid, verb, by, "http")
+        if status == 404 and intake is not None and intake.known(uuid):
+            status, body = 409, {"error": f"event {clipped(uuid, 128)} is not yet in the "
+                                 "queue; try again in a moment", "uuid": uuid,
+                                 "state": "received"}
+        if status != 200:
+            metrics.inc(metrics.rejected, str(status))
+        return jsonify(body), status
+
+    app.add_url_rule("/events/<uuid>/approve", "event_approve",
+                     lambda uuid: decide(uuid, "approve"), methods=["POST"])
+    app.add_url_rule("/events/<uuid>/reject", "event_reject",
+                     lambda uuid: decide(uuid, "reject"), methods=["POST"])
+
+    @app.post("/slack/interactions", endpoint="slack_interactions")
+    def slack_interactions() -> tuple[Response, int]:
+        if interactions is None:
+            metrics.inc(metrics.rejected, "404")
+            return jsonify({"error": "Slack interactions are off: RESPONDER_SLACK_TOKEN and "
+                            "RESPONDER_SLACK_SIGNING_SECRET turn them on"}), 404
+        status, body = interactions.handle(request.get_data(cache=False), request.headers)
+        if status != 200:
+            metrics.inc(metrics.rejected, str(status))
+        return jsonify(body), status
+
+
+def _add_undo_route(app: Flask, undoer: Undoer, intake: Intake | None) -> None:
+    @app.post("/events/<uuid>/undo", endpoint="event_undo")
+    def event_undo(uuid: str) -> tuple[Response, int]:
+        by = _undo_by()
+        try:
+            return jsonify(undoer.undo(uuid, by)), 200
+        except UndoRefused as exc:
+            if exc.status == 404 and intake is not None and intake.known(uuid):
+                # Spooled, not yet taken into the journal by the worker.
+                raise UndoRefused(409, f"event {clipped(uuid, 128)} is still received: undo "
+                                  "it once its actions have run") from None
+            raise
+
+
+def _undo_by() -> str | None:
+    """The optional JSON body's `by`: who asks (400 for a body that is not such an object)."""
+    body = request.get_data(cache=False)
+    if not body.strip():
+        return None
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise UndoRefused(400, "body must be empty or a JSON object like {\"by\": \"name\"}") \
+            from None
+    if not isinstance(data, dict) or set(data) - {"by"}:
+        raise UndoRefused(400, "body must be empty or a JSON object with only \"by\"")
+    return data.get("by")
 
 
 def _add_health_routes(app: Flask, responder: Responder) -> None:
@@ -180,6 +278,17 @@ def _add_error_handlers(app: Flask, metrics: Metrics) -> None:
     def bad_event(exc: EventError) -> tuple[Response, int]:
         metrics.inc(metrics.rejected, "400")
         return jsonify({"error": str(exc)}), 400
+
+    @app.errorhandler(ApprovalError)
+    @app.errorhandler(InteractionError)
+    def bad_request(exc: ValueError) -> tuple[Response, int]:
+        metrics.inc(metrics.rejected, "400")
+        return jsonify({"error": str(exc)}), 400
+
+    @app.errorhandler(UndoRefused)
+    def undo_refused(exc: UndoRefused) -> tuple[Response, int]:
+        metrics.inc(metrics.rejected, str(exc.status))
+        return jsonify({"error": str(exc)}), exc.status
 
     @app.errorhandler(StorageError)
     def no_room(exc: StorageError) -> tuple[Response, int]:

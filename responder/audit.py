@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import secrets
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 from kubernetes.client import (
@@ -52,8 +52,9 @@ class EventRecorder:
         self.instance = (instance or socket.gethostname())[:128]
         self._now = now
 
-    def record(self, event: Event, report: ActionReport) -> bool:
-        """Create the Event for one action report; True when the API accepted it."""
+    def record(self, event: Event, report: ActionReport, note: str | None = None) -> bool:
+        """Create the Event for one action report (`note`: e.g. who approved it); True when
+        the API accepted it."""
         if report.decision.dry_run or report.result.outcome not in RECORDED:
             return False
         ref = involved_object(report)
@@ -62,7 +63,7 @@ class EventRecorder:
                            report.decision.action, event.uuid)
             self.count(FAILED)
             return False
-        body = build_audit_event(event, report, ref, self.instance, self._now())
+        body = build_audit_event(event, report, ref, self.instance, self._now(), note)
         namespace = body.metadata.namespace
         try:
             self.core.create_namespaced_event(namespace, body, _request_timeout=self.timeout)
@@ -75,9 +76,29 @@ class EventRecorder:
         self.count(RECORDED_OUTCOME)
         return True
 
-    def record_all(self, event: Event, reports: list[ActionReport]) -> int:
-        """`record` each report; how many Events were created."""
-        return sum(self.record(event, report) for report in reports)
+    def create(self, body: CoreV1Event, what: str) -> bool:
+        """Create an Event built elsewhere (an undo's); True when the API accepted it.
+        Never raises: `what` names it in the warning of a refusal."""
+        try:
+            self.core.create_namespaced_event(body.metadata.namespace, body,
+                                              _request_timeout=self.timeout)
+        except Exception as exc:  # noqa: BLE001 - the audit trail must never stop a response
+            logger.warning("cannot record audit Event for %s: %s", what, api_failure(exc))
+            self.count(FAILED)
+            return False
+        self.count(RECORDED_OUTCOME)
+        return True
+
+    def now(self) -> datetime:
+        return self._now()
+
+    def record_all(self, event: Event, reports: list[ActionReport],
+                   notes: Mapping[str, str] | None = None) -> int:
+        """`record` each report (with the note of its table rule, if any); how many Events
+        were created."""
+        notes = notes or {}
+        return sum(self.record(event, report, notes.get(report.decision.table_rule))
+                   for report in reports)
 
 
 def involved_object(report: ActionReport) -> ObjectRef | None:
@@ -93,8 +114,15 @@ def involved_object(report: ActionReport) -> ObjectRef | None:
 
 
 def build_audit_event(event: Event, report: ActionReport, ref: ObjectRef, instance: str,
-                      now: datetime) -> CoreV1Event:
+                      now: datetime, note: str | None = None) -> CoreV1Event:
     """The core/v1 Event body recording one action. Pure."""
+    return core_event(ref, REASON, report.decision.action, audit_message(event, report, note),
+                      instance, now)
+
+
+def core_event(ref: ObjectRef, reason: str, action: str, message: str, instance: str,
+               now: datetime, kind: str = "Warning") -> CoreV1Event:
+    """A core/v1 Event about `ref` from the responder. Pure."""
     namespace = ref.namespace or CLUSTER_SCOPED_NAMESPACE
     seconds = now.replace(microsecond=0)
     return CoreV1Event(
@@ -102,10 +130,10 @@ def build_audit_event(event: Event, report: ActionReport, ref: ObjectRef, instan
         involved_object=V1ObjectReference(
             kind=ref.kind, name=ref.name, namespace=ref.namespace, uid=ref.uid,
             api_version=ref.api_version),
-        reason=REASON,
-        type="Warning",
-        action=report.decision.action,
-        message=audit_message(event, report),
+        reason=reason,
+        type=kind,
+        action=action,
+        message=clip_message(message),
         source=V1EventSource(component=COMPONENT),
         reporting_component=COMPONENT,
         reporting_instance=instance,
@@ -116,9 +144,9 @@ def build_audit_event(event: Event, report: ActionReport, ref: ObjectRef, instan
     )
 
 
-def audit_message(event: Event, report: ActionReport) -> str:
+def audit_message(event: Event, report: ActionReport, note: str | None = None) -> str:
     """What happened, in one line: Falco rule, table rule, action, outcome, the digest the
-    action recorded (if any), event uuid."""
+    action recorded (if any), event uuid (and `note`, e.g. who approved it)."""
     result = report.result
     if result.outcome == Outcome.ALREADY_DONE:
         outcome = result.reason or "already done"  # e.g. "already gone", "already cordoned"
@@ -127,8 +155,13 @@ def audit_message(event: Event, report: ActionReport) -> str:
     # A digest the action kept (an evidence bundle's) goes on record with it: chain of custody.
     digest = (result.details or {}).get("digest")
     kept = f"; digest {digest}" if digest else ""
-    message = (f"Falco rule {event.rule!r} matched table rule {report.decision.table_rule!r}: "
-               f"{report.decision.action} {outcome}{kept}; Falco event {event.uuid}")
+    return clip_message(
+        f"Falco rule {event.rule!r} matched table rule {report.decision.table_rule!r}: "
+        f"{report.decision.action} {outcome}{kept}; Falco event {event.uuid}"
+        f"{'; ' + note if note else ''}")
+
+
+def clip_message(message: str) -> str:
     return message if len(message) <= MESSAGE_LIMIT else message[:MESSAGE_LIMIT - 1] + "…"
 
 

@@ -15,7 +15,7 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from .audit import DROPPED, RECORDED, EventRecorder, describe
 from .events import Event
@@ -41,15 +41,17 @@ class AuditQueue:
         self._thread: threading.Thread | None = None
         self._pid = 0
 
-    def record_all(self, event: Event, reports: list[ActionReport]) -> int:
-        """Queue the Events of the reports that need one; how many were queued."""
+    def record_all(self, event: Event, reports: list[ActionReport],
+                   notes: Mapping[str, str] | None = None) -> int:
+        """Queue the Events of the reports that need one (`notes` by table rule, e.g. who
+        approved); how many were queued."""
         wanted = [r for r in reports
                   if not r.decision.dry_run and r.result.outcome in RECORDED]
         if not wanted:
             return 0
         self._ensure_started()
         try:
-            self._queue.put_nowait((event, wanted))
+            self._queue.put_nowait((event, wanted, notes))
         except queue.Full:
             self._drop(event, wanted, f"audit queue full ({self._queue.maxsize} events waiting)")
             return 0
@@ -77,8 +79,11 @@ class AuditQueue:
             try:
                 if item is None:
                     return
-                event, reports = item
-                self.recorder.record_all(event, reports)
+                event, reports, notes = item
+                if notes:
+                    self.recorder.record_all(event, reports, notes)
+                else:  # the common case, in the shape every recorder takes
+                    self.recorder.record_all(event, reports)
             except Exception:  # noqa: BLE001 - record_all never raises; a bug must not stop us
                 logger.exception("recording audit Events failed")
             finally:
@@ -94,7 +99,7 @@ class AuditQueue:
                 return
             try:
                 if item is not None:
-                    self._drop(*item, "stopping before it was recorded")
+                    self._drop(item[0], item[1], "stopping before it was recorded")
             finally:
                 self._queue.task_done()
 

@@ -1,5 +1,5 @@
-"""The `responder` command: serve, check an action table, replay recorded events, list the
-actions."""
+"""The `responder` command: serve, check an action table, replay recorded events, approve or
+reject a waiting response, undo what was done about one, list the actions."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TextIO
 
 from .errors import ConfigError, EventError, TableError
@@ -56,11 +56,43 @@ def _parser() -> argparse.ArgumentParser:
     replay = sub.add_parser("replay", help="show what a table would do with recorded events")
     replay.add_argument("events", help="JSON-lines file of Falco events ('-' for stdin)")
     replay.add_argument("--actions", help="action table (default: the packaged table)")
-    replay.add_argument("--format", choices=("json", "table"), default="json")
+    replay.add_argument("--format", choices=("json", "table"),
+                        help="JSON lines (the default) or a human-readable table (the "
+                        "default with --expect)")
+    replay.add_argument("--against", metavar="OLD.yaml",
+                        help="print only the events whose decisions differ from this table's")
+    replay.add_argument("--expect", metavar="EXPECTED.jsonl",
+                        help="compare the decisions to this recorded replay; exit 1 with the "
+                        "differences")
+    replay.add_argument("--write-expect", metavar="PATH", nargs="?", const="",
+                        help="record the replay as an expectation at PATH (default: the "
+                        "--expect file) instead of comparing")
     replay.add_argument("--to", metavar="URL",
                         help="instead, POST each event to a running responder and print replies")
     replay.add_argument("--token", help="bearer token for --to (or RESPONDER_REPLAY_TOKEN)")
     replay.set_defaults(run=_replay)
+
+    for verb in ("approve", "reject"):
+        decide = sub.add_parser(verb, help=f"{verb} an event awaiting approval on a running "
+                                "responder")
+        decide.add_argument("uuid", help="the event's uuid (as in its Slack message or "
+                            "GET /events/<uuid>)")
+        decide.add_argument("--to", metavar="URL", required=True,
+                            help="the responder's base URL, e.g. http://localhost:2801")
+        decide.add_argument("--token", help="bearer token (or RESPONDER_REPLAY_TOKEN)")
+        decide.add_argument("--as", dest="by", metavar="NAME",
+                            help="approver name recorded (default: your login name)")
+        decide.set_defaults(run=_decide, verb=verb)
+
+    undo = sub.add_parser("undo", help="ask a running responder to undo what it did about "
+                          "an event")
+    undo.add_argument("uuid", help="the event's uuid (as GET /events/<uuid> knows it)")
+    undo.add_argument("--to", metavar="URL", required=True,
+                      help="the responder's base URL, e.g. http://falco-responder:2801")
+    undo.add_argument("--token", help="bearer token (or RESPONDER_UNDO_TOKEN)")
+    undo.add_argument("--as", dest="by", metavar="NAME",
+                      help="who undoes it, kept in the journal (default: anonymous)")
+    undo.set_defaults(run=_undo)
 
     actions = sub.add_parser("actions", help="list every action: parameters, needs, limits, "
                              "RBAC")
@@ -123,6 +155,12 @@ def _check(args: argparse.Namespace) -> int:
     return status
 
 
+def _decide(args: argparse.Namespace) -> int:
+    from .replay_remote import post_decision
+
+    return post_decision(args.to, args.uuid, args.verb, args.by, args.token, sys.stdout)
+
+
 def _actions(args: argparse.Namespace) -> int:
     from .actions import default_registry
     from .catalog import describe_actions, format_markdown, format_text
@@ -139,6 +177,7 @@ def _actions(args: argparse.Namespace) -> int:
 
 def _replay(args: argparse.Namespace) -> int:
     configure_cli_logging()
+    _check_replay_options(args)
     with _open(args.events) as stream:
         if args.to:
             from .replay_remote import post_events
@@ -148,6 +187,8 @@ def _replay(args: argparse.Namespace) -> int:
 
         registry = default_registry()
         table = load_table(args.actions, registry)
+        if args.against or args.expect or args.write_expect is not None:
+            return _replay_compared(args, stream.readlines(), table)
         lines = replay_events(stream, table)
         if args.format == "table":
             print(format_table(list(lines)))
@@ -157,7 +198,66 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def replay_events(stream: TextIO, table: Table, settings: Settings | None = None
+def _check_replay_options(args: argparse.Namespace) -> None:
+    recording = args.write_expect is not None
+    if args.to and (args.against or args.expect or recording):
+        raise ConfigError("--to sends events to a responder: it cannot be combined with "
+                          "--against, --expect or --write-expect")
+    if args.against and (args.expect or recording):
+        raise ConfigError("--against compares two tables, --expect a table and a recorded "
+                          "replay: give one of them")
+    if recording and not (args.write_expect or args.expect):
+        raise ConfigError("--write-expect needs a path (or --expect's)")
+
+
+def _replay_compared(args: argparse.Namespace, texts: list[str], table: Table) -> int:
+    """--write-expect records the replay; --against and --expect print only the events
+    decided differently. Only --expect turns a difference into exit status 1."""
+    from .replaydiff import read_expectation, write_expectation
+    from .tablediff import changed_events
+
+    lines = list(replay_events(texts, table))
+    if args.write_expect is not None:
+        path = args.write_expect or args.expect
+        print(f"{path}: recorded {write_expectation(path, lines)} replay line(s)",
+              file=sys.stderr)
+        return 0
+    if args.against:
+        from .actions import default_registry
+        from .table import load_table
+
+        before = list(replay_events(texts, load_table(args.against, default_registry())))
+        about, sides = f"by {table.source} than by {args.against}", ("BEFORE", "AFTER")
+    else:
+        before = read_expectation(args.expect)
+        about, sides = f"than recorded in {args.expect}", ("RECORDED", "NOW")
+    changes = changed_events(before, lines)
+    _print_changes(changes, args.format or ("table" if args.expect else "json"), sides)
+    hint = "; if intended, record it again with --write-expect" if args.expect and changes else ""
+    print(f"{len(changes)} of {len(lines)} event(s) decided differently {about}{hint}",
+          file=sys.stderr)
+    return 1 if args.expect and changes else 0
+
+
+def _print_changes(changes: list[dict[str, Any]], shape: str, sides: tuple[str, str]) -> None:
+    if shape == "table":
+        if changes:
+            from .replaydiff import format_changes
+
+            print(format_changes(changes, *sides))
+        return
+    for change in changes:
+        print(json.dumps(change))
+
+
+def _undo(args: argparse.Namespace) -> int:
+    from .undo_remote import post_undo
+
+    configure_cli_logging()
+    return post_undo(args.uuid, args.to, args.token, args.by, sys.stdout)
+
+
+def replay_events(stream: Iterable[str], table: Table, settings: Settings | None = None
                   ) -> Iterator[dict[str, Any]]:
     """One replay object per input line; bad lines give {"line": n, "error": ...} and go on."""
     from .actions import default_registry
@@ -197,9 +297,9 @@ def format_table(lines: list[dict[str, Any]]) -> str:
             target = "/".join(str(v) for v in act["target"].values()) or "-"
             outcome = act["outcome"] + (f": {act['reason']}" if act.get("reason") else "")
             rows.append((line["rule"], line["priority"], matched, act["action"], target, outcome))
-    widths = [min(max(len(r[i]) for r in rows), 48) for i in range(len(rows[0]) - 1)]
-    return "\n".join("  ".join(c[:w].ljust(w) for c, w in zip(r, widths, strict=False)) + "  "
-                     + r[-1] for r in rows)
+    from .replaydiff import format_columns
+
+    return format_columns(rows)
 
 
 def _open(path: str) -> TextIO:

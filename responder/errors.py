@@ -28,3 +28,12 @@ class TableError(ConfigError):
         summary = f"{source}: {len(self.problems)} problem(s) in the action table"
         # Each line names the file too, so grep and editors can jump straight to it.
         super().__init__("\n".join([summary, *(f"  {source}: {p}" for p in self.problems)]))
+
+
+class UndoRefused(ResponderError):
+    """An undo that cannot be started: `status` is the HTTP answer (404 unknown event, 409
+    still being acted on or already being undone, 400 a bad request)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status

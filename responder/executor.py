@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,6 +127,30 @@ class Executor:
                 record(index, report)
         self._close_idle_windows(run, reports)
         return reports
+
+    def precheck(self, plan: Plan, indices: Collection[int]) -> dict[int, str | None]:
+        """For the decisions at `indices`: why each would be skipped if it ran now (None: it
+        would run), checked against the live cluster as a run checks it, acting on nothing."""
+        run = _Run(plan)
+        others = {i: Result(Outcome.SKIPPED) for i in range(len(plan.decisions))
+                  if i not in indices}
+        self._inspect_pod(run, others)
+        run.verification = verify_container(run.pod, plan.event.field("container.id"))
+        return {i: self._preview(run, plan.decisions[i]) for i in indices}
+
+    def _preview(self, run: _Run, decision: Decision) -> str | None:
+        if decision.skip_reason or self.actions is None or decision.dry_run:
+            return decision.skip_reason
+        if run.pod_error is not None:
+            return f"cannot read the pod: {api_failure(run.pod_error)}"
+        target = self._target(run, decision)
+        if "node" in decision.needs and not target.node:
+            return "pod's node unknown and the event has no hostname"
+        try:
+            return self.guardrails.preview(self.actions[decision.action], decision, target,
+                                           run.pod, run.verification, run.plan.limits)
+        except Exception as exc:  # noqa: BLE001 - e.g. listing nodes failed: said, not fatal
+            return f"guardrail check failed: {api_failure(exc)}"
 
     def _decide(self, run: _Run, decision: Decision) -> ActionReport:
         target = self._target(run, decision)
@@ -300,7 +324,9 @@ def decision_fields(plan: Plan, decision: Decision, target: Target,
 
 def log_decision_fields(fields: dict[str, Any]) -> None:
     """The `decision` audit record, from `decision_fields`."""
+    # An approval (who approved, rejected, or the timeout) is said only where there was one.
+    approval = f" approval={fields['approval']!r}" if fields.get("approval") else ""
     logger.info("decision rule=%r table_rule=%s action=%s target=%s outcome=%s dry_run=%s "
-                "uuid=%s reason=%s", fields["rule"], fields["table_rule"], fields["action"],
+                "uuid=%s reason=%s%s", fields["rule"], fields["table_rule"], fields["action"],
                 fields["target"], fields["outcome"], fields["dry_run"], fields["uuid"],
-                fields["reason"], extra={"decision": fields})
+                fields["reason"], approval, extra={"decision": fields})

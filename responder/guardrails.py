@@ -15,7 +15,7 @@ from typing import Any
 from kubernetes.client import CoreV1Api
 from kubernetes.client.exceptions import ApiException
 
-from .actions import Action, Clearance, Guard, Limits, PodFacts, Target
+from .actions import Action, Clearance, Guard, Limits, Outcome, PodFacts, Result, Target
 from .decisions import Decision
 from .shared import SharedState
 
@@ -154,9 +154,10 @@ class Guardrails:
         self.on_trip = on_trip or (lambda name: None)
 
     def check(self, action: Action, decision: Decision, target: Target, pod: PodFacts | None,
-              verification: Verification, limits: Limits) -> Clearance:
+              verification: Verification, limits: Limits,
+              trip: Callable[[str, str], str] | None = None) -> Clearance:
         """Whether the action may run now under the plan's `limits`; a cleared action must be
-        run and its result settled."""
+        run and its result settled. `trip` replaces the counting, alerting one (a preview)."""
         if verification.verdict is Verdict.CONTRADICTED:
             # A node taken from a pod that is not the event's would be the wrong node, too.
             return Clearance(verification.reason)
@@ -165,7 +166,20 @@ class Guardrails:
             return Clearance(reason)
         if reason := unverified_reason(decision, verification):
             return Clearance(reason)
-        return action.clear(Guard(limits, self.shared, self._trip, decision.params), target, pod)
+        return action.clear(Guard(limits, self.shared, trip or self._trip, decision.params),
+                            target, pod)
+
+    def preview(self, action: Action, decision: Decision, target: Target,
+                pod: PodFacts | None, verification: Verification, limits: Limits) -> str | None:
+        """Why the action would be skipped if it ran now, without running it: a place held
+        in a limit goes back at once, and a limit reached neither counts nor alerts."""
+        with action.exclusive():
+            clearance = self.check(action, decision, target, pod, verification, limits,
+                                   trip=lambda name, reason: reason)
+            if clearance.reason:
+                return clearance.reason
+            clearance.settle(Result(Outcome.SKIPPED, "only a preview"))
+        return clearance.answer.reason if clearance.answer else None
 
     def _pod_reason(self, action: Action, decision: Decision, target: Target,
                     pod: PodFacts | None, limits: Limits) -> str | None:

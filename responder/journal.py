@@ -23,6 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import alerts
+from .alerts import AlertSummary
+
 logger = logging.getLogger(__name__)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -30,7 +33,7 @@ CREATE TABLE IF NOT EXISTS events (
     key TEXT NOT NULL UNIQUE,          -- idempotency key: Sidekick uuid or content hash
     body BLOB NOT NULL,
     received REAL NOT NULL,
-    state TEXT NOT NULL DEFAULT 'pending',   -- pending, running, done, failed
+    state TEXT NOT NULL DEFAULT 'pending',   -- pending, running, awaiting-approval, done, failed
     attempts INTEGER NOT NULL DEFAULT 0,
     not_before REAL NOT NULL DEFAULT 0,
     lease_until REAL,
@@ -55,19 +58,37 @@ CREATE TRIGGER IF NOT EXISTS depth_in AFTER INSERT ON events
 CREATE TRIGGER IF NOT EXISTS depth_out AFTER UPDATE OF state ON events
     WHEN NEW.state IN ('done', 'failed') AND OLD.state IN ('pending', 'running')
     BEGIN UPDATE depth SET n = n - 1; END;
+-- An event awaiting approval is not in the queue (nothing to do until someone decides):
+-- it leaves the count while it waits and comes back when it is due again.
+CREATE TRIGGER IF NOT EXISTS depth_wait AFTER UPDATE OF state ON events
+    WHEN NEW.state = 'awaiting-approval' AND OLD.state IN ('pending', 'running')
+    BEGIN UPDATE depth SET n = n - 1; END;
+CREATE TRIGGER IF NOT EXISTS depth_resume AFTER UPDATE OF state ON events
+    WHEN OLD.state = 'awaiting-approval' AND NEW.state IN ('pending', 'running')
+    BEGIN UPDATE depth SET n = n + 1; END;
 CREATE TRIGGER IF NOT EXISTS depth_gone AFTER DELETE ON events
     WHEN OLD.state IN ('pending', 'running')
     BEGIN UPDATE depth SET n = n - 1; END;
 -- How far each intake spool segment has been taken in, in the same commit as its events;
 -- offset -1 once it is read to its end and removed (kept a while, so a reader that was
 -- late cannot take it in again).
+-- Each undo of an event (POST /events/<uuid>/undo), in order: who asked, when, and what
+-- came of each action (responder.undo). Created on open, so older journals get it too.
+CREATE TABLE IF NOT EXISTS undos (event_id INTEGER NOT NULL, seq INTEGER NOT NULL,
+                                  record TEXT NOT NULL, PRIMARY KEY (event_id, seq));
 CREATE TABLE IF NOT EXISTS spool_offsets (segment TEXT PRIMARY KEY, offset INTEGER NOT NULL,
                                           records INTEGER NOT NULL, finished REAL);
 """
 # Added since the first release: a journal written by it gets them on open.
 _ADDED_COLUMNS = (("events", "owner", "TEXT"),
                   ("events", "audit_due", "INTEGER NOT NULL DEFAULT 0"),
-                  ("outcomes", "audit", "TEXT"))
+                  ("outcomes", "audit", "TEXT"),
+                  # The approval record (responder.approvals) of an event that waits or
+                  # waited for one; its deadline is `not_before` while it waits.
+                  ("events", "approval", "TEXT"))
+AWAITING = "awaiting-approval"
+# Awaiting approval past the deadline (the events_todo index finds them).
+_EXPIRED = f"WHERE state = '{AWAITING}' AND not_before <= ?"
 # Due: pending and not deferred, or leased by a worker whose lease ran out (it died).
 _DUE = ("WHERE (state = 'pending' AND not_before <= ?) "
         "OR (state = 'running' AND lease_until < ?)")
@@ -98,6 +119,11 @@ class Closing:
     error: str | None
     outcomes: dict[int, dict[str, Any]]
     audits: dict[int, dict[str, Any]] = field(default_factory=dict)
+    #: With state AWAITING: the approval record to keep (its deadline becomes not_before).
+    approval: dict[str, Any] | None = None
+    #: What the console's timeline shows of a finished event (responder.alerts), kept in
+    #: the same commit; None for an event that could not be read, or not finished.
+    summary: AlertSummary | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +134,19 @@ class AuditDue:
     event_id: int
     body: bytes | None
     decisions: list[tuple[int, dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """An event as the journal has it, for undoing it: its state, body, action outcomes
+    (in plan order) and its undos so far (oldest first)."""
+
+    id: int
+    key: str
+    state: str
+    body: bytes
+    outcomes: list[dict[str, Any]]
+    undos: list[dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -170,7 +209,7 @@ class EventStore:
                 self._connections.append(conn)
                 self._read_only = self._read_only or not os.access(self.path, os.W_OK)
         if not self._ready:
-            retry_busy(lambda: conn.executescript(SCHEMA))
+            retry_busy(lambda: conn.executescript(SCHEMA + alerts.SCHEMA))
             _add_columns(conn)
             self._ready = True
         return conn
@@ -345,10 +384,11 @@ class EventStore:
         return {idx: json.loads(report) for idx, report in rows}
 
     def finish(self, event_id: int, state: str = "done", error: str | None = None,
-               outcomes: dict[int, dict[str, Any]] | None = None) -> None:
+               outcomes: dict[int, dict[str, Any]] | None = None,
+               summary: AlertSummary | None = None) -> None:
         """Close an event, writing in the same commit the outcomes not yet recorded (those
         that touched no cluster, so nothing is lost if they are computed again)."""
-        self.finish_many([Closing(event_id, state, error, outcomes or {})])
+        self.finish_many([Closing(event_id, state, error, outcomes or {}, summary=summary)])
 
     def finish_many(self, closings: list[Closing]) -> None:
         """Close several events in one commit (a worker's batch)."""
@@ -362,7 +402,98 @@ class EventStore:
                               for c in closings for i, r in c.outcomes.items()])
             conn.executemany("UPDATE events SET state = ?, finished = ?, error = ?, "
                              "lease_until = NULL WHERE id = ?",
-                             [(c.state, now, c.error, c.event_id) for c in closings])
+                             [(c.state, now, c.error, c.event_id) for c in closings
+                              if c.approval is None])
+            # Waiting is not finished: no `finished` time (prune keeps it), due at the deadline.
+            conn.executemany("UPDATE events SET state = ?, finished = NULL, error = NULL, "
+                             "lease_until = NULL, not_before = ?, approval = ? WHERE id = ?",
+                             [(c.state, c.approval["deadline"], json.dumps(c.approval),
+                               c.event_id) for c in closings if c.approval is not None])
+            alerts.write_summaries(conn, [(c.event_id, c.state, c.summary) for c in closings
+                                          if c.summary is not None and c.approval is None])
+
+    # --- approvals -----------------------------------------------------------------
+    def approval(self, event_id: int) -> dict[str, Any] | None:
+        """The approval record of an event (None: it never waited for one)."""
+        row = self.connection().execute("SELECT approval FROM events WHERE id = ?",
+                                        (event_id,)).fetchone()
+        return json.loads(row[0]) if row and row[0] else None
+
+    def decide(self, key: str, verdict: dict[str, Any]
+               ) -> tuple[bool, str, dict[str, Any] | None] | None:
+        """Give an event awaiting approval its verdict and make it due now, in one commit.
+        None for an unknown key; else (decided, state, approval record): decided is False
+        when the event was not awaiting (never asked, decided already, timed out)."""
+        with self.transaction() as conn:
+            row = conn.execute("SELECT id, state, approval FROM events WHERE key = ?",
+                               (key,)).fetchone()
+            if row is None:
+                return None
+            approval = json.loads(row[2]) if row[2] else None
+            if row[1] != AWAITING or approval is None or approval.get("verdict"):
+                return False, row[1], approval
+            approval["verdict"] = verdict
+            conn.execute("UPDATE events SET state = 'pending', not_before = 0, approval = ? "
+                         "WHERE id = ?", (json.dumps(approval), row[0]))
+            return True, "pending", approval
+
+    def expire_approvals(self, verdict_for: Callable[[dict[str, Any]], dict[str, Any]]
+                         ) -> list[str]:
+        """Events whose approval deadline passed get `verdict_for(record)` and are due now;
+        returns their keys. An idle poll only reads (the write lock is the intake's)."""
+        now = self.clock()
+        conn = self.connection()
+        if not conn.execute(f"SELECT id FROM events {_EXPIRED} LIMIT 1", (now,)).fetchone():
+            return []
+        with self.transaction(conn):
+            rows = conn.execute(f"SELECT id, key, approval FROM events {_EXPIRED}",
+                                (now,)).fetchall()
+            for event_id, _, text in rows:
+                approval = json.loads(text)
+                approval["verdict"] = verdict_for(approval)
+                conn.execute("UPDATE events SET state = 'pending', not_before = 0, "
+                             "approval = ? WHERE id = ?", (json.dumps(approval), event_id))
+        return [row[1] for row in rows]
+
+    def update_approval(self, key: str, changes: dict[str, Any]) -> dict[str, Any] | None:
+        """Merge `changes` into an event's approval record (e.g. its Slack message);
+        the record as now stored, None if there is none."""
+        with self.transaction() as conn:
+            row = conn.execute("SELECT id, approval FROM events WHERE key = ?",
+                               (key,)).fetchone()
+            if row is None or not row[1]:
+                return None
+            approval = {**json.loads(row[1]), **changes}
+            conn.execute("UPDATE events SET approval = ? WHERE id = ?",
+                         (json.dumps(approval), row[0]))
+            return approval
+
+    def awaiting_targets(self) -> dict[str, str]:
+        """The approval targets (`targets` of the record) of events awaiting a verdict, to
+        the event's key."""
+        rows = self.connection().execute(
+            f"SELECT key, approval FROM events WHERE state = '{AWAITING}'").fetchall()
+        found: dict[str, str] = {}
+        for key, text in rows:
+            record = json.loads(text) if text else {}
+            if not record.get("verdict"):
+                found.update(dict.fromkeys(record.get("targets", []), key))
+        return found
+
+    def awaiting_unannounced(self) -> list[tuple[bytes, dict[str, Any]]]:
+        """Events awaiting approval whose Slack message was never posted (Slack failed, or
+        the process stopped first): body and approval record."""
+        rows = self.connection().execute(
+            f"SELECT body, approval FROM events WHERE state = '{AWAITING}' "
+            "ORDER BY id").fetchall()
+        found = [(bytes(body), json.loads(text)) for body, text in rows if text]
+        return [(body, record) for body, record in found if not record.get("slack")]
+
+    def approval_of(self, key: str) -> tuple[bytes, dict[str, Any]] | None:
+        """An event's body and approval record by key (None: unknown, or never asked)."""
+        row = self.connection().execute("SELECT body, approval FROM events WHERE key = ?",
+                                        (key,)).fetchone()
+        return (bytes(row[0]), json.loads(row[1])) if row and row[1] else None
 
     # --- the audit trail: records logged once, after the commit that makes them true --
     def audit_due(self, event_ids: list[int]) -> list[AuditDue]:
@@ -395,7 +526,8 @@ class EventStore:
         """Finished events with records not yet logged whose worker is gone (it died
         between its closing commit and its log lines)."""
         rows = self.connection().execute(
-            "SELECT id, owner FROM events WHERE state IN ('done', 'failed') AND (audit_due = 1 "
+            "SELECT id, owner FROM events WHERE state IN ('done', 'failed', 'awaiting-approval') "
+            "AND (audit_due = 1 "
             "OR id IN (SELECT event_id FROM outcomes WHERE audit IS NOT NULL)) "
             "ORDER BY id").fetchall()
         return [event_id for event_id, owner in rows if owner is None or not alive(owner)]
@@ -431,12 +563,42 @@ class EventStore:
 
     def status(self, key: str) -> dict[str, Any] | None:
         row = self.connection().execute(
-            "SELECT id, state, attempts, error FROM events WHERE key = ?", (key,)).fetchone()
+            "SELECT id, state, attempts, error, approval FROM events WHERE key = ?",
+            (key,)).fetchone()
         if row is None:
             return None
         outcomes = self.recorded(row[0])
-        return {"uuid": key, "state": row[1], "attempts": row[2], "error": row[3],
-                "decisions": [outcomes[i] for i in sorted(outcomes)]}
+        status = {"uuid": key, "state": row[1], "attempts": row[2], "error": row[3],
+                  "decisions": [outcomes[i] for i in sorted(outcomes)]}
+        if row[4]:
+            status["approval"] = json.loads(row[4])
+        undos = self.undos(row[0])
+        if undos:
+            status["undos"] = undos
+        return status
+
+    # --- undo ------------------------------------------------------------------------
+    def lookup(self, key: str) -> Recorded | None:
+        """The event `key` with its outcomes and undos, or None when unknown."""
+        row = self.connection().execute(
+            "SELECT id, state, body FROM events WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        outcomes = self.recorded(row[0])
+        return Recorded(row[0], key, row[1], bytes(row[2]),
+                        [outcomes[i] for i in sorted(outcomes)], self.undos(row[0]))
+
+    def undos(self, event_id: int) -> list[dict[str, Any]]:
+        rows = self.connection().execute(
+            "SELECT record FROM undos WHERE event_id = ? ORDER BY seq", (event_id,)).fetchall()
+        return [json.loads(row[0]) for row in rows]
+
+    def record_undo(self, event_id: int, record: dict[str, Any]) -> None:
+        """Keep one undo of an event, after those before it."""
+        with self.transaction() as conn:
+            conn.execute("INSERT INTO undos (event_id, seq, record) SELECT ?, "
+                         "COALESCE(MAX(seq), 0) + 1, ? FROM undos WHERE event_id = ?",
+                         (event_id, json.dumps(record), event_id))
 
     def sync(self) -> None:
         """Checkpoint the WAL: the batched fsync that makes recent commits power-safe."""
@@ -449,8 +611,11 @@ class EventStore:
         with self.transaction(conn):
             conn.execute("DELETE FROM outcomes WHERE event_id IN (SELECT id FROM events "
                          "WHERE state IN ('done', 'failed') AND finished < ?)", (cutoff,))
+            conn.execute("DELETE FROM undos WHERE event_id IN (SELECT id FROM events "
+                         "WHERE state IN ('done', 'failed') AND finished < ?)", (cutoff,))
             gone = conn.execute("DELETE FROM events WHERE state IN ('done', 'failed') "
                                 "AND finished < ?", (cutoff,)).rowcount
+            alerts.prune_summaries(conn, cutoff)
             conn.execute("DELETE FROM spool_offsets WHERE finished < ?", (cutoff,))
         return gone
 

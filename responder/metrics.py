@@ -59,6 +59,9 @@ class Metrics:
                                     "still queued at shutdown)", ["outcome"], registry=r)
         self.slack = Counter("responder_slack_notifications", "Slack notifications by outcome",
                              ["outcome"], registry=r)
+        self.approvals = Counter("responder_approvals", "Verdicts on events awaiting approval: "
+                                 "approved, rejected or timed-out, given over slack, http or "
+                                 "by the timeout", ["decision", "via"], registry=r)
         # Across processes: 0 if any live process failed its last reload.
         self.table_valid = Gauge("responder_action_table_valid",
                                  "1 when the table file on disk loaded, 0 when the last "

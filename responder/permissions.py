@@ -12,6 +12,8 @@ from .actions import Rbac, Registry
 OWN_RBAC = (
     Rbac("events", ("create",), why="record every action taken as a Kubernetes Event on the "
          "object it touched, so `kubectl describe` shows who changed it and why"),
+    Rbac("events", ("list",), why="the console's alert page lists the audit Events recorded "
+         "for that alert (reason FalcoResponse, on the objects it acted on)"),
 )
 
 

@@ -1,10 +1,13 @@
-"""`responder replay --to URL`: send recorded events to a running responder, print its replies."""
+"""`responder replay --to URL` and `responder approve|reject --to URL`: talk to a running
+responder over HTTP, print its replies."""
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 from typing import TextIO
+from urllib.parse import quote
 
 import requests
 
@@ -41,3 +44,26 @@ def _post(session: requests.Session, url: str, line: str, headers: dict) -> dict
     except ValueError:
         body = {"text": response.text[:500]}
     return {"status": response.status_code, "reply": body}
+
+
+def post_decision(base_url: str, uuid: str, verb: str, by: str | None, token: str | None,
+                  out: TextIO) -> int:
+    """POST /events/<uuid>/approve (or /reject) naming the approver; print the reply. Exit
+    status 0 when decided, 1 otherwise (unknown event, decided already, refused)."""
+    token = token or os.environ.get("RESPONDER_REPLAY_TOKEN")
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    url = f"{base_url.rstrip('/')}/events/{quote(uuid, safe='')}/{verb}"
+    body = json.dumps({"by": by or _login_name()})
+    with requests.Session() as session:
+        reply = _post(session, url, body, headers)
+    out.write(json.dumps(reply) + "\n")
+    return 0 if reply.get("status") == 200 else 1
+
+
+def _login_name() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (a container's random uid)
+        return f"uid {os.getuid()}"

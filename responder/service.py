@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from kubernetes.client import ApiClient, CoreV1Api
 
-from .actions import Registry, Services
+from .actions import Outcome, Registry, Result, Services
+from .approvals import audit_note, gated_decisions
 from .audit import EventRecorder
 from .auditqueue import AuditQueue
 from .decisions import Plan, plan_response
@@ -27,6 +29,8 @@ from .shared import SharedState
 from .table import Table
 
 logger = logging.getLogger(__name__)
+INLINE_CANNOT_WAIT = ("approval required, but RESPONDER_INTAKE=inline cannot wait for one "
+                      "(use the queue intake)")
 MAX_LABEL_LENGTH = 128  # Falco's rule names run to about 60 characters, its sources to 15
 
 
@@ -83,6 +87,8 @@ class Responder:
         # One attribute assignment: a request sees the old table or the new, never a mix;
         # its limits travel with each plan made from it.
         self._table = table
+        #: When this table began to serve (the console shows it).
+        self.table_loaded_at = time.time()
         self.metrics.table_rules.set(len(table.rules))
 
     def plan(self, event: Event) -> Plan:
@@ -95,7 +101,11 @@ class Responder:
         self.count_received(event)
         log_received(event)
         plan = self.plan(event)
-        reports = self.executor.execute(plan)
+        # Inline intake cannot wait for a person (the reply is the response): never act
+        # without the approval the table asks for. Refused at start; this covers a reload.
+        gated = gated_decisions(self.table, plan, self.executor.actions is not None)
+        held = {i: Result(Outcome.SKIPPED, INLINE_CANNOT_WAIT) for i in gated}
+        reports = self.executor.execute(plan, held)
         self.after_actions(plan, reports)
         return reply_body(plan, reports)
 
@@ -103,13 +113,50 @@ class Responder:
         # The number of series is bounded by Metrics.count_event (MAX_EVENT_SERIES).
         self.metrics.count_event(clip_label(event.rule), event.priority.label, event.source)
 
-    def after_actions(self, plan: Plan, reports: list[ActionReport]) -> None:
-        """Tell people (Slack) and the cluster (Events) what was done. Never raises."""
+    def after_actions(self, plan: Plan, reports: list[ActionReport],
+                      approval: dict[str, Any] | None = None) -> None:
+        """Tell people (Slack) and the cluster (Events) what was done. Never raises.
+        After an approval (`approval`: the journal's record, with its verdict), the
+        approval's message is updated in place and the audit Events name the approver."""
+        notes: dict[str, str] = {}
+        if approval is not None and approval.get("verdict"):
+            note = audit_note(approval["verdict"])
+            notes = {rule: note for rule in approval.get("rules", [])}
         if self.notifier is not None:
-            self.notifier.maybe_notify(plan.event, reports, plan.matched,
-                                       notify_choices(self.table, plan.matched))
+            if approval is not None:
+                self.notifier.update_approval(plan.event, approval, reports,
+                                              self.approval_message(plan.event.uuid))
+            else:
+                self.notifier.maybe_notify(plan.event, reports, plan.matched,
+                                           notify_choices(self.table, plan.matched))
         if self.audit is not None:
-            self.audit.record_all(plan.event, reports)
+            self.audit.record_all(plan.event, reports, notes)
+
+    def request_approval(self, event: Event, reports: list[ActionReport],
+                         record: dict[str, Any]) -> None:
+        """Ask in Slack (when on) for the approval an event waits for; the message's handle
+        goes into the journal, so later updates edit it, from any process."""
+        if self.notifier is None:
+            return
+        uuid = event.uuid
+
+        def keep(handle: Any) -> None:
+            if self.store is not None:
+                self.store.update_approval(uuid, {"slack": {"channel": handle[0],
+                                                            "ts": handle[1]}})
+        self.notifier.request_approval(event, reports, record, on_sent=keep)
+
+    def approval_message(self, uuid: str) -> Callable[[], tuple[str, str] | None]:
+        """Where an approval's Slack message is, read when the update is sent (the post
+        may still be on its way when someone decides)."""
+        def find() -> tuple[str, str] | None:
+            known = self.store.approval_of(uuid) if self.store is not None else None
+            slack = known[1].get("slack") if known else None
+            return (slack["channel"], slack["ts"]) if slack else None
+        return find
+
+    def count_verdict(self, verdict: dict[str, Any]) -> None:
+        self.metrics.inc(self.metrics.approvals, verdict["decision"], verdict["via"])
 
     def alert(self, text: str) -> None:
         logger.warning("alert: %s", text)

@@ -6,7 +6,7 @@ import fnmatch
 import operator
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,14 @@ _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
 _TOP_KEYS = {"defaults", "rules"}
 #: The defaults every table has; the actions' limits (Action.limits) add theirs.
 _DEFAULT_KEYS = {"dry_run", "protected_namespaces", "coalesce_seconds", "skip_standalone_pods"}
-_RULE_KEYS = {"name", "match", "actions", "continue", "dry_run", "notify", "allow_unverified"}
+_RULE_KEYS = {"name", "match", "actions", "continue", "dry_run", "notify", "allow_unverified",
+              "approval"}
+_APPROVAL_KEYS = {"required", "timeout", "on_timeout"}
+ON_TIMEOUT = ("skip", "run")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h)?\s*$")
+_UNIT_SECONDS = {None: 1, "s": 1, "m": 60, "h": 3600}
+DEFAULT_APPROVAL_TIMEOUT = 900.0  # 15 minutes: long enough to see a message, short enough
+# that a forgotten request does not hang over the cluster for a shift
 NOTIFIERS = ("slack",)
 _MATCH_KEYS = {"rules", "priority", "tags", "source", "output_fields"}
 _ACTION_KEYS = {"action", "params", "on_failure"}
@@ -87,6 +94,15 @@ class ActionSpec:
 
 
 @dataclass(frozen=True)
+class Approval:
+    """A table rule's live actions wait for a person (Slack or HTTP) before they run."""
+
+    timeout_seconds: float = DEFAULT_APPROVAL_TIMEOUT
+    #: What happens when nobody decides in time: "skip" the actions or "run" them.
+    on_timeout: str = "skip"
+
+
+@dataclass(frozen=True)
 class TableRule:
     name: str
     match: Match
@@ -98,6 +114,8 @@ class TableRule:
     #: Destructive actions may act on events whose pod cannot be verified (no container.id,
     #: as in every k8s_audit event). Never on one whose container.id contradicts the pod.
     allow_unverified: bool = False
+    #: None: the rule's actions run at once; else they wait for approval.
+    approval: Approval | None = None
 
 
 @dataclass(frozen=True)
@@ -107,9 +125,19 @@ class Table:
     dry_run: bool = True
     protected_namespaces: frozenset[str] = frozenset({"kube-system"})
     limits: Limits = Limits()
+    #: The YAML it was parsed from (the console shows it, and its digest).
+    text: str = field(default="", repr=False, compare=False)
 
     def is_dry_run(self, rule: TableRule) -> bool:
         return self.dry_run if rule.dry_run is None else rule.dry_run
+
+    def approval_of(self, name: str) -> Approval | None:
+        """The approval a table rule asks for, by name (None: none, or no such rule)."""
+        return next((rule.approval for rule in self.rules if rule.name == name), None)
+
+    @property
+    def needs_approval(self) -> bool:
+        return any(rule.approval is not None for rule in self.rules)
 
 
 def load_table(path: str | Path | None, registry: Registry) -> Table:
@@ -138,7 +166,7 @@ def parse_table(text: str, source: str, registry: Registry) -> Table:
     table = _build_table(doc, source, registry, problems)
     if problems:
         raise TableError(source, problems)
-    return table
+    return replace(table, text=text)
 
 
 def match_rules(table: Table, event: Event) -> list[TableRule]:
@@ -274,7 +302,43 @@ def _build_rule(index: int, raw: Any, registry: Registry, sink: list[str]) -> Ta
         dry_run=_optional_bool(raw, "dry_run", None, problems),
         notify=_build_notify(raw, problems),
         allow_unverified=_build_allow_unverified(raw, actions, registry, problems),
+        approval=_build_approval(raw.get("approval"), problems),
     )
+
+
+def parse_duration(raw: Any) -> float | None:
+    """Seconds from a number of seconds or a string such as 30s, 15m, 2h; None if neither."""
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int | float):
+        return float(raw)
+    found = _DURATION.match(raw) if isinstance(raw, str) else None
+    return float(found.group(1)) * _UNIT_SECONDS[found.group(2)] if found else None
+
+
+def _build_approval(raw: Any, problems: _Problems) -> Approval | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        problems.add("approval", "must be a mapping such as {required: true, timeout: 15m, "
+                     "on_timeout: skip}")
+        return None
+    for key in sorted(set(raw) - _APPROVAL_KEYS, key=str):
+        problems.add(f"approval.{key}",
+                     f"unknown key (known: {', '.join(sorted(_APPROVAL_KEYS))})")
+    required = raw.get("required", True)
+    if not isinstance(required, bool):
+        problems.add("approval.required", "must be true or false")
+    seconds = parse_duration(raw.get("timeout", DEFAULT_APPROVAL_TIMEOUT))
+    if seconds is None or seconds <= 0:
+        problems.add("approval.timeout", "must be a positive duration: seconds, or a number "
+                     "with s, m or h (30s, 15m, 2h)")
+        seconds = DEFAULT_APPROVAL_TIMEOUT
+    on_timeout = raw.get("on_timeout", "skip")
+    if on_timeout not in ON_TIMEOUT:
+        problems.add("approval.on_timeout", "must be skip or run")
+        on_timeout = "skip"
+    return Approval(seconds, on_timeout) if required is True else None
 
 
 def _build_allow_unverified(raw: dict, actions: tuple[ActionSpec, ...], registry: Registry,

@@ -6,7 +6,7 @@ Pure functions over replay lines (`responder replay`'s output shape), shared by
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 
@@ -18,7 +18,10 @@ def decision_change(before: Mapping[str, Any] | None, after: Mapping[str, Any] |
     (same action and target, another outcome or reason), each as replay shows them."""
     before_actions = _actions(before)
     after_actions = _actions(after)
-    if before_actions == after_actions and _matched(before) == _matched(after):
+    # An error line that only one side has (an event that no longer parses, or now does) is
+    # a change; the wording of an error on both sides is not a decision.
+    if (before_actions == after_actions and _matched(before) == _matched(after)
+            and _is_error(before) == _is_error(after)):
         return None
     old = _keyed(before_actions)
     new = _keyed(after_actions)
@@ -36,11 +39,13 @@ def decision_change(before: Mapping[str, Any] | None, after: Mapping[str, Any] |
 def changed_events(before: Iterable[Mapping[str, Any]], after: Iterable[Mapping[str, Any]]
                    ) -> list[dict[str, Any]]:
     """The events whose decisions differ, in the order of `after` (then events only
-    `before` has). Lines are paired by uuid; error lines (`{"line", "error"}`) by line."""
-    old = {_line_key(line): line for line in before}
+    `before` has). Lines are paired by uuid (the n-th line with a uuid on one side with the
+    n-th on the other: a file may hold an event twice); error lines (`{"line", "error"}`)
+    by line."""
+    old = dict(_keyed_lines(before))
     changes = []
-    for line in after:
-        change = decision_change(old.pop(_line_key(line), None), line)
+    for key, line in _keyed_lines(after):
+        change = decision_change(old.pop(key, None), line)
         if change is not None:
             changes.append(_with_error(change, line))
     for line in old.values():
@@ -56,10 +61,17 @@ def _with_error(change: dict[str, Any], line: Mapping[str, Any]) -> dict[str, An
     return change
 
 
-def _line_key(line: Mapping[str, Any]) -> tuple[str, Any]:
-    if "error" in line:
-        return ("line", line.get("line"))
-    return ("uuid", line.get("uuid"))
+def _keyed_lines(lines: Iterable[Mapping[str, Any]]
+                 ) -> Iterator[tuple[tuple[str, Any, int], Mapping[str, Any]]]:
+    seen: dict[tuple[str, Any], int] = {}
+    for line in lines:
+        base = ("line", line.get("line")) if _is_error(line) else ("uuid", line.get("uuid"))
+        seen[base] = seen.get(base, 0) + 1
+        yield (*base, seen[base]), line
+
+
+def _is_error(line: Mapping[str, Any] | None) -> bool:
+    return line is not None and "error" in line
 
 
 def _actions(line: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:

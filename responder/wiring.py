@@ -29,6 +29,7 @@ from .settings import Settings
 from .shared import RedisState, SharedState
 from .spool import SpoolWriter
 from .table import Table
+from .undo import Undoer
 from .worker import Worker
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ class Components:
     #: Where the Kubernetes client points, said at startup.
     where: str
     slack: SlackConfig | None
+    #: Undoes recorded events (`POST /events/<uuid>/undo`, and whatever else asks).
+    undoer: Undoer
 
     @property
     def metrics(self) -> Metrics:
@@ -74,6 +77,10 @@ def build_components(settings: Settings, *, table: Table | None = None,
                           state_dir)
     startup = StartupTable(table) if table else \
         load_startup_table(settings.table.actions_file, registry, state_dir)
+    if settings.intake.mode == "inline" and startup.table.needs_approval:
+        raise ConfigError(f"{startup.table.source}: a table rule asks for approval, but "
+                          "RESPONDER_INTAKE=inline acts before replying and cannot wait for "
+                          "one; use RESPONDER_INTAKE=queue")
     if api_client is UNSET:
         api_client, where = kube.connect(settings)
     else:
@@ -82,7 +89,8 @@ def build_components(settings: Settings, *, table: Table | None = None,
     metrics = Metrics()
     store = EventStore(state_dir, settings.intake.max_pending, settings.intake.drop_policy)
     shared = connect_shared(settings, store)
-    notifier = SlackNotifier(slack, on_result=lambda r: metrics.inc(metrics.slack, r)) \
+    notifier = SlackNotifier(slack, on_result=lambda r: metrics.inc(metrics.slack, r),
+                             undoable=frozenset(a.name for a in registry if a.reversal)) \
         if slack else None
     responder = Responder(settings, startup.table, registry, api_client, metrics=metrics,
                           store=store, shared=shared, notifier=notifier, evidence=evidence)
@@ -93,7 +101,16 @@ def build_components(settings: Settings, *, table: Table | None = None,
                     lease_seconds=settings.intake.lease_seconds, spool_dir=spool_dir)
     log_startup(responder, where, slack_status(slack))
     return Components(settings, registry, startup, responder, store, worker, spool_dir, where,
-                      slack)
+                      slack, build_undoer(responder))
+
+
+def build_undoer(responder: Responder) -> Undoer:
+    """Undo with the actions, retries, audit recorder and Slack the responder acts with."""
+    executor = responder.executor
+    return Undoer(responder.store, executor.actions, responder.shared,
+                  registry=responder.registry, recorder=responder.recorder,
+                  notifier=responder.notifier, retry=executor.retry,
+                  idle_reason=executor.idle_reason or "no Kubernetes cluster configured")
 
 
 def connect_shared(settings: Settings, store: EventStore) -> SharedState:
@@ -187,10 +204,10 @@ def log_startup(responder: Responder, where: str, slack: str) -> None:
     logger.info("intake: %s, journal %s; %s", responder.settings.intake.mode,
                 responder.store.path if responder.store else "-", slack)
     if not responder.armed:
-        logger.warning("DRY-RUN: no action will change the cluster (%s)", _dry_run_cause(responder))
+        logger.warning("DRY-RUN: no action will change the cluster (%s)", dry_run_cause(responder))
 
 
-def _dry_run_cause(responder: Responder) -> str:
+def dry_run_cause(responder: Responder) -> str:
     if responder.settings.table.force_dry_run:
         return "RESPONDER_DRY_RUN=true"
     if responder.api_client is None:

@@ -8,13 +8,27 @@ import os
 import random
 import threading
 import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .actions import Outcome, Result
+from .alerts import summarize
+from .approvals import (
+    approval_target,
+    audit_note,
+    gated_decisions,
+    iso,
+    new_record,
+    timeout_verdict,
+    verdict_reason,
+)
+from .decisions import Plan, resolve_target
 from .errors import EventError
 from .events import Event, parse_event
 from .executor import ActionReport, decision_fields, log_decision_fields
-from .journal import Added, Claimed, Closing, EventStore
+from .journal import AWAITING, Added, Claimed, Closing, EventStore
 from .logs import Trouble
 from .owners import owner_alive, process_owner
 from .service import Responder, log_received
@@ -51,6 +65,24 @@ def prior_results(plan, recorded) -> dict[int, Result]:
     return prior
 
 
+@dataclass
+class _Pass:
+    """One event's processing: its plan, what is recorded, what waits for approval."""
+
+    item: Claimed
+    plan: Plan
+    prior: dict[int, Result]
+    #: Indices of the decisions that wait (or waited) for approval.
+    gated: Mapping[int, Any]
+    verdict: dict[str, Any] | None
+    last_try: bool
+    #: Outcomes the worker gives, not the executor (a verdict's skip, a decision coalesced
+    #: into another event's approval): recorded by the worker.
+    given: dict[int, Result] = field(default_factory=dict)
+    deferred: dict[int, dict] = field(default_factory=dict)
+    audits: dict[int, dict] = field(default_factory=dict)
+
+
 def touched_cluster(report: ActionReport) -> bool:
     """Whether an outcome came from a live action (as opposed to dry-run, a plan-time skip
     or coalescing, which the same table and event reproduce exactly)."""
@@ -82,6 +114,10 @@ class Worker:
         self._threads: list[threading.Thread] = []
         #: The events of the batch in hand, parsed once (for their audit records too).
         self._parsed: dict[int, Event] = {}
+        #: What to do once the batch's closings are committed (approval requests).
+        self._after_commit: list[Callable[[], None]] = []
+        #: Approval targets (approvals.approval_target) this batch set waiting, to event keys.
+        self._batch_targets: dict[str, str] = {}
         self._troubles = {name: Trouble(what, logger) for name, what in (
             ("ingest", "taking spooled events into the journal"),
             ("loop", "the worker loop"), ("sync", "journal housekeeping"))}
@@ -92,11 +128,26 @@ class Worker:
         handled."""
         handled = 0
         self._ingest_safely()
+        self.expire_approvals()
         while (deadline is None or time.monotonic() < deadline) and \
                 (claimed := self.store.claim(self.batch, self.lease_seconds, self.owner)):
             handled += self._run_batch(claimed)
             self._ingest_safely()  # what arrived meanwhile joins the queue behind older ones
         return handled
+
+    def expire_approvals(self) -> list[str]:
+        """Events whose approval deadline passed get the timeout's verdict (their rule's
+        on_timeout) and are due now; returns their uuids."""
+        given: list[dict[str, Any]] = []
+
+        def verdict(record: dict[str, Any]) -> dict[str, Any]:
+            given.append(timeout_verdict(record, self.store.clock()))
+            return given[-1]
+        expired = self.store.expire_approvals(verdict)
+        for uuid, told in zip(expired, given, strict=True):
+            logger.warning("event %s: no approval in time; %s", uuid, audit_note(told))
+            self.responder.count_verdict(told)
+        return expired
 
     def _run_batch(self, claimed: list[Claimed]) -> int:
         # One commit closes the batch: after a crash its events are planned again, and
@@ -104,6 +155,7 @@ class Worker:
         closings: list[Closing] = []
         handled: list[int] = []
         self._parsed.clear()
+        self._batch_targets.clear()
         try:
             for item in claimed:
                 if not self.store.still_ours(item, self.lease_seconds):
@@ -120,6 +172,12 @@ class Worker:
                 os.sched_yield()
         finally:
             self.store.finish_many(closings)
+        for told in self._after_commit:
+            try:
+                told()
+            except Exception:  # noqa: BLE001 - a Slack problem must not stall the worker
+                logger.exception("after an approval request")
+        self._after_commit.clear()
         # Logged once committed: a crash before this plans the batch again, and logs it
         # then; one after it leaves the records marked due, for the next worker to log.
         self.log_audit(handled)
@@ -148,7 +206,17 @@ class Worker:
         left = self.store.unaudited_finished(owner_alive)
         for start in range(0, len(left), 500):  # bounded by SQLite's variable limit
             self.log_audit(left[start:start + 500])
+        self._announce_waiting()
         return released
+
+    def _announce_waiting(self) -> None:
+        """Post the Slack message of events awaiting approval that never got one (Slack
+        was down, or the process stopped between the commit and the post)."""
+        if self.responder.notifier is None:
+            return
+        for body, record in self.store.awaiting_unannounced():
+            with contextlib.suppress(EventError):  # a corrupted row: its timeout still runs
+                self.responder.request_approval(parse_event(body), [], record)
 
     def _ingest_safely(self) -> None:
         """Events already in the journal are processed even when taking more in fails."""
@@ -207,7 +275,8 @@ class Worker:
 
     def process(self, item: Claimed, closings: list[Closing]) -> None:
         """Plan and act on one claimed event; its closing goes into `closings`, which the
-        caller commits together."""
+        caller commits together. Decisions of a table rule that asks for approval wait
+        (state awaiting-approval) until a verdict makes the event due again."""
         try:
             event = parse_event(item.body)
         except EventError as exc:  # validated at intake; only a corrupted row gets here
@@ -215,44 +284,126 @@ class Worker:
             return
         self._parsed[item.id] = event
         plan = self.responder.plan(event)
-        # A first claim has nothing recorded; only a retry (or a crash's) can have.
+        # A first claim has nothing recorded; only a retry (or a crash's, or the pass after
+        # an approval) can have.
         prior = prior_results(plan, self.store.recorded(item.id).values()) \
             if item.attempts > 1 else {}
-        last_try = item.attempts >= self.max_attempts
-        deferred: dict[int, dict] = {}
-        audits: dict[int, dict] = {}
+        record = self.store.approval(item.id) if item.attempts > 1 else None
+        verdict = record.get("verdict") if record else None
+        if verdict:
+            gated = {i: None for i, d in enumerate(plan.decisions)
+                     if d.table_rule in record["rules"] and not d.dry_run}
+        else:
+            gated = gated_decisions(self.responder.table, plan,
+                                    self.responder.executor.actions is not None)
+        run = _Pass(item, plan, prior, gated, verdict, item.attempts >= self.max_attempts)
+        if gated and not verdict:
+            run.given = self._join_awaited(run)
+            run.gated = {i: a for i, a in gated.items() if i not in run.given}
+        if run.gated and not verdict:
+            self._run_until_approval(run, closings)
+        else:
+            self._run_all(run, closings, record)
+
+    def _join_awaited(self, run: _Pass) -> dict[int, Result]:
+        """Decisions whose table rule and target already wait for approval in another
+        event: coalesced into that approval (a storm asks once, as it acts once)."""
+        awaited = {**self.store.awaiting_targets(), **self._batch_targets}
+        joined = {}
+        for index in run.gated:
+            other = awaited.get(approval_target(run.plan.decisions[index]))
+            if other is not None and other != run.item.key:
+                joined[index] = Result(Outcome.COALESCED, "the same table rule and target "
+                                       f"already await approval (event {other})")
+        return joined
+
+    def _execute(self, run: _Pass, prior: dict[int, Result]) -> list[ActionReport] | None:
+        """Run what `prior` does not hold; None when the event was put back for a retry."""
+        item, plan = run.item, run.plan
+        slots = decision_slots(plan)
+        note = audit_note(run.verdict) if run.verdict else None
 
         def record(index: int, report: ActionReport) -> None:
-            if report.result.retryable and not last_try:
+            if report.result.retryable and not run.last_try:
                 return  # a transient failure is not final unless this was the last try
             stored = {**report.to_dict(), "slot": slots[index]}
             audit = decision_fields(plan, report.decision, report.target, report.result)
+            if note and index in run.gated:
+                audit["approval"] = note
             if touched_cluster(report):
                 # Durable at once: after a crash this action must not run again.
                 self.store.record(item.id, index, stored, self.lease_seconds, audit)
             else:
-                deferred[index], audits[index] = stored, audit  # recomputed if lost
+                run.deferred[index], run.audits[index] = stored, audit  # recomputed if lost
 
         # Coalescing on every try: a window knows the event that opened it, so a retry (or a
         # restart after a crash) acts for the opener and stays coalesced for the others.
-        slots = decision_slots(plan)
         reports = self.responder.executor.execute(
             plan, prior, record, heartbeat=lambda: self.store.renew(item.id, self.lease_seconds),
             log=False)
+        for index in run.given:  # decided here, not run by the executor: recorded here
+            record(index, reports[index])
         transient = [r for r in reports if r.result.retryable]
-        if transient and not last_try:
+        if transient and not run.last_try:
             self._retry_later(item, transient[0].result.reason or "transient failure")
+            return None
+        return reports
+
+    def _run_all(self, run: _Pass, closings: list[Closing], record: dict | None) -> None:
+        """Act on every decision (an event without approval, or one with its verdict:
+        approved decisions run with every check made again now; rejected or timed-out ones
+        are skipped with the verdict's reason)."""
+        reason = verdict_reason(run.verdict) if run.verdict else None
+        if reason:
+            run.given.update({i: Result(Outcome.SKIPPED, reason) for i in run.gated
+                              if i not in run.prior})
+        reports = self._execute(run, {**run.prior, **run.given})
+        if reports is None:
             return
         failed = any(r.result.outcome is Outcome.FAILED for r in reports)
-        closings.append(Closing(item.id, "failed" if failed else "done", None, deferred,
-                                audits))
-        self.responder.after_actions(plan, reports)
+        event, item = run.plan.event, run.item
+        summary = summarize(event, resolve_target(event), item.received, run.plan.matched,
+                            [(r.decision.action, str(r.result.outcome)) for r in reports])
+        closings.append(Closing(item.id, "failed" if failed else "done", None,
+                                run.deferred, run.audits, summary=summary))
+        self.responder.after_actions(run.plan, reports, record)
+
+    def _run_until_approval(self, run: _Pass, closings: list[Closing]) -> None:
+        """Act on the decisions that need no approval; check the others against the cluster
+        without acting, and leave the event awaiting approval with that plan."""
+        placeholders = {i: Result(Outcome.SKIPPED, "awaiting approval") for i in run.gated}
+        reports = self._execute(run, {**run.prior, **run.given, **placeholders})
+        if reports is None:
+            return
+        checks = self.responder.executor.precheck(run.plan, list(run.gated))
+        slots = decision_slots(run.plan)
+        planned = [{"slot": slots[i], "table_rule": reports[i].decision.table_rule,
+                    "action": reports[i].decision.action,
+                    "target": reports[i].target.describe(reports[i].decision.target_keys),
+                    "check": checks[i]} for i in sorted(run.gated)]
+        targets = sorted({approval_target(run.plan.decisions[i]) for i in run.gated})
+        record = {**new_record(run.gated, planned, self.store.clock()), "targets": targets}
+        self._batch_targets.update(dict.fromkeys(targets, run.item.key))
+        closings.append(Closing(run.item.id, AWAITING, None, run.deferred, run.audits,
+                                approval=record))
+        done = [r for i, r in enumerate(reports) if i not in run.gated]
+        logger.warning("event %s: %d action(s) of table rule(s) %s await approval until %s",
+                       run.plan.event.uuid, len(planned), ", ".join(record["rules"]),
+                       iso(record["deadline"]))
+        # Told once the closing commits: the Slack message's handle is stored with the record.
+        self._after_commit.append(lambda: self.responder.request_approval(run.plan.event, done,
+                                                                          record))
+        if self.responder.audit is not None:
+            self.responder.audit.record_all(run.plan.event, done)
 
     def _give_back(self, item: Claimed, reason: str) -> None:
         """After an unexpected error: retry later, or fail for good on the last attempt, so
         RESPONDER_MAX_ATTEMPTS bounds even a bug's retries."""
         if item.attempts >= self.max_attempts:
-            self.store.finish(item.id, "failed", reason)
+            event = self._parsed.get(item.id)
+            summary = summarize(event, resolve_target(event), item.received, (), ()) \
+                if event else None
+            self.store.finish(item.id, "failed", reason, summary=summary)
         else:
             self._retry_later(item, reason)
 

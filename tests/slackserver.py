@@ -1,18 +1,26 @@
 """A local stand-in for Slack: incoming webhooks and the Web API's chat.postMessage over real
-HTTP, with recorded requests and queued failures (429 + Retry-After, 5xx, slow answers)."""
+HTTP, with recorded requests and queued failures (429 + Retry-After, 5xx, slow answers); and
+Slack's side of interactivity: button clicks as Slack signs and sends them."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import json
 import threading
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import urlencode
 
 WEBHOOK_PATH = "/services/T000/B000/secret-webhook-part"
 POST_MESSAGE_PATH = "/api/chat.postMessage"
 UPDATE_PATH = "/api/chat.update"
+EPHEMERAL_PATH = "/api/chat.postEphemeral"
+CHANNEL = "C123"
+MESSAGE_TS = "1.0"
 
 
 @dataclass
@@ -60,6 +68,11 @@ class SlackState:
         with self.lock:
             return [r.body for r in self.requests if r.status == 200]
 
+    def answered(self, path: str) -> list[Any]:
+        """Bodies of the successful requests to one Web API method's path."""
+        with self.lock:
+            return [r.body for r in self.requests if r.status == 200 and r.path == path]
+
     def record(self, request: Request) -> Fault:
         with self.lock:
             self.requests.append(request)
@@ -93,7 +106,9 @@ class _Handler(BaseHTTPRequestHandler):
         elif webhook:
             self._send(200, "ok")
         elif self.path in (POST_MESSAGE_PATH, UPDATE_PATH):
-            self._send(200, json.dumps({"ok": True, "channel": "C123", "ts": "1.0"}))
+            self._send(200, json.dumps({"ok": True, "channel": CHANNEL, "ts": MESSAGE_TS}))
+        elif self.path == EPHEMERAL_PATH:
+            self._send(200, json.dumps({"ok": True, "message_ts": "1.0"}))
         else:
             self._send(404, json.dumps({"ok": False, "error": "unknown_method"}))
 
@@ -145,3 +160,34 @@ class SlackServer:
         self.httpd.shutdown()
         self.httpd.server_close()
         self.thread.join(5)
+
+
+def click_payload(action_id: str, value: str, user_id: str = "U0ALICE", user_name: str = "alice",
+                  channel: str = CHANNEL, message_ts: str = MESSAGE_TS) -> dict:
+    """A block_actions payload as Slack sends it for a button click (the fields we read, and
+    the others Slack sends beside them)."""
+    return {
+        "type": "block_actions", "team": {"id": "T0TEAM", "domain": "example"},
+        "user": {"id": user_id, "username": user_name, "name": user_name, "team_id": "T0TEAM"},
+        "api_app_id": "A0APP", "token": "deprecated-verification-token",
+        "container": {"type": "message", "message_ts": message_ts, "channel_id": channel,
+                      "is_ephemeral": False},
+        "trigger_id": "1.2.3", "channel": {"id": channel, "name": "security"},
+        "message": {"type": "message", "ts": message_ts, "text": "approval needed"},
+        "response_url": "https://hooks.slack.com/actions/T0TEAM/1/abc",
+        "actions": [{"type": "button", "action_id": action_id, "block_id": "approval",
+                     "value": value, "action_ts": f"{time.time():.6f}",
+                     "text": {"type": "plain_text", "text": action_id.capitalize()}}],
+    }
+
+
+def signed_interaction(secret: str, payload: dict, timestamp: int | None = None
+                       ) -> tuple[bytes, dict[str, str]]:
+    """The body and headers of Slack's interaction request: the payload form-encoded as
+    `payload=<json>`, signed v0=HMAC-SHA256(secret, "v0:{timestamp}:{body}")."""
+    body = urlencode({"payload": json.dumps(payload)})
+    stamp = str(int(time.time()) if timestamp is None else timestamp)
+    digest = hmac.new(secret.encode(), f"v0:{stamp}:{body}".encode(), hashlib.sha256)
+    return body.encode(), {"Content-Type": "application/x-www-form-urlencoded",
+                           "X-Slack-Request-Timestamp": stamp,
+                           "X-Slack-Signature": f"v0={digest.hexdigest()}"}

@@ -45,10 +45,11 @@ def test_label_pod_undo_removes_only_the_labels_it_set(kube, registry):
     with kube.api_client() as api:
         label = registry.instantiate(api, 5)["label-pod"]
         target, params = Target("shop", "web"), {"labels": {"quarantine": "true"}}
-        assert label.run(target, params).outcome is Outcome.DONE
+        done = label.run(target, params)
+        assert done.outcome is Outcome.DONE
         assert kube.api.pods[("shop", "web")]["metadata"]["labels"] == {
             "app": "web", "quarantine": "true"}
-        undone = label.undo(target, params)
+        undone = label.undo(target, done.details)
     assert undone.outcome is Outcome.DONE and undone.involved.kind == "Pod"
     assert kube.api.pods[("shop", "web")]["metadata"]["labels"] == {"app": "web"}
 
@@ -57,9 +58,10 @@ def test_cordon_node_undo_uncordons(kube, registry):
     kube.api.add_node("node-a")
     with kube.api_client() as api:
         cordon = registry.instantiate(api, 5)["cordon-node"]
-        assert cordon.run(Target(node="node-a"), {}).outcome is Outcome.DONE
+        done = cordon.run(Target(node="node-a"), {})
+        assert done.outcome is Outcome.DONE
         assert kube.api.nodes["node-a"]["spec"]["unschedulable"] is True
-        assert cordon.undo(Target(node="node-a"), {}).outcome is Outcome.DONE
+        assert cordon.undo(Target(node="node-a"), done.details).outcome is Outcome.DONE
     assert kube.api.nodes["node-a"]["spec"]["unschedulable"] is False
 
 

@@ -72,18 +72,19 @@ def test_armed_rule_labels_deletes_and_cordons_the_real_objects(cluster, apiserv
     pod, ns = f"/api/v1/namespaces/{cluster.namespace}/pods/web", cluster.namespace
     node = f"/api/v1/nodes/{shop}"
     seen = apiserver.requests_since(mark)
-    # The pod read once (node, containers, owners) before anything changes it; the node list
-    # for the cordon limits; then one audit Event per action, each accepted (201).
+    # The pod read once (node, containers, owners) before anything changes it; label-pod
+    # reads the labels' values before it (for undo); the node list for the cordon limits;
+    # then one audit Event per action, each accepted (201).
     assert [(r.verb, r.path, r.code) for r in seen] == [
-        ("get", pod, 200), ("patch", pod, 200), ("delete", pod, 200),
+        ("get", pod, 200), ("get", pod, 200), ("patch", pod, 200), ("delete", pod, 200),
         ("list", "/api/v1/nodes", 200), ("get", node, 200), ("patch", node, 200),
         ("create", f"/api/v1/namespaces/{ns}/events", 201),
         ("create", f"/api/v1/namespaces/{ns}/events", 201),
         ("create", "/api/v1/namespaces/default/events", 201)]
-    assert seen[1].body == {"metadata": {"labels": {"quarantine": "true"}}}
-    assert seen[2].body["gracePeriodSeconds"] == 0
-    assert seen[2].body["preconditions"] == {"uid": pod_uid}
-    assert seen[5].body == {"spec": {"unschedulable": True}}
+    assert seen[2].body == {"metadata": {"uid": pod_uid, "labels": {"quarantine": "true"}}}
+    assert seen[3].body["gracePeriodSeconds"] == 0
+    assert seen[3].body["preconditions"] == {"uid": pod_uid}
+    assert seen[6].body == {"spec": {"unschedulable": True}}
 
 
 def test_label_pod_sets_the_labels_on_the_live_pod(cluster, shop, respond):
@@ -171,7 +172,7 @@ def test_actions_after_a_delete_skip_the_deleted_pod(cluster, apiserver, shop, r
     assert outcomes(respond(table))[2] == ("label-pod", "skipped",
                                            "pod was deleted by an earlier action")
     assert [r.verb for r in apiserver.requests_since(mark) if "/events" not in r.path] == [
-        "get", "patch", "delete"]
+        "get", "get", "patch", "delete"]
 
 
 def test_dry_run_sends_no_request_at_all(cluster, apiserver, shop, respond):

@@ -76,3 +76,24 @@ def test_a_failing_store_does_not_hold_containment_back(cluster, node, respond, 
         ("capture-evidence", "failed"), ("isolate-pod", "done"),
         ("isolate-pod", "already-done"), ("label-pod", "done")]
     assert cluster.pod("web").metadata.labels[ISOLATED] == "web"
+
+
+def test_undo_of_the_default_containment_takes_the_isolation_and_labels_back(
+        cluster, node, apiserver, make_app, armed_default, tmp_path):
+    cluster.add_pod("web", node=node, container_ids=(FULL_CID,))
+    app = make_app(armed_default, api_client=apiserver.api_client(),
+                   state_dir=str(tmp_path / "state"))
+    client = app.test_client()
+    client.post("/", data=json.dumps(netcat_event(namespace=cluster.namespace)),
+                content_type="application/json")
+    assert app.extensions["worker"].run_pending() == 1
+    reply = client.post("/events/u-1/undo", data=json.dumps({"by": "alice"}),
+                        content_type="application/json")
+    assert reply.status_code == 200, reply.get_json()
+    assert [(a["action"], a["outcome"]) for a in reply.get_json()["actions"]] == [
+        ("capture-evidence", "not-undone"), ("isolate-pod", "undone"),
+        # The second isolate-pod found the first's policy: nothing of its own to take back.
+        ("isolate-pod", "already-undone"), ("label-pod", "undone")]
+    # Isolation and labels gone; detached, it stays detached; the evidence stays stored.
+    assert not cluster.pod("web").metadata.labels
+    assert client.get("/events/u-1/evidence").status_code == 200

@@ -37,6 +37,7 @@ from responder.notify import (
     slack_status,
 )
 
+from .netcat import netcat_event
 from .slackserver import SlackServer
 
 TOKEN = "xoxb-1111-2222-secret-token"
@@ -665,3 +666,21 @@ def test_notify_returns_at_once_while_slack_is_slow(slack, make_notifier):
     for thread in threads:
         thread.join()
     assert time.monotonic() - started < 0.5
+
+
+def test_undo_is_offered_for_one_event_whose_undoable_action_acted_never_in_a_summary():
+    from responder.notify.message import build_slack_message
+
+    event = event_from_dict(netcat_event("u-undo"))
+    target = Target("shop", "web")
+    decision = Decision("isolate", "isolate-pod", {}, target, ("namespace", "pod"), False)
+    reports = [ActionReport(decision, target, Result(Outcome.DONE))]
+
+    def buttons(message):
+        return [e["action_id"] for b in message["attachments"][0]["blocks"]
+                if b["type"] == "actions" for e in b["elements"]]
+    assert buttons(build_slack_message(event, reports, ["isolate"],
+                                       undoable={"isolate-pod"})) == ["undo"]
+    assert buttons(build_slack_message(event, reports, ["isolate"], count=3,
+                                       undoable={"isolate-pod"})) == []
+    assert buttons(build_slack_message(event, reports, ["isolate"])) == []

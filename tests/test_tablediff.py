@@ -53,3 +53,17 @@ def test_error_lines_are_paired_by_line_number_and_keep_their_error():
     bad = {"line": 3, "error": "not valid JSON"}
     assert changed_events([bad], [dict(bad)]) == []
     assert changed_events([], [line("x", act("label-pod")), bad])[0]["uuid"] == "x"
+
+
+def test_an_event_recorded_twice_is_paired_occurrence_by_occurrence():
+    twice = [line("a", act("label-pod")), line("a", act("label-pod"))]
+    assert changed_events(twice, [dict(x) for x in twice]) == []
+    changes = changed_events(twice, [line("a", act("label-pod")), line("a")])
+    assert len(changes) == 1 and changes[0]["removed"] == [act("label-pod")]
+
+
+def test_a_line_that_stops_or_starts_parsing_is_a_change_but_new_wording_is_not():
+    bad = {"line": 2, "error": "not valid JSON"}
+    assert changed_events([], [bad]) == [{**decision_change(None, bad), **bad}]
+    assert changed_events([bad], [])[0]["error"] == "not valid JSON"
+    assert changed_events([bad], [{"line": 2, "error": "event has no 'priority'"}]) == []

@@ -275,8 +275,11 @@ class Action:
         (cordoned nodes) must not have two threads both see room for one more."""
         return contextlib.nullcontext()
 
-    def undo(self, target: Target, params: Mapping[str, Any]) -> Result:
-        """Reverse what `run` did (only where `reversal` says how)."""
+    def undo(self, target: Target, details: Mapping[str, Any]) -> Result:
+        """Reverse what `run` did (only where `reversal` says how), from the `details` its
+        result recorded: DONE when reversed now, ALREADY_DONE when nothing is left to
+        reverse, SKIPPED with the reason when it must not be (the object changed since).
+        Idempotent; API errors propagate (the caller retries and reports them)."""
         raise NotImplementedError(f"{self.name} cannot be undone")
 
     @classmethod

@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import ipaddress
 from collections.abc import Mapping
 from typing import Any
 
-from kubernetes.client import AppsV1Api, NetworkingV1Api
+from kubernetes.client import AppsV1Api, NetworkingV1Api, V1DeleteOptions, V1Preconditions
 from kubernetes.client.exceptions import ApiException
 
-from .base import Action, Kind, Outcome, Param, PodFacts, Rbac, Result, Target, object_ref
+from .base import (
+    Action,
+    Kind,
+    ObjectRef,
+    Outcome,
+    Param,
+    PodFacts,
+    Rbac,
+    Result,
+    Target,
+    object_ref,
+)
 from .labels import label_map_problems, label_value_problem
-from .pods import MERGE_PATCH, POD, READ_POD
+from .pods import MERGE_PATCH, POD, READ_POD, read_pod_or_reason, refused_patch
 
 POLICY = Kind("NetworkPolicy", "networking.k8s.io/v1", name_from="pod", namespaced=True)
 #: The label the action adds; the policy selects the pod by it, and by nothing else.
@@ -120,8 +132,8 @@ class IsolatePod(Action):
     }
     rbac = (
         READ_POD,
-        Rbac("pods", ("patch",), why=f"add the {ISOLATED} label the policy selects; with "
-             "detach, remove the ReplicaSet's selector labels"),
+        Rbac("pods", ("patch",), why=f"add the {ISOLATED} label the policy selects (undo "
+             "removes it); with detach, remove the ReplicaSet's selector labels"),
         Rbac("networkpolicies", ("get",), "networking.k8s.io",
              why="tell our existing policy (already isolated) from another of the same name"),
         Rbac("networkpolicies", ("create",), "networking.k8s.io",
@@ -150,34 +162,68 @@ class IsolatePod(Action):
         return None
 
     def run(self, target: Target, params: Mapping[str, Any]) -> Result:
-        detached: list[str] = []
+        detached: dict[str, str] = {}
         if params.get("detach"):
             found = self._selector_labels(target)
             if isinstance(found, Result):
                 return found
             detached = found
-        pod = self._patch_labels(target, {ISOLATED: isolation_label(target.pod)})
+        label = {ISOLATED: isolation_label(target.pod)}
+        pod = self._patch_labels(target, label)
         if isinstance(pod, Result):
             return pod
         result = self._create_policy(target, pod.metadata.uid, params)
-        if detached and result.outcome in (Outcome.DONE, Outcome.ALREADY_DONE):
+        if result.outcome not in (Outcome.DONE, Outcome.ALREADY_DONE):
+            return result
+        if detached:
             gone = self._patch_labels(target, dict.fromkeys(detached))
             if isinstance(gone, Result):
                 return gone
-        return result
+        # What undo needs: the policy (by uid, so a stranger's of the same name is never
+        # deleted), our label, and the labels detach took (undo does not put them back).
+        return dataclasses.replace(result, details={
+            "pod_uid": pod.metadata.uid, "policy": policy_name(target.pod),
+            "policy_uid": result.involved.uid if result.involved else None,
+            "label": label, "detached": detached})
 
-    def undo(self, target: Target, params: Mapping[str, Any]) -> Result:
+    def undo(self, target: Target, details: Mapping[str, Any]) -> Result:
+        """Delete the policy and remove the label; the labels detach took stay off: the
+        ReplicaSet has started a replacement, and putting them back would make it one pod
+        too many (the ReplicaSet would then delete one, maybe this one)."""
+        name = details.get("policy") or policy_name(target.pod)
+        deleted = self._delete_policy(target, name, details.get("policy_uid"))
+        uid = details.get("pod_uid") or target.pod_uid
+        pod = read_pod_or_reason(self, dataclasses.replace(target, pod_uid=uid))
+        removed = False
+        if not isinstance(pod, Result) and ISOLATED in (pod.metadata.labels or {}):
+            pod = self._patch_labels(dataclasses.replace(target, pod_uid=pod.metadata.uid),
+                                     {ISOLATED: None})
+            removed = not isinstance(pod, Result)
+        notes = [note for note in (deleted if isinstance(deleted, str) else None,
+                                   pod.reason if isinstance(pod, Result) else None,
+                                   _detached_note(details.get("detached"))) if note]
+        # The audit Event goes on the pod; on the deleted policy when the pod is gone.
+        involved = object_ref(pod, POD) if not isinstance(pod, Result) else ObjectRef(
+            POLICY.kind, name, target.namespace, details.get("policy_uid"), POLICY.api_version)
+        if deleted is True or removed:
+            return Result(Outcome.DONE, "; ".join(notes) or None, involved)
+        return Result(Outcome.ALREADY_DONE, "; ".join(["already undone", *notes]), involved)
+
+    def _delete_policy(self, target: Target, name: str, uid: str | None) -> bool | str:
+        """True when deleted now, False when already gone, else why it was left alone."""
+        body = V1DeleteOptions(preconditions=V1Preconditions(uid=uid)) if uid else None
         try:
             self.networking.delete_namespaced_network_policy(
-                policy_name(target.pod), target.namespace, _request_timeout=self.timeout)
+                name, target.namespace, body=body, _request_timeout=self.timeout)
         except ApiException as exc:
-            if exc.status != 404:
-                raise
-        pod = self._patch_labels(target, {ISOLATED: None})
-        return pod if isinstance(pod, Result) else Result(Outcome.DONE,
-                                                          involved=object_ref(pod, POD))
+            if exc.status == 404:
+                return False
+            if exc.status == 409 and "precondition" in (exc.body or "").lower():
+                return f"the NetworkPolicy {name} is another one now (uid changed); left alone"
+            raise
+        return True
 
-    def _selector_labels(self, target: Target) -> list[str] | Result:
+    def _selector_labels(self, target: Target) -> dict[str, str] | Result:
         """The pod's labels its owning ReplicaSet selects it by, or why it cannot be detached."""
         pod = self.core.read_namespaced_pod(target.pod, target.namespace,
                                             _request_timeout=self.timeout)
@@ -192,7 +238,7 @@ class IsolatePod(Action):
             return Result(Outcome.SKIPPED, f"detach: ReplicaSet {owner.name} selects by "
                           "matchExpressions only; removing labels may not release the pod")
         labels = pod.metadata.labels or {}
-        return [key for key in match if key in labels]
+        return {key: labels[key] for key in match if key in labels}
 
     def _patch_labels(self, target: Target, labels: dict[str, Any]) -> Any:
         # With the verified pod's uid, a pod recreated under the same name is never patched.
@@ -204,12 +250,7 @@ class IsolatePod(Action):
                 target.pod, target.namespace, {"metadata": meta},
                 _content_type=MERGE_PATCH, _request_timeout=self.timeout)
         except ApiException as exc:
-            if exc.status == 404:
-                return Result(Outcome.SKIPPED, "pod no longer exists")
-            # A merge patch naming another uid is refused: 422 "metadata.uid ... immutable".
-            if exc.status == 422 and "metadata.uid" in (exc.body or ""):
-                return Result(Outcome.SKIPPED, "pod was replaced since the event (uid changed)")
-            raise
+            return refused_patch(exc)
 
     def _create_policy(self, target: Target, uid: str, params: Mapping[str, Any]) -> Result:
         body = policy_body(target.pod, uid, params)
@@ -232,3 +273,11 @@ class IsolatePod(Action):
                           object_ref(policy, POLICY))
         return Result(Outcome.FAILED, f"a NetworkPolicy named {policy.metadata.name} exists "
                       "and is not this action's for this pod")
+
+
+def _detached_note(detached: Mapping[str, str] | None) -> str | None:
+    if not detached:
+        return None
+    labels = ", ".join(f"{k}={v}" for k, v in detached.items())
+    return (f"the pod stays detached: its ReplicaSet's labels ({labels}) are not put back, "
+            "since a replacement runs")

@@ -5,14 +5,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
+
+from kubernetes.client.exceptions import ApiException
 
 from ..shared import acquire
 from .base import (
     Action,
     Clearance,
     Guard,
+    Incident,
     Kind,
     Limit,
     Outcome,
@@ -43,7 +46,8 @@ class CordonNode(Action):
         Rbac("nodes", ("get",), why="see whether the node is already unschedulable"),
         Rbac("nodes", ("list",), why="count cordoned and schedulable nodes before cordoning "
              "another (max_cordoned_nodes, never the last schedulable node)"),
-        Rbac("nodes", ("patch",), why="set spec.unschedulable, as `kubectl cordon` does"),
+        Rbac("nodes", ("patch",), why="set spec.unschedulable, as `kubectl cordon` does "
+             "(undo: `kubectl uncordon`)"),
         READ_POD,  # the node is the event's pod's, when the event names a pod
     )
     limits = (Limit("max_cordoned_nodes", 1,
@@ -51,7 +55,7 @@ class CordonNode(Action):
                     "replicas (existing cordons count); the last schedulable node is never "
                     "cordoned"),)
     destructive = True  # the node takes no new pods until someone uncordons it
-    reversal = "uncordon the node (spec.unschedulable: false)"
+    reversal = "uncordon the node, only if it was schedulable before and is still cordoned"
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -103,16 +107,52 @@ class CordonNode(Action):
             return guard.trip("last-node", "would cordon the last schedulable node")
         return None
 
+    def attempts(self, target: Target, params: Mapping[str, Any],
+                 incident: Incident | None = None) -> Callable[[], Result]:
+        # Whether the node was cordoned before the first try: a retry after a lost answer
+        # finds it cordoned by us, and undo must know it was schedulable before.
+        before: list[bool] = []
+        return lambda: self._cordon(target, before)
+
     def run(self, target: Target, params: Mapping[str, Any]) -> Result:
+        return self._cordon(target, [])
+
+    def _cordon(self, target: Target, before: list[bool]) -> Result:
         node = self.core.read_node(target.node, _request_timeout=self.timeout)
-        if node.spec is not None and node.spec.unschedulable:
-            return Result(Outcome.ALREADY_DONE, "already cordoned", object_ref(node, NODE))
-        return self._set_unschedulable(target, True)
+        cordoned = bool(node.spec is not None and node.spec.unschedulable)
+        if not before:
+            before.append(cordoned)
+        details = {"was_unschedulable": before[0], "node_uid": node.metadata.uid}
+        if cordoned:
+            outcome, reason = (Outcome.ALREADY_DONE, "already cordoned") if before[0] \
+                else (Outcome.DONE, None)  # by our earlier try, whose answer was lost
+            return Result(outcome, reason, object_ref(node, NODE), details=details)
+        node = self._patch(target, {"spec": {"unschedulable": True}})
+        return Result(Outcome.DONE, involved=object_ref(node, NODE), details=details)
 
-    def undo(self, target: Target, params: Mapping[str, Any]) -> Result:
-        return self._set_unschedulable(target, False)
-
-    def _set_unschedulable(self, target: Target, value: bool) -> Result:
-        node = self.core.patch_node(target.node, {"spec": {"unschedulable": value}},
-                                    _content_type=MERGE_PATCH, _request_timeout=self.timeout)
+    def undo(self, target: Target, details: Mapping[str, Any]) -> Result:
+        """Uncordon only a node that was schedulable before and is still cordoned: a cordon
+        someone else set (before the response, or again since) is theirs to lift."""
+        if details.get("was_unschedulable", True):
+            return Result(Outcome.SKIPPED, "the node was already cordoned before the response; "
+                          "left cordoned")
+        try:
+            node = self.core.read_node(target.node, _request_timeout=self.timeout)
+        except ApiException as exc:
+            if exc.status == 404:
+                return Result(Outcome.SKIPPED, "node no longer exists")
+            raise
+        if details.get("node_uid") and node.metadata.uid != details["node_uid"]:
+            return Result(Outcome.SKIPPED, "node was replaced since (uid changed); left alone")
+        if not (node.spec is not None and node.spec.unschedulable):
+            return Result(Outcome.ALREADY_DONE, "already undone (the node is schedulable)",
+                          object_ref(node, NODE))
+        # With the version read: a change meanwhile is a 409, and the retry reads again.
+        node = self._patch(target, {"metadata": {"uid": node.metadata.uid, "resourceVersion":
+                                                 node.metadata.resource_version},
+                                    "spec": {"unschedulable": False}})
         return Result(Outcome.DONE, involved=object_ref(node, NODE))
+
+    def _patch(self, target: Target, patch: dict[str, Any]) -> Any:
+        return self.core.patch_node(target.node, patch, _content_type=MERGE_PATCH,
+                                    _request_timeout=self.timeout)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -175,24 +176,102 @@ class LabelPod(Action):
         "labels": Param((dict,), required=True, check=labels_problems,
                         doc="label keys and string values to set on the pod"),
     }
-    rbac = (READ_POD, Rbac("pods", ("patch",), why="set the labels (a JSON merge patch)"))
-    reversal = "remove the labels it set"
+    rbac = (READ_POD, Rbac("pods", ("patch",), why="set the labels (a JSON merge patch); "
+                           "undo puts back the values they replaced"))
+    reversal = "put back the values the labels had before (removing those that were absent); " \
+        "a label changed since is left alone"
+
+    def attempts(self, target: Target, params: Mapping[str, Any],
+                 incident: Incident | None = None) -> Callable[[], Result]:
+        # The values before the first try: a retry after a lost answer reads our own values,
+        # and undo must put back what was there before us.
+        before: dict[str, Any] = {}
+        return lambda: self._label(target, dict(params["labels"]), before)
 
     def run(self, target: Target, params: Mapping[str, Any]) -> Result:
-        return self._patch_labels(target, dict(params["labels"]))
+        return self._label(target, dict(params["labels"]), {})
 
-    def undo(self, target: Target, params: Mapping[str, Any]) -> Result:
-        # In a merge patch, null removes the key.
-        return self._patch_labels(target, dict.fromkeys(params["labels"]))
+    def _label(self, target: Target, labels: dict[str, str], before: dict[str, Any]) -> Result:
+        pod = read_pod_or_reason(self, target)
+        if isinstance(pod, Result):
+            return pod
+        if not before:
+            current = pod.metadata.labels or {}
+            before.update(uid=pod.metadata.uid, previous={k: current.get(k) for k in labels})
+        result = self._patch_labels(target, {"uid": before["uid"], "labels": labels})
+        if result.outcome is not Outcome.DONE:
+            return result
+        return dataclasses.replace(result, details={
+            "pod_uid": before["uid"], "set": labels, "previous": before["previous"]})
 
-    def _patch_labels(self, target: Target, labels: dict[str, Any]) -> Result:
-        patch = {"metadata": {"labels": labels}}
+    def undo(self, target: Target, details: Mapping[str, Any]) -> Result:
+        """Put back the labels' values before on the same pod (by uid), each only while it
+        still has the value we set."""
+        pod = read_pod_or_reason(self, dataclasses.replace(target, pod_uid=details.get("pod_uid")))
+        if isinstance(pod, Result):
+            return pod
+        restore, left = label_restoration(pod.metadata.labels or {}, details.get("set") or {},
+                                          details.get("previous") or {})
+        changed = f"changed since, left alone: {', '.join(left)}" if left else None
+        if not restore:
+            return Result(Outcome.SKIPPED, changed, object_ref(pod, POD)) if left else \
+                Result(Outcome.ALREADY_DONE, "already undone (the labels are as they were)",
+                       object_ref(pod, POD))
+        # With the version read: a label changed meanwhile is a 409, and the retry reads again.
+        result = self._patch_labels(target, {"uid": pod.metadata.uid, "labels": restore,
+                                             "resourceVersion": pod.metadata.resource_version})
+        return dataclasses.replace(result, reason=changed) if result.outcome is Outcome.DONE \
+            else result
+
+    def _patch_labels(self, target: Target, meta: dict[str, Any]) -> Result:
         try:
             pod = self.core.patch_namespaced_pod(
-                target.pod, target.namespace, patch,
+                target.pod, target.namespace, {"metadata": meta},
                 _content_type=MERGE_PATCH, _request_timeout=self.timeout)
         except ApiException as exc:
-            if exc.status == 404:
-                return Result(Outcome.SKIPPED, "pod no longer exists")
-            raise
+            return refused_patch(exc)
         return Result(Outcome.DONE, involved=object_ref(pod, POD))
+
+
+def label_restoration(current: Mapping[str, str], set_: Mapping[str, str],
+                      previous: Mapping[str, str | None]) -> tuple[dict[str, str | None],
+                                                                   list[str]]:
+    """What undoing a label-pod puts back: the previous value (None: remove) of each label
+    that still has the value we set; and, said for people, the labels changed since (left
+    alone). A label we set to the value it already had needs nothing. Pure."""
+    restore: dict[str, str | None] = {}
+    left = []
+    for key, value in set_.items():
+        before, now = previous.get(key), current.get(key)
+        if value == before:
+            continue
+        if now == value:
+            restore[key] = before
+        elif now != before:
+            left.append(f"{key} (now {now!r})" if now is not None else f"{key} (removed)")
+    return restore, left
+
+
+def read_pod_or_reason(action: Action, target: Target) -> Any:
+    """The pod, or a SKIPPED result saying it is gone or is another pod than `pod_uid`."""
+    try:
+        pod = action.core.read_namespaced_pod(target.pod, target.namespace,
+                                              _request_timeout=action.timeout)
+    except ApiException as exc:
+        if exc.status == 404:
+            return Result(Outcome.SKIPPED, "pod no longer exists")
+        raise
+    if target.pod_uid and pod.metadata.uid != target.pod_uid:
+        return Result(Outcome.SKIPPED, "pod was replaced since the event (uid changed)")
+    return pod
+
+
+def refused_patch(exc: ApiException) -> Result:
+    """What a pod merge patch answered with 404, or 422 on the uid it names, means; other
+    errors propagate."""
+    if exc.status == 404:
+        return Result(Outcome.SKIPPED, "pod no longer exists")
+    # A merge patch naming another uid is refused: 422 "metadata.uid ... immutable".
+    if exc.status == 422 and "metadata.uid" in (exc.body or ""):
+        return Result(Outcome.SKIPPED, "pod was replaced since the event (uid changed)")
+    raise exc

@@ -20,6 +20,7 @@ _WHERE = {
     "notify_choices": "policy", "should_notify": "policy",
     "COLOURS": "message", "CUT_MARK": "message", "SECTION_LIMIT": "message",
     "build_alert_message": "message", "build_slack_message": "message",
+    "build_undo_message": "message",
     "cut_escaped": "message", "escape_mrkdwn": "message", "image_of": "message",
     "outcome_text": "message",
     "SendError": "sender", "SlackNotifier": "sender", "default_retry_handlers": "sender",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,16 @@ MIN_PRIORITY = "RESPONDER_SLACK_MIN_PRIORITY"
 API_URL = "RESPONDER_SLACK_API_URL"
 WINDOW = "RESPONDER_SLACK_WINDOW_SECONDS"
 TIMEOUT = "RESPONDER_SLACK_TIMEOUT"
+SIGNING_SECRET = "RESPONDER_SLACK_SIGNING_SECRET"
+APPROVERS = "RESPONDER_SLACK_APPROVERS"
+_USER_ID = re.compile(r"^[UW][A-Z0-9]{2,40}$")
+
+
+def _user_ids(raw: str) -> tuple[str, ...]:
+    ids = tuple(part.strip() for part in raw.split(",") if part.strip())
+    if not ids or not all(_USER_ID.match(i) for i in ids):
+        raise BadValue("must be Slack user ids separated by commas (U012AB3CD,W0123ABC)")
+    return ids
 
 
 def _priority(raw: str) -> Priority:
@@ -64,6 +75,13 @@ class SlackConfig:
         60.0, non_negative_float)
     timeout: float = setting(TIMEOUT, "seconds per HTTP request to Slack (retries come on "
                              "top, see default_retry_handlers)", 10.0, positive_float)
+    signing_secret: str | None = setting(
+        SIGNING_SECRET, "the Slack app's signing secret: turns on the Approve and Reject "
+        "buttons and POST /slack/interactions (Web API mode only); never shown", None,
+        secret=True, from_file=True)
+    approvers: tuple[str, ...] = setting(
+        APPROVERS, "Slack user ids (comma-separated) whose clicks may approve or reject; "
+        "unset = anyone in the channel", (), _user_ids)
     #: Messages waiting to be sent; beyond this, notifications are dropped (and counted).
     queue_size: int = 100
 
@@ -79,6 +97,12 @@ class SlackConfig:
             raise ConfigError(f"{WEBHOOK_URL}: must be an http(s) URL")  # value not echoed
         if self.token and any(c.isspace() for c in self.token):
             raise ConfigError(f"{TOKEN}: must not contain whitespace")
+        if self.signing_secret and not self.token:
+            raise ConfigError(f"{SIGNING_SECRET}: only used with {TOKEN} (an incoming "
+                              "webhook cannot show buttons); approve over HTTP instead")
+        if self.approvers and not self.signing_secret:
+            raise ConfigError(f"{APPROVERS}: needs {SIGNING_SECRET} (without it nobody "
+                              "can click)")
         if not is_http_url(self.api_url):
             raise ConfigError(f"{API_URL}: must be an http(s) URL")
         if self.window_seconds < 0 or self.timeout <= 0 or self.queue_size < 1:
@@ -94,8 +118,16 @@ class SlackConfig:
         """
         env = os.environ if env is None else env
         if not (is_set(env, WEBHOOK_URL) or is_set(env, TOKEN)):
+            if is_set(env, SIGNING_SECRET) or is_set(env, APPROVERS):
+                raise ConfigError(f"{SIGNING_SECRET} and {APPROVERS}: need {TOKEN} "
+                                  "(Slack is off without it)")
             return None
         return cls(**read_fields(cls, env))
+
+    @property
+    def interactive(self) -> bool:
+        """Whether messages carry Approve/Reject buttons that Slack can call back."""
+        return bool(self.token and self.signing_secret)
 
     @property
     def mode(self) -> str:
@@ -112,6 +144,8 @@ class SlackConfig:
             API_URL: self.api_url if self.token else None,
             WINDOW: self.window_seconds,
             TIMEOUT: self.timeout,
+            SIGNING_SECRET: MASK if self.signing_secret else None,
+            APPROVERS: ",".join(self.approvers) or None,
         }
 
 
@@ -122,5 +156,13 @@ def slack_status(config: SlackConfig | None) -> str:
                 f"{TOKEN}(_FILE) is set")
     where = ("an incoming webhook" if config.webhook_url
              else f"chat.postMessage to {config.channel}")
+    if config.interactive:
+        approvals = "approvals: Approve/Reject buttons at POST /slack/interactions"
+    elif config.webhook_url:
+        approvals = ("approvals only over HTTP (POST /events/<uuid>/approve): an incoming "
+                     "webhook cannot show buttons")
+    else:
+        approvals = (f"approvals only over HTTP (POST /events/<uuid>/approve): set "
+                     f"{SIGNING_SECRET} for buttons")
     return (f"Slack notifications on: {where}, min priority {config.min_priority.label}, "
-            f"aggregation window {config.window_seconds:g}s")
+            f"aggregation window {config.window_seconds:g}s; {approvals}")

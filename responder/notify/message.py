@@ -6,13 +6,17 @@ attacker controls can mention a channel or render a disguised link."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from ..actions import Outcome, Result, Target
 from ..decisions import resolve_target
 from ..events import Event, Priority
 from ..executor import ActionReport
+
+#: The Undo button's action_id: the interactions endpoint dispatches on it.
+UNDO = "undo"
+UNDO_BLOCK_ID = "falco-responder-undo"
 
 #: Attachment colour bar by severity: reds for Critical and above, orange for Error,
 #: amber for Warning, blue for Notice, green for Informational, grey for Debug.
@@ -79,12 +83,15 @@ def message_target(event: Event, reports: Sequence[ActionReport]) -> Target:
 
 
 def build_slack_message(event: Event, reports: Sequence[ActionReport],
-                        matched: Sequence[str], count: int = 1) -> dict[str, Any]:
+                        matched: Sequence[str], count: int = 1,
+                        undoable: Collection[str] = ()) -> dict[str, Any]:
     """The keyword arguments for WebhookClient.send / WebClient.chat_postMessage. Pure.
 
     `text` is the notification and fallback line; the details are Block Kit blocks inside
     one attachment, because only attachments carry the severity colour bar. `count` is how
-    many events this message stands for (more than 1 for an aggregation summary).
+    many events this message stands for (more than 1 for an aggregation summary). A message
+    about one event carries an Undo button when an action of a kind in `undoable` changed
+    the cluster (the sender passes them only when Slack can call back).
     """
     target = message_target(event, reports)
     blocks: list[dict[str, Any]] = [
@@ -95,11 +102,34 @@ def build_slack_message(event: Event, reports: Sequence[ActionReport],
     if event.output:
         blocks.append(_section("*Falco output*\n" + _code(event.output, OUTPUT_LIMIT)))
     blocks.append(_section(_actions_text(reports)))
+    if count == 1 and offers_undo(reports, undoable):
+        blocks.append(undo_button(event.uuid))
     blocks.append({"type": "context", "elements": [_mrkdwn(_context_text(event, count))]})
     text = _headline(event, target, reports, count)
     return {"text": text,
             "attachments": [{"color": COLOURS[event.priority], "fallback": text,
                              "blocks": blocks}]}
+
+
+def undo_button(uuid: str) -> dict[str, Any]:
+    """The Undo button, behind Slack's confirmation dialog: one stray click must not put a
+    contained pod back on the network."""
+    confirm = {"title": {"type": "plain_text", "text": "Undo the response?"},
+               "text": {"type": "mrkdwn", "text": "Labels are put back, an isolation lifted "
+                        "and a cordon removed, where the responder set them. A deleted pod "
+                        "stays deleted."},
+               "confirm": {"type": "plain_text", "text": "Undo"},
+               "deny": {"type": "plain_text", "text": "Cancel"}}
+    return {"type": "actions", "block_id": UNDO_BLOCK_ID,
+            "elements": [{"type": "button", "action_id": UNDO, "value": uuid,
+                          "text": {"type": "plain_text", "text": "Undo"},
+                          "confirm": confirm}]}
+
+
+def offers_undo(reports: Sequence[ActionReport], undoable: Collection[str]) -> bool:
+    """Whether an action of a kind that can be undone (`undoable`) changed the cluster."""
+    return any(r.decision.action in undoable and not r.decision.dry_run
+               and r.result.outcome in (Outcome.DONE, Outcome.ALREADY_DONE) for r in reports)
 
 
 def build_alert_message(text: str, count: int = 1) -> dict[str, Any]:
@@ -206,3 +236,37 @@ def _section(text: str) -> dict[str, Any]:
 def _mrkdwn(text: str) -> dict[str, Any]:
     # verbatim: Slack must not turn event text into links or channel references by itself.
     return {"type": "mrkdwn", "text": text, "verbatim": True}
+
+
+#: The colour bar of an undo: green when everything asked for was put back, orange when an
+#: action's undo failed (undo again).
+UNDO_COLOURS = {"undone": "#2eb67d", "already-undone": "#2eb67d", "failed": ALERT_COLOUR}
+
+
+def build_undo_message(event: Event, undo: Mapping[str, Any]) -> dict[str, Any]:
+    """The message saying what an undo (`responder.undo`'s record) put back and what it
+    could not, action by action. Pure; `by` and every reason are escaped like event text."""
+    target = resolve_target(event)
+    where = _where(target)
+    verdict = {"undone": "undone", "already-undone": "already undone",
+               "failed": "undo FAILED for some actions"}.get(undo["outcome"], undo["outcome"])
+    text = (f":leftwards_arrow_with_hook: {cut_escaped(event.rule, FIELD_LIMIT)}"
+            f"{' on ' + where if where else ''}: {verdict} by "
+            f"{cut_escaped(str(undo['by']), FIELD_LIMIT)}")
+    lines = [f"• `{escape_mrkdwn(a['action'])}`: {_undo_text(a)}" for a in undo["actions"]]
+    body = "*Undo*\n" + ("\n".join(lines) if lines else "no action was recorded")
+    if len(body) > SECTION_LIMIT:
+        body = body[:SECTION_LIMIT - len(CUT_MARK)] + CUT_MARK
+    context = f"uuid {cut_escaped(str(undo['uuid']), 64)} · at {cut_escaped(str(undo['at']), 64)}"
+    blocks = [_section(body), {"type": "context", "elements": [_mrkdwn(context)]}]
+    return {"text": text,
+            "attachments": [{"color": UNDO_COLOURS.get(undo["outcome"], ALERT_COLOUR),
+                             "fallback": text, "blocks": blocks}]}
+
+
+def _undo_text(action: Mapping[str, Any]) -> str:
+    outcome = {"undone": "undone", "already-undone": "already undone",
+               "not-undone": "not undone", "failed": "FAILED"}.get(action["outcome"],
+                                                                   action["outcome"])
+    reason = action.get("reason")
+    return f"{outcome}: {cut_escaped(reason, REASON_LIMIT)}" if reason else outcome

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import threading
 import time
@@ -27,8 +28,14 @@ from ..actions import Outcome
 from ..envvars import MASK
 from ..events import Event
 from ..executor import ActionReport
+from .approval import build_approval_message
 from .config import SlackConfig
-from .message import build_alert_message, build_slack_message, message_target
+from .message import (
+    build_alert_message,
+    build_slack_message,
+    build_undo_message,
+    message_target,
+)
 from .policy import ACTED, should_notify
 
 logger = logging.getLogger(__name__)
@@ -41,6 +48,9 @@ class _Sender(Protocol):
     def send(self, payload: Mapping[str, Any], update: Any = None) -> Any:
         """Post (or, where Slack allows, update the message `update` names); returns a
         handle naming the message for a later update, or None."""
+
+    def tell(self, channel: str, user: str, text: str) -> None:
+        """Send `text` to `user` alone in `channel`."""
 
 
 def default_retry_handlers() -> list[RetryHandler]:
@@ -57,6 +67,9 @@ class _WebhookSender:
         self.client = WebhookClient(config.webhook_url, timeout=config.timeout,  # type: ignore
                                     retry_handlers=handlers, logger=sdk_logger)
 
+    def tell(self, channel: str, user: str, text: str) -> None:
+        raise SendError("an incoming webhook cannot send a message to one user")
+
     def send(self, payload: Mapping[str, Any], update: Any = None) -> None:
         # Incoming webhooks cannot edit a message: a summary is always a new post.
         response = self.client.send(**payload)
@@ -71,6 +84,14 @@ class _WebApiSender:
         self.client = WebClient(token=config.token, base_url=config.api_url,
                                 timeout=config.timeout,  # type: ignore[arg-type]
                                 retry_handlers=handlers, logger=sdk_logger)
+
+    def tell(self, channel: str, user: str, text: str) -> None:
+        """A message only `user` sees (chat.postEphemeral), e.g. why a click was refused."""
+        try:
+            self.client.chat_postEphemeral(channel=channel, user=user, text=text)
+        except SlackApiError as exc:
+            error = exc.response.get("error") if isinstance(exc.response.data, dict) else None
+            raise SendError(f"HTTP {exc.response.status_code}: {error or 'not ok'}") from None
 
     def send(self, payload: Mapping[str, Any], update: Any = None) -> tuple[str, str] | None:
         try:
@@ -118,8 +139,13 @@ class _Job:
     #: Only coalesced into an earlier event's response: counted, never shown instead of it.
     coalesced: bool = False
     count: int = 1
-    #: The message a summary edits in place (Web API only); None posts a new one.
+    #: The message a summary edits in place (Web API only); None posts a new one. A
+    #: callable is asked at delivery (an approval's message, posted by an earlier job).
     update: Any = None
+    #: Told the handle of the message once posted (an approval keeps it in the journal).
+    on_sent: Callable[[Any], None] | None = None
+    #: (channel, user): sent with chat.postEphemeral, seen by that user only.
+    only_to: tuple[str, str] | None = None
 
 
 @dataclass
@@ -157,8 +183,11 @@ class SlackNotifier:
 
     def __init__(self, config: SlackConfig, *, on_result: Callable[[str], None] | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 retry_handlers: list[RetryHandler] | None = None):
+                 retry_handlers: list[RetryHandler] | None = None,
+                 undoable: frozenset[str] = frozenset()):
         self.config = config
+        #: The actions that can be undone: an approval message offers Undo after them.
+        self.undoable = undoable
         self._on_result = on_result
         self._clock = clock
         handlers = default_retry_handlers() if retry_handlers is None else retry_handlers
@@ -170,6 +199,7 @@ class SlackNotifier:
         self._windows: dict[tuple, _Window] = {}
         self._busy = False
         self._closed = False
+        self._serial = itertools.count()
         self._thread = threading.Thread(target=self._run, name="slack-notifier", daemon=True)
         self._thread.start()
 
@@ -191,7 +221,8 @@ class SlackNotifier:
         failed = any(r.result.outcome == Outcome.FAILED for r in reports)
         coalesced = any(r.result.outcome == Outcome.COALESCED for r in reports) and not any(
             r.result.outcome in ACTED for r in reports)
-        build = partial(build_slack_message, event, reports, matched)
+        build = partial(build_slack_message, event, reports, matched,
+                        undoable=self.undoable if self.config.interactive else ())
         self._submit(_Job(key, build, f"rule={event.rule!r} uuid={event.uuid}", failed,
                           coalesced))
 
@@ -207,6 +238,40 @@ class SlackNotifier:
     def send_alert(self, text: str) -> None:
         """Queue a plain guardrail alert; identical alerts are aggregated like events."""
         self._submit(_Job(("alert", text), partial(build_alert_message, text), "alert"))
+
+    def request_approval(self, event: Event, reports: Sequence[ActionReport],
+                         record: Mapping[str, Any],
+                         on_sent: Callable[[Any], None] | None = None) -> None:
+        """Post the message asking for approval (never folded into another); `on_sent` gets
+        the message's handle (channel, ts) to update it later."""
+        build = self._approval_builder(event, record, reports)
+        self._submit(_Job(("approval", event.uuid, next(self._serial)), build,
+                          f"approval uuid={event.uuid}", on_sent=on_sent))
+
+    def update_approval(self, event: Event, record: Mapping[str, Any],
+                        reports: Sequence[ActionReport], handle: Callable[[], Any]) -> None:
+        """Edit the approval message in place (who decided, each outcome); `handle` is
+        asked at delivery for the message (None: post a new one)."""
+        build = self._approval_builder(event, record, reports)
+        self._submit(_Job(("approval", event.uuid, next(self._serial)), build,
+                          f"approval update uuid={event.uuid}", update=handle))
+
+    def _approval_builder(self, event: Event, record: Mapping[str, Any],
+                          reports: Sequence[ActionReport]) -> Callable[[int], dict[str, Any]]:
+        record, reports = dict(record), tuple(reports)  # as they are now, not when sent
+        interactive, undoable = self.config.interactive, self.undoable
+        return lambda count: build_approval_message(event, record, reports, interactive,
+                                                    undoable)
+
+    def tell(self, channel: str, user: str, text: str) -> None:
+        """Queue a message only `user` sees in `channel` (Web API only)."""
+        self._submit(_Job(("tell", next(self._serial)), lambda count: {"text": text},
+                          f"ephemeral to {user}", only_to=(channel, user)))
+
+    def send_undo(self, event: Event, undo: Mapping[str, Any]) -> None:
+        """Queue the message about one undo of `event` (never folded into another)."""
+        self._submit(_Job(("undo", event.uuid, undo["at"], id(undo)),
+                          lambda count: build_undo_message(event, undo), "undo"))
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything queued, and every summary whose window has closed, is sent."""
@@ -314,19 +379,29 @@ class SlackNotifier:
 
     def _deliver(self, job: _Job) -> None:
         try:
-            handle = self._sender.send(job.build(job.count), job.update)
+            if job.only_to is not None:
+                self._sender.tell(*job.only_to, job.build(1)["text"])
+                self._report("sent")
+                return
+            update = job.update() if callable(job.update) else job.update
+            handle = self._sender.send(job.build(job.count), update)
         except Exception as exc:  # noqa: BLE001 - Slack must never take the service down
             logger.warning("Slack notification failed (%s, %s): %s", job.label,
                            self.config.mode, self._scrub(describe_failure(exc)))
             self._report("failed")
             return
         logger.debug("Slack notification sent (%s, count=%d)", job.label, job.count)
+        if job.on_sent is not None and handle is not None:
+            try:
+                job.on_sent(handle)
+            except Exception:  # noqa: BLE001 - e.g. the journal's disk full: said, not fatal
+                logger.exception("cannot keep the handle of Slack message (%s)", job.label)
         if handle is not None and job.update is None:
             with self._cond:
                 window = self._windows.get(job.key)
                 if window is not None and window.handle is None:
                     window.handle = handle
-        self._report("updated" if job.update else "sent")
+        self._report("updated" if update else "sent")
 
     def _scrub(self, text: str) -> str:
         for secret in self._secrets:

@@ -1,0 +1,197 @@
+"""A person in the loop: which decisions wait for approval, the approval record the journal
+keeps for such an event, and the verdicts (approve, reject, timeout) that end the wait.
+
+The record is plain JSON in the journal (`events.approval`):
+`{"rules", "requested", "deadline", "on_timeout", "planned", "verdict", "slack"}`, where
+`planned` lists the waiting decisions with their pre-check, `verdict` is None until someone
+(or the timeout) decides, and `slack` names the message to update in place."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from .decisions import Decision, Plan
+from .journal import EventStore
+from .table import Approval, Table
+
+logger = logging.getLogger(__name__)
+APPROVED, REJECTED, TIMED_OUT = "approved", "rejected", "timed-out"
+VERDICTS = {"approve": APPROVED, "reject": REJECTED}
+#: How an HTTP approver's name may look: what a person or a tool calls itself, no control
+#: characters (it goes into logs, Slack and Kubernetes Events).
+NAME_LIMIT = 128
+_NAME = re.compile(r"^[^\x00-\x1f\x7f]+$")
+
+
+class ApprovalError(ValueError):
+    """A bad approve/reject request (HTTP 400)."""
+
+
+def gated_decisions(table: Table, plan: Plan, live: bool) -> dict[int, Approval]:
+    """The decisions of `plan` that must wait for approval, by index, with their rule's
+    approval. Only what would change the cluster waits: a dry-run decision, one skipped
+    at plan time, or a responder without a cluster (`live` False) runs at once."""
+    if not live:
+        return {}
+    gated = {}
+    for index, decision in enumerate(plan.decisions):
+        approval = table.approval_of(decision.table_rule)
+        if approval and not decision.dry_run and not decision.skip_reason:
+            gated[index] = approval
+    return gated
+
+
+def approval_target(decision: Decision) -> str:
+    """What one approval covers: the table rule and the target, as coalescing keys them."""
+    target = decision.target
+    return f"{decision.table_rule}|{target.namespace}|{target.pod or target.node}"
+
+
+def new_record(gated: Mapping[int, Approval], planned: list[dict[str, Any]], now: float
+               ) -> dict[str, Any]:
+    """The approval record of an event starting to wait. With several rules waiting, the
+    shortest timeout applies, and "skip" wins over "run": the safer of what they say."""
+    approvals = list(gated.values())
+    on_timeout = "skip" if any(a.on_timeout == "skip" for a in approvals) else "run"
+    return {"rules": sorted({p["table_rule"] for p in planned}), "requested": now,
+            "deadline": now + min(a.timeout_seconds for a in approvals),
+            "on_timeout": on_timeout, "planned": planned, "verdict": None, "slack": None}
+
+
+def human_verdict(decision: str, by: str, via: str, at: float,
+                  user_id: str | None = None) -> dict[str, Any]:
+    verdict = {"decision": decision, "by": by, "via": via, "at": at}
+    if user_id:
+        verdict["user_id"] = user_id
+    return verdict
+
+
+def timeout_verdict(record: Mapping[str, Any], now: float) -> dict[str, Any]:
+    """What the deadline decides: `run` acts as if approved by "timeout"."""
+    decision = APPROVED if record.get("on_timeout") == "run" else TIMED_OUT
+    return {"decision": decision, "by": "timeout", "via": "timeout", "at": now}
+
+
+def approver_text(verdict: Mapping[str, Any]) -> str:
+    """Who decided, for logs, audit Events and Slack: `alice (Slack U123)`, `bob (HTTP)`."""
+    via = verdict.get("via")
+    if via == "timeout":
+        return "timeout"
+    if via == "slack":
+        return f"{verdict.get('by')} (Slack {verdict.get('user_id')})"
+    return f"{verdict.get('by')} (HTTP)"
+
+
+def verdict_reason(verdict: Mapping[str, Any]) -> str | None:
+    """The skip reason a verdict gives the waiting decisions; None when they may run."""
+    if verdict["decision"] == REJECTED:
+        return f"rejected by {approver_text(verdict)}"
+    if verdict["decision"] == TIMED_OUT:
+        return "approval timed out"
+    return None
+
+
+def audit_note(verdict: Mapping[str, Any]) -> str:
+    """What a decision record and an audit Event say about the approval."""
+    if verdict["decision"] == APPROVED:
+        return f"approved by {approver_text(verdict)}"
+    return verdict_reason(verdict) or verdict["decision"]
+
+
+def public_view(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The record as GET /events/<uuid> shows it: times in ISO 8601, no internal slots."""
+    verdict = record.get("verdict")
+    view: dict[str, Any] = {
+        "rules": record.get("rules", []), "requested": iso(record.get("requested")),
+        "deadline": iso(record.get("deadline")), "on_timeout": record.get("on_timeout"),
+        "decision": verdict["decision"] if verdict else None,
+    }
+    if verdict:
+        view.update(by=verdict.get("by"), via=verdict.get("via"), at=iso(verdict.get("at")))
+        if verdict.get("user_id"):
+            view["user_id"] = verdict["user_id"]
+    if record.get("slack"):
+        view["slack"] = record["slack"]
+    return view
+
+
+def awaiting_decisions(record: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The waiting decisions, as GET /events/<uuid> lists them beside the recorded ones."""
+    shown = []
+    for planned in record.get("planned", []):
+        entry = {"action": planned["action"], "target": planned["target"],
+                 "outcome": "awaiting-approval", "table_rule": planned["table_rule"]}
+        if planned.get("check"):
+            entry["reason"] = f"would be skipped now: {planned['check']}"
+        shown.append(entry)
+    return shown
+
+
+def iso(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
+
+
+def approver_name(body: Any) -> str:
+    """The approver an HTTP request names (`{"by": "..."}`); ApprovalError otherwise."""
+    if not isinstance(body, dict) or "by" not in body:
+        raise ApprovalError('the body must be JSON {"by": "<approver name>"}')
+    name = body["by"]
+    if not isinstance(name, str) or not name.strip():
+        raise ApprovalError('"by" must be a non-empty string naming the approver')
+    name = name.strip()
+    if len(name) > NAME_LIMIT or not _NAME.match(name):
+        raise ApprovalError(f'"by" must be at most {NAME_LIMIT} characters, without control '
+                            "characters")
+    return name
+
+
+class Approvals:
+    """Approve or reject an event awaiting approval: one commit gives the verdict and makes
+    the event due; the worker is woken and acts (checks run again first). Used by the HTTP
+    routes and the Slack interactions alike.
+
+    The Slack message is updated by the worker once it has acted (who decided, when, each
+    outcome), not here: the worker may be another process, and one sender per message keeps
+    the updates in order (an earlier "acting now" can never land after the outcomes)."""
+
+    def __init__(self, store: EventStore, wake: Callable[[], None],
+                 counted: Callable[[dict[str, Any]], None] = lambda verdict: None):
+        self.store = store
+        self.wake = wake
+        #: Told each verdict given (the responder_approvals_total metric).
+        self.counted = counted
+
+    def decide(self, uuid: str, verb: str, by: str, via: str,
+               user_id: str | None = None) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, JSON body): 200 decided, 404 unknown, 409 not awaiting."""
+        verdict = human_verdict(VERDICTS[verb], by, via, self.store.clock(), user_id)
+        found = self.store.decide(uuid, verdict)
+        if found is None:
+            return 404, {"error": f"no event {uuid[:128]} (never received, or past retention)"}
+        decided, state, record = found
+        if not decided:
+            return 409, conflict_body(uuid, state, record)
+        logger.warning("event %s %s by %s", uuid, verdict["decision"], approver_text(verdict))
+        self.counted(verdict)
+        self.wake()
+        return 200, {"uuid": uuid, "state": state, "approval": public_view(record or {})}
+
+
+def conflict_body(uuid: str, state: str, record: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Why an event cannot be approved or rejected now, with its current state."""
+    verdict = (record or {}).get("verdict")
+    if verdict:
+        why = ("approval timed out" if verdict["decision"] == TIMED_OUT
+               else f"already {verdict['decision']} by {approver_text(verdict)}")
+    else:
+        why = "not awaiting approval"
+    body = {"error": f"event {uuid[:128]}: {why}", "uuid": uuid, "state": state}
+    if record:
+        body["approval"] = public_view(record)
+    return body
