@@ -194,11 +194,8 @@ class S3Store:
 
 
 def _s3_client(endpoint_url: str | None) -> Any:
-    try:
-        import boto3
-    except ImportError:
-        raise ConfigError(f"{URL_SETTING}: an s3:// store needs boto3 (pip install "
-                          "'falco-responder[s3]')") from None
+    import boto3  # here, not at import: only an s3:// store pays for loading it
+
     return boto3.client("s3", endpoint_url=endpoint_url)
 
 

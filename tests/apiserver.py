@@ -280,8 +280,10 @@ class ApiServer:
         configuration = client.Configuration(host=self.url)
         configuration.ssl_ca_cert = str(self.pki.ca)
         if token:
-            configuration.api_key = {"authorization": token}
-            configuration.api_key_prefix = {"authorization": "Bearer"}
+            # Client 36 reads the "BearerToken" key (prefix included); older ones
+            # "authorization": both, so the token is sent whichever is installed.
+            configuration.api_key = {"BearerToken": token, "authorization": token}
+            configuration.api_key_prefix = {"BearerToken": "Bearer", "authorization": "Bearer"}
         else:
             identity = identity or self.pki.responder
             configuration.cert_file = str(identity.cert)

@@ -10,7 +10,6 @@ import uuid as uuids
 
 import pytest
 
-from .apiserver import missing
 from .netcat import FULL_CID, netcat_event
 
 pytestmark = pytest.mark.slow
@@ -36,11 +35,8 @@ def responder_log(logs) -> str:
 @pytest.fixture(scope="module")
 def s3_endpoint():
     """moto's S3 in server mode, on 127.0.0.1 and a free port."""
-    try:
-        import boto3  # noqa: F401
-        from moto.server import ThreadedMotoServer
-    except ImportError:
-        missing("boto3 and moto[server] not installed (see pyproject.toml, extra s3)")
+    from moto.server import ThreadedMotoServer
+
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
