@@ -62,33 +62,43 @@ def undo_summary(answer: Mapping[str, Any]) -> str:
     return f"Undo by {answer.get('by')}: {answer.get('outcome')} ({parts or 'no actions'})."
 
 
+class Controls:
+    """What the control routes share: who acts, and the redirect back to the alert."""
+
+    def __init__(self, guard: Guard, approvals: Approvals):
+        self.guard = guard
+        self.approvals = approvals
+
+    def session(self) -> Session:
+        # None only for a script with the bearer token: it acts as "console".
+        return self.guard.session() or Session("")
+
+    def back(self, uuid: str, ok: bool, text: str) -> Response:
+        sessions = self.guard.sessions
+        sealed = sessions.seal({"ok": ok, "text": text, "uuid": uuid}) if sessions else None
+        return redirect(url_for("console.alert_page", uuid=uuid, said=sealed))
+
+    def decide(self, uuid: str, verb: str) -> Response:
+        status, body = self.approvals.decide(uuid, verb, self.session().name or "console",
+                                             "console")
+        if status != 200:
+            return self.back(uuid, False, f"Not {PAST[verb]} ({status}): {body['error']}")
+        return self.back(uuid, True, DECIDED[verb])
+
+
 def add_controls(console: Blueprint, guard: Guard, approvals: Approvals,
                  undoer: Undoer) -> None:
     """The control routes under /ui/alerts/<uuid>/ (the guard checks the session and CSRF
     token of every POST before these run)."""
-
-    def back(uuid: str, ok: bool, text: str) -> Response:
-        sealed = guard.sessions.seal({"ok": ok, "text": text, "uuid": uuid}) \
-            if guard.sessions else None
-        return redirect(url_for("console.alert_page", uuid=uuid, said=sealed))
-
-    def session() -> Session:
-        # None only for a script with the bearer token: it acts as "console".
-        return guard.session() or Session("")
-
-    def decide(uuid: str, verb: str) -> Response:
-        status, body = approvals.decide(uuid, verb, session().name or "console", "console")
-        if status != 200:
-            return back(uuid, False, f"Not {PAST[verb]} ({status}): {body['error']}")
-        return back(uuid, True, DECIDED[verb])
+    controls = Controls(guard, approvals)
 
     @console.post("/alerts/<uuid>/approve")
     def alert_approve(uuid: str) -> Response:
-        return decide(uuid, "approve")
+        return controls.decide(uuid, "approve")
 
     @console.post("/alerts/<uuid>/reject")
     def alert_reject(uuid: str) -> Response:
-        return decide(uuid, "reject")
+        return controls.decide(uuid, "reject")
 
     @console.get("/alerts/<uuid>/undo")
     def alert_undo_confirm(uuid: str) -> Any:
@@ -104,14 +114,14 @@ def add_controls(console: Blueprint, guard: Guard, approvals: Approvals,
     @console.post("/alerts/<uuid>/undo")
     def alert_undo(uuid: str) -> Response:
         try:
-            answer = undoer.undo(uuid, by=session().by)
+            answer = undoer.undo(uuid, by=controls.session().by)
         except UndoRefused as exc:
-            return back(uuid, False, f"Not undone ({exc.status}): {exc}")
-        return back(uuid, answer["outcome"] != "failed", undo_summary(answer))
+            return controls.back(uuid, False, f"Not undone ({exc.status}): {exc}")
+        return controls.back(uuid, answer["outcome"] != "failed", undo_summary(answer))
 
 
 def said(guard: Guard, uuid: str) -> dict[str, Any] | None:
-    """What the control just done on alert `uuid` said (from the redirect's signed query)."""
+    """What the control just used on alert `uuid` said (from the redirect's signed query)."""
     if guard.sessions is None:
         return None
     data = guard.sessions.unseal(request.args.get("said"))

@@ -223,15 +223,11 @@ def _add_login(console: Blueprint, guard: Guard) -> None:
         if guard.login_blocked():
             return jsonify({"error": "too many wrong tokens in the last minute; try again "
                             "later"}), 429
-        if not guard.sessions.token_matches(request.form.get("token", "")):
-            guard.login_failed()
-            return form("That is not the responder's token.", 401)
-        try:
-            name = login_name(request.form.get("name"))
-        except ValueError as exc:
-            return form(str(exc), 400)
+        refused = _login_refusal(guard)
+        if refused:
+            return form(*refused)
         response = make_response(redirect(safe_next(request.form.get("next"))))
-        guard.log_in(response, name)
+        guard.log_in(response, login_name(request.form.get("name")))
         return response
 
     @console.post("/logout")
@@ -239,3 +235,16 @@ def _add_login(console: Blueprint, guard: Guard) -> None:
         response = make_response(redirect(url_for("console.login")))
         guard.log_out(response)
         return response
+
+
+def _login_refusal(guard: Guard) -> tuple[str, int] | None:
+    """Why the login form's token or name is refused (message, status), or None."""
+    assert guard.sessions is not None
+    if not guard.sessions.token_matches(request.form.get("token", "")):
+        guard.login_failed()
+        return "That is not the responder's token.", 401
+    try:
+        login_name(request.form.get("name"))
+    except ValueError as exc:
+        return str(exc), 400
+    return None
