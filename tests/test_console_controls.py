@@ -11,8 +11,10 @@ import re
 
 import pytest
 
+from responder.approvals import approver_text, audit_note
 from responder.console.controls import approval_view, undo_summary
 from responder.console.session import Sessions, login_name
+from responder.notify.approval import who
 
 from .netcat import FULL_CID, netcat_event
 
@@ -123,6 +125,15 @@ def test_approval_view_says_who_decided_through_which_door():
     record["verdict"]["by"] = "console"
     assert approval_view(record, "done")["verdict"]["by"] == "console"
     assert approval_view(None, "done") is None
+
+
+def test_a_console_verdict_names_the_console_user_in_logs_audit_and_slack():
+    alice = {"decision": "approved", "by": "alice", "via": "console", "at": 1.0}
+    assert approver_text(alice) == "alice (console)"
+    assert audit_note(alice) == "approved by alice (console)"
+    assert who(alice) == "alice (console)"
+    nameless = {**alice, "by": "console"}
+    assert approver_text(nameless) == who(nameless) == "console"
 
 
 def test_undo_summary_counts_outcomes():
