@@ -18,6 +18,7 @@ from .auth import TokenAuth
 from .console import register_console
 from .errors import EventError, StorageError, UndoRefused
 from .events import parse_event
+from .evidencestore import bundle_listing
 from .intake import Intake
 from .interactions import InteractionError, SlackInteractions
 from .journal import AWAITING
@@ -44,7 +45,8 @@ EVENT_METHODS = ["POST", "PUT"]  # Falcosidekick's webhook.method may be PUT
 EVENT_ENDPOINTS = {"receive_root": "/", "receive_events": "/events"}
 #: About one event: need the token as the event endpoints do (not /slack/interactions:
 #: Slack cannot send the token; the app's signing secret authenticates it instead).
-STATUS_ENDPOINTS = ("event_status", "event_undo", "event_approve", "event_reject")
+STATUS_ENDPOINTS = ("event_status", "event_evidence", "event_undo", "event_approve",
+                    "event_reject")
 
 
 def create_app(settings: Settings | None = None, *, table: Table | None = None,
@@ -79,6 +81,7 @@ def create_app(settings: Settings | None = None, *, table: Table | None = None,
                 app.extensions["wakeup"] = WakeListener(parts.spool_dir, worker.wake).start()
     _add_auth(app, settings, responder.metrics)
     _add_routes(app, responder, intake)
+    _add_evidence_route(app, responder)
     _add_undo_route(app, parts.undoer, intake)
     wakeups = Wakeups(worker.wake, *([app.extensions["wake_sender"]] if spool else []))
     approvals = app.extensions["approvals"] = Approvals(store, wakeups.set,
@@ -155,6 +158,22 @@ def _add_routes(app: Flask, responder: Responder, intake: Intake | None) -> None
             return jsonify({"error": f"no event {clipped(uuid, 128)} (never received, or "
                             "past retention)"}), 404
         return jsonify(status), 200
+
+
+def _add_evidence_route(app: Flask, responder: Responder) -> None:
+    @app.get("/events/<uuid>/evidence", endpoint="event_evidence")
+    def event_evidence(uuid: str) -> tuple[Response, int]:
+        status = responder.store.status(uuid)
+        bundles = [d["details"] for d in (status or {}).get("decisions", [])
+                   if isinstance(d.get("details"), dict) and "digest" in d["details"]
+                   and "key" in d["details"]]
+        if not bundles:
+            responder.metrics.inc(responder.metrics.rejected, "404")
+            said = "has no evidence bundle" if status else "unknown (never received, or past " \
+                "retention)"
+            return jsonify({"error": f"event {clipped(uuid, 128)} {said}"}), 404
+        return jsonify({"uuid": uuid, "bundles": [bundle_listing(responder.evidence, b)
+                                                  for b in bundles]}), 200
 
 
 def interactions_for(parts: Components, approvals: Approvals) -> SlackInteractions | None:

@@ -145,16 +145,19 @@ def core_event(ref: ObjectRef, reason: str, action: str, message: str, instance:
 
 
 def audit_message(event: Event, report: ActionReport, note: str | None = None) -> str:
-    """What happened, in one line: Falco rule, table rule, action, outcome, event uuid (and
-    `note`, e.g. who approved it)."""
+    """What happened, in one line: Falco rule, table rule, action, outcome, the digest the
+    action recorded (if any), event uuid (and `note`, e.g. who approved it)."""
     result = report.result
     if result.outcome == Outcome.ALREADY_DONE:
         outcome = result.reason or "already done"  # e.g. "already gone", "already cordoned"
     else:
         outcome = f"{result.outcome} ({result.reason})" if result.reason else str(result.outcome)
+    # A digest the action kept (an evidence bundle's) goes on record with it: chain of custody.
+    digest = (result.details or {}).get("digest")
+    kept = f"; digest {digest}" if digest else ""
     return clip_message(
         f"Falco rule {event.rule!r} matched table rule {report.decision.table_rule!r}: "
-        f"{report.decision.action} {outcome}; Falco event {event.uuid}"
+        f"{report.decision.action} {outcome}{kept}; Falco event {event.uuid}"
         f"{'; ' + note if note else ''}")
 
 

@@ -32,6 +32,8 @@ class Decision:
     allow_unverified: bool = False
     #: The kind of object the action acts on (Action.acts_on), for its audit Event.
     acts_on: Kind | None = None
+    #: The table says `on_failure: stop`: if this fails, the rule's later actions are skipped.
+    stop_on_failure: bool = False
 
     @property
     def target_keys(self) -> tuple[str, ...]:
@@ -93,7 +95,8 @@ def plan_response(table: Table, registry: Registry, event: Event,
             reason = skip_reason(target, action.needs, protected)
             decisions.append(Decision(rule.name, spec.action, spec.params, target, action.needs,
                                       dry_run, reason, action.destructive,
-                                      rule.allow_unverified, action.acts_on))
+                                      rule.allow_unverified, action.acts_on,
+                                      stop_on_failure=spec.on_failure == "stop"))
     return Plan(event, tuple(r.name for r in rules), tuple(decisions), table.limits)
 
 

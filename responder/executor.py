@@ -65,6 +65,8 @@ class _Run:
     #: Windows this event opened, by table rule: closed again if the rule did nothing.
     opened: dict[str, str] = dataclasses.field(default_factory=dict)
     gone: set = dataclasses.field(default_factory=set)
+    #: Table rules stopped by a failed `on_failure: stop` action: its report, by rule.
+    stopped: dict[str, ActionReport] = dataclasses.field(default_factory=dict)
 
 
 class Executor:
@@ -109,11 +111,13 @@ class Executor:
         for index, decision in enumerate(plan.decisions):
             if index in prior:
                 reports.append(ActionReport(decision, self._target(run, decision), prior[index]))
+                _note_stop(run, reports[-1])
                 continue
             if heartbeat and not decision.dry_run and not decision.skip_reason:
                 heartbeat()
             report = self._decide(run, decision)
             reports.append(report)
+            _note_stop(run, report)
             if log:
                 log_decision(plan, decision, report.target, report.result)
             if self.metrics:
@@ -166,6 +170,8 @@ class Executor:
             return Result(Outcome.COALESCED, f"same table rule and target already handled "
                           f"{run.coalesced[decision.table_rule] - 1} time(s) within the last "
                           f"{run.plan.limits.coalesce_seconds:g} s")
+        if decision.table_rule in run.stopped:
+            return _stopped_result(run.stopped[decision.table_rule])
         if self.actions is None:
             return Result(Outcome.WOULD_RUN, self.idle_reason)
         if decision.dry_run:
@@ -269,6 +275,19 @@ class Executor:
                 except Exception as exc:  # noqa: BLE001 - the window then just runs out
                     logger.warning("cannot close coalescing window %s: %s", key,
                                    type(exc).__name__)
+
+
+def _note_stop(run: _Run, report: ActionReport) -> None:
+    if report.decision.stop_on_failure and report.result.outcome is Outcome.FAILED:
+        run.stopped.setdefault(report.decision.table_rule, report)
+
+
+def _stopped_result(failed: ActionReport) -> Result:
+    """A later action of a rule whose `on_failure: stop` action failed. Transient like that
+    failure: the worker then tries the event again, the failed action first."""
+    return Result(Outcome.SKIPPED, f"{failed.decision.action} failed earlier in table rule "
+                  f"{failed.decision.table_rule} (on_failure: stop)",
+                  retryable=failed.result.retryable)
 
 
 def _incident(run: _Run, decision: Decision) -> Incident:

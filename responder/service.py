@@ -10,12 +10,13 @@ from typing import Any
 
 from kubernetes.client import ApiClient, CoreV1Api
 
-from .actions import Outcome, Registry, Result
+from .actions import Outcome, Registry, Result, Services
 from .approvals import audit_note, gated_decisions
 from .audit import EventRecorder
 from .auditqueue import AuditQueue
 from .decisions import Plan, plan_response
 from .events import Event
+from .evidencestore import EvidenceStore
 from .executor import ActionReport, Executor
 from .guardrails import Guardrails
 from .journal import EventStore
@@ -39,8 +40,10 @@ class Responder:
     def __init__(self, settings: Settings, table: Table, registry: Registry,
                  api_client: ApiClient | None, *, shared: SharedState,
                  metrics: Metrics | None = None, store: EventStore | None = None,
-                 notifier: SlackNotifier | None = None):
+                 notifier: SlackNotifier | None = None, evidence: EvidenceStore | None = None):
         self.settings = settings
+        #: Where evidence bundles are kept, and `GET /events/<uuid>/evidence` reads them.
+        self.evidence = evidence
         self.registry = registry
         self.metrics = metrics or Metrics()
         self.table = table
@@ -71,7 +74,8 @@ class Responder:
         guardrails = Guardrails(
             self.shared, own_pod=(kubernetes.namespace, kubernetes.pod_name),
             alert=self.alert, on_trip=lambda name: self.metrics.inc(self.metrics.limit_trips, name))
-        return Executor(self.registry.instantiate(throttled, timeout), metrics=self.metrics,
+        actions = self.registry.instantiate(throttled, timeout, Services(evidence=self.evidence))
+        return Executor(actions, metrics=self.metrics,
                         guardrails=guardrails, shared=self.shared)
 
     @property

@@ -28,6 +28,7 @@ from .envvars import (
     variables,
 )
 from .errors import ConfigError
+from .evidencestore import check_endpoint_url, check_evidence_url
 from .notify.config import SlackConfig
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -182,6 +183,13 @@ class StorageSettings:
     redis_password: str | None = setting(
         "RESPONDER_REDIS_PASSWORD", "password for the shared Redis (AUTH); use the _FILE form "
         "with a mounted Secret", None, secret=True, from_file=True)
+    evidence_url: str | None = setting(
+        "RESPONDER_EVIDENCE_URL", "where evidence bundles are kept: file:///dir or "
+        "s3://bucket/prefix (boto3; credentials the standard AWS way); unset = evidence/ "
+        "under RESPONDER_STATE_DIR", None, check_evidence_url)
+    evidence_endpoint_url: str | None = setting(
+        "RESPONDER_EVIDENCE_ENDPOINT_URL", "the S3 endpoint of an s3:// evidence store that is "
+        "not AWS (MinIO, Ceph); unset = AWS", None, check_endpoint_url)
 
     def __post_init__(self) -> None:
         if self.redis_url and urlsplit(self.redis_url).password and self.redis_password:

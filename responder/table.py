@@ -37,7 +37,9 @@ DEFAULT_APPROVAL_TIMEOUT = 900.0  # 15 minutes: long enough to see a message, sh
 # that a forgotten request does not hang over the cluster for a shift
 NOTIFIERS = ("slack",)
 _MATCH_KEYS = {"rules", "priority", "tags", "source", "output_fields"}
-_ACTION_KEYS = {"action", "params"}
+_ACTION_KEYS = {"action", "params", "on_failure"}
+#: What a failed action means for the actions after it in the same table rule.
+ON_FAILURE = ("continue", "stop")
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,8 @@ class Match:
 class ActionSpec:
     action: str
     params: Mapping[str, Any]
+    #: "stop": when this action fails, the table rule's later actions are skipped.
+    on_failure: str = "continue"
 
 
 @dataclass(frozen=True)
@@ -455,7 +459,10 @@ def _build_actions(raw: Any, registry: Registry, problems: _Problems) -> tuple[A
             problems.add(where, "must be a mapping with an 'action' key")
             continue
         for key in sorted(set(item) - _ACTION_KEYS, key=str):
-            problems.add(f"{where}.{key}", "unknown key (known: action, params)")
+            problems.add(f"{where}.{key}", "unknown key (known: action, params, on_failure)")
+        on_failure = item.get("on_failure", "continue")
+        if on_failure not in ON_FAILURE:
+            problems.add(f"{where}.on_failure", "must be stop or continue")
         name, params = item["action"], item.get("params") or {}
         cls = registry.get(name) if isinstance(name, str) else None
         if cls is None:
@@ -464,7 +471,8 @@ def _build_actions(raw: Any, registry: Registry, problems: _Problems) -> tuple[A
             continue
         for key, reason in cls.param_problems(params):
             problems.add(f"{where}.{key}", reason)
-        specs.append(ActionSpec(name, params if isinstance(params, dict) else {}))
+        specs.append(ActionSpec(name, params if isinstance(params, dict) else {},
+                                on_failure if on_failure in ON_FAILURE else "continue"))
     return tuple(specs)
 
 

@@ -16,6 +16,7 @@ from kubernetes.client import ApiClient
 from . import kube
 from .actions import Registry, default_registry
 from .errors import ConfigError
+from .evidencestore import open_store
 from .journal import EventStore
 from .lastgood import StartupTable, keep_copy, load_startup_table
 from .localstate import LocalState
@@ -71,6 +72,9 @@ def build_components(settings: Settings, *, table: Table | None = None,
     configure_logging(settings.log.format, settings.log.level)
     registry = registry or default_registry()
     state_dir = Path(settings.storage.state_dir).expanduser()
+    # Before the journal is opened: a store that cannot be built stops the start cleanly.
+    evidence = open_store(settings.storage.evidence_url, settings.storage.evidence_endpoint_url,
+                          state_dir)
     startup = StartupTable(table) if table else \
         load_startup_table(settings.table.actions_file, registry, state_dir)
     if settings.intake.mode == "inline" and startup.table.needs_approval:
@@ -89,7 +93,7 @@ def build_components(settings: Settings, *, table: Table | None = None,
                              undoable=frozenset(a.name for a in registry if a.reversal)) \
         if slack else None
     responder = Responder(settings, startup.table, registry, api_client, metrics=metrics,
-                          store=store, shared=shared, notifier=notifier)
+                          store=store, shared=shared, notifier=notifier, evidence=evidence)
     spool_dir = store.path.parent / "spool"
     worker = Worker(responder, store, settings.intake.max_attempts,
                     sync_seconds=settings.storage.sync_seconds,

@@ -40,7 +40,7 @@ def test_check_lists_every_error_and_exits_1(capsys, tmp_path):
         f"  {bad}: rule #1 (x): match.priority: bad priority expression '>>Warning': expected "
         "a priority name with an optional >=, <=, >, <, == or !=",
         f"  {bad}: rule #1 (x): actions[1].action: unknown action 'explode' "
-        "(known: cordon-node, delete-pod, isolate-pod, label-pod)",
+        "(known: capture-evidence, cordon-node, delete-pod, isolate-pod, label-pod)",
         f"  {bad}: rule #1 (x): actions[2].params.x: unknown parameter "
         "(known: grace_period_seconds, allow_daemonset)",
     ]

@@ -545,9 +545,9 @@ STOCK_PRIORITIES = {
     "Create Sensitive Mount Pod": "Warning",
 }
 EXPECTED_ENTRY = {
-    "Netcat Remote Code Execution in Container": "kill-reverse-shells",
-    RENAMED_NETCAT: "kill-reverse-shells",
-    "Reverse Shell One-Liner in Container": "kill-reverse-shells",
+    "Netcat Remote Code Execution in Container": "contain-reverse-shells",
+    RENAMED_NETCAT: "contain-reverse-shells",
+    "Reverse Shell One-Liner in Container": "contain-reverse-shells",
     "Detect release_agent File Container Escapes": "isolate-container-escapes",
     "Drop and execute new binary in container": "kill-dropped-payloads",
     "Fileless execution via memfd_create": "kill-dropped-payloads",
@@ -631,9 +631,14 @@ def test_packaged_table_sends_each_rule_to_its_entry(packaged_table, rule, entry
     ["Netcat Remote Code Execution in Container", RENAMED_NETCAT,
      "Reverse Shell One-Liner in Container"],
 )
-def test_reverse_shells_are_labelled_then_their_pod_deleted(packaged_table, rule):
+def test_reverse_shells_are_captured_isolated_detached_and_labelled_not_deleted(packaged_table,
+                                                                              rule):
     (decided,) = _decided(packaged_table, rule)
-    assert [a.action for a in decided.actions] == ["label-pod", "delete-pod"]
+    assert [(a.action, dict(a.params), a.on_failure) for a in decided.actions] == [
+        ("capture-evidence", {}, "continue"), ("isolate-pod", {"detach": True}, "continue"),
+        ("isolate-pod", {}, "continue"),
+        ("label-pod", {"labels": {"quarantine": "true", "falco-response": "reverse-shell"}},
+         "continue")]
     assert decided.continue_ is False
 
 

@@ -207,13 +207,16 @@ def test_deployment_user_is_the_dockerfile_user(container):
     assert users and users[-1] == str(container["securityContext"]["runAsUser"])
 
 
-def test_writable_paths_are_emptydirs_for_shm_tmp_and_the_journal(pod, container):
+def test_writable_paths_are_emptydirs_for_shm_tmp_the_journal_and_evidence(pod, container):
     volumes = {v["name"]: v for v in pod["volumes"]}
     mounts = {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"]}
     assert mounts["/dev/shm"]["emptyDir"]["medium"] == "Memory"
     state_dir = env_of(container)["RESPONDER_STATE_DIR"]["value"]
+    evidence_dir = env_of(container)["RESPONDER_EVIDENCE_URL"]["value"].removeprefix("file://")
     writable = {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")}
-    assert writable == {"/dev/shm", "/tmp", state_dir}
+    # Evidence on a volume of its own: bundles filling it never fill the journal's.
+    assert writable == {"/dev/shm", "/tmp", state_dir, evidence_dir}
+    assert mounts[evidence_dir] is not mounts[state_dir]
     assert all("emptyDir" in mounts[path] for path in writable)
 
 

@@ -25,6 +25,7 @@ rules:
   - name: every-action
     match: {rules: ["Netcat Remote Code Execution in Container"]}
     actions:
+      - action: capture-evidence
       - action: label-pod
         params: {labels: {quarantine: "true"}}
       - action: isolate-pod
@@ -55,6 +56,13 @@ def token_for(apiserver, account: str) -> str:
 
 def can_i(apiserver, *args: str, user: str = USER) -> str:
     return apiserver.kubectl("auth", "can-i", *args, f"--as={user}", check=False).strip()
+
+
+def as_args(resource: str) -> tuple[str, ...]:
+    """`kubectl auth can-i` arguments for a resource; a subresource (pods/log) is given with
+    --subresource, since kubectl reads `pods/log` as the pod named "log"."""
+    resource, _, sub = resource.partition("/")
+    return (resource, f"--subresource={sub}") if sub else (resource,)
 
 
 def listed_grants(text: str) -> dict[str, set[str]]:
@@ -90,12 +98,17 @@ def test_every_registered_action_succeeds_as_the_service_account(cluster, deploy
     decisions = respond(token_for(deployed, ACCOUNT))
     assert {d["action"] for d in decisions} == set(registry.names())
     assert [(d["action"], d["outcome"]) for d in decisions] == [
-        ("label-pod", "done"), ("isolate-pod", "done"), ("delete-pod", "done"),
-        ("cordon-node", "done")]
+        ("capture-evidence", "done"), ("label-pod", "done"), ("isolate-pod", "done"),
+        ("delete-pod", "done"), ("cordon-node", "done")]
     seen = deployed.requests_since(mark, user=USER)
+    # No kubelet behind the test apiserver: a log read is allowed (not 403), then fails.
+    logs = [r for r in seen if r.path.endswith("/log")]
+    assert logs and all(r.code != 403 for r in logs), logs
+    seen = [r for r in seen if r not in logs]
     assert seen and all(200 <= r.code < 300 for r in seen), seen
     # The audit Events, too, were created with the ServiceAccount's rights.
-    assert [r.verb for r in seen if r.path.endswith("/events")] == ["create"] * 4
+    # (and capture-evidence listed the pod's own).
+    assert sorted(r.verb for r in seen if r.path.endswith("/events")) == ["create"] * 5 + ["list"]
     assert cluster.pod("web") is None
 
 
@@ -111,7 +124,8 @@ def test_can_i_answers_yes_exactly_for_the_declared_verbs(deployed):
     checks += [(verb, resource) for resource in {r for r, _ in declared} for verb in VERBS
                if (resource, verb) not in declared]
     with ThreadPoolExecutor(4) as pool:
-        answers = dict(zip(checks, pool.map(lambda c: can_i(deployed, *c), checks),
+        answers = dict(zip(checks, pool.map(lambda c: can_i(deployed, c[0], *as_args(c[1])),
+                                            checks),
                            strict=True))
     assert answers == {c: ("yes" if (c[1], c[0]) in declared else "no") for c in checks}
 
@@ -172,9 +186,9 @@ def test_a_verb_the_role_lacks_is_a_failed_decision_naming_the_403(cluster, depl
     decisions = respond(token)
     user = f"system:serviceaccount:{NAMESPACE}:{account}"
     assert [(d["action"], d["outcome"]) for d in decisions] == [
-        ("label-pod", "done"), ("isolate-pod", "done"), ("delete-pod", "failed"),
-        ("cordon-node", "done")]
-    assert decisions[2]["reason"] == (
+        ("capture-evidence", "done"), ("label-pod", "done"), ("isolate-pod", "done"),
+        ("delete-pod", "failed"), ("cordon-node", "done")]
+    assert decisions[3]["reason"] == (
         f'HTTP 403: pods "web" is forbidden: User "{user}" cannot delete resource "pods" '
         f'in API group "" in the namespace "{cluster.namespace}"')
     # A refusal is not retried: one DELETE, answered 403.
@@ -189,8 +203,8 @@ def test_a_guardrail_read_the_role_lacks_fails_that_action_only(cluster, deploye
     decisions = respond(token)
     user = f"system:serviceaccount:{NAMESPACE}:{account}"
     assert [(d["action"], d["outcome"]) for d in decisions] == [
-        ("label-pod", "done"), ("isolate-pod", "done"), ("delete-pod", "done"),
-        ("cordon-node", "failed")]
-    assert decisions[3]["reason"] == (
+        ("capture-evidence", "done"), ("label-pod", "done"), ("isolate-pod", "done"),
+        ("delete-pod", "done"), ("cordon-node", "failed")]
+    assert decisions[4]["reason"] == (
         f'guardrail check failed: HTTP 403: nodes is forbidden: User "{user}" cannot list '
         f'resource "nodes" in API group "" at the cluster scope')

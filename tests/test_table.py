@@ -165,7 +165,7 @@ def test_check_reports_every_error_not_just_the_first():
         "max_pod_deletions_per_minute, protected_namespaces, skip_standalone_pods)",
         "defaults: dry_run: must be true or false",
         "rule #1 (a): actions[1].action: unknown action 'nope' "
-        "(known: cordon-node, delete-pod, isolate-pod, label-pod)",
+        "(known: capture-evidence, cordon-node, delete-pod, isolate-pod, label-pod)",
         "rule #2 (a): match.priority: bad priority expression '~Warning': expected a priority "
         "name with an optional >=, <=, >, <, == or !=",
         "rule #2 (a): actions[1].params.grace_period_seconds: must be 0 or more",

@@ -21,17 +21,19 @@ from .base import (
     Rbac,
     Registry,
     Result,
+    Services,
     Target,
     api_failure,
     object_ref,
     rbac_dict,
 )
+from .evidence import CaptureEvidence
 from .isolation import IsolatePod
 from .nodes import CordonNode
 from .pods import DeletePod, LabelPod
 
 #: Adding an action: its module here, and one line in this tuple.
-BUILTIN_ACTIONS = (DeletePod, LabelPod, CordonNode, IsolatePod)
+BUILTIN_ACTIONS = (DeletePod, LabelPod, CordonNode, IsolatePod, CaptureEvidence)
 
 
 def default_registry() -> Registry:
@@ -41,7 +43,9 @@ def default_registry() -> Registry:
 
 __all__ = [
     "Action", "Clearance", "Guard", "Incident", "Kind", "Limit", "Limits", "ObjectRef",
-    "Outcome", "Param", "PodFacts", "Rbac", "rbac_dict", "Registry", "Result", "Target",
+    "Outcome", "Param", "PodFacts", "Rbac", "rbac_dict", "Registry", "Result", "Services",
+    "Target",
     "api_failure", "object_ref",
-    "CordonNode", "DeletePod", "IsolatePod", "LabelPod", "BUILTIN_ACTIONS", "default_registry",
+    "CaptureEvidence", "CordonNode", "DeletePod", "IsolatePod", "LabelPod", "BUILTIN_ACTIONS",
+    "default_registry",
 ]

@@ -201,6 +201,15 @@ class Clearance:
 
 
 @dataclass(frozen=True)
+class Services:
+    """What actions may use besides the Kubernetes API, built from settings by wiring.py and
+    passed in (never global)."""
+
+    #: Where evidence bundles are kept (an evidencestore.EvidenceStore); None: nowhere.
+    evidence: Any = None
+
+
+@dataclass(frozen=True)
 class Guard:
     """What an action's own limit check may use: the plan's limits, the state replicas
     share, `trip` (name, reason) -> reason, which counts, logs and alerts a tripped
@@ -235,10 +244,12 @@ class Action:
     #: How the action is reversed, said for people (`undo` does it); None: it cannot be.
     reversal: ClassVar[str | None] = None
 
-    def __init__(self, api: ApiClient, request_timeout: float = 10.0):
+    def __init__(self, api: ApiClient, request_timeout: float = 10.0,
+                 services: Services | None = None):
         self.api = api
         self.core = CoreV1Api(api)
         self.timeout = request_timeout
+        self.services = services or Services()
 
     def run(self, target: Target, params: Mapping[str, Any]) -> Result:
         raise NotImplementedError
@@ -318,8 +329,10 @@ class Registry:
     def __iter__(self):
         return iter(self._actions.values())
 
-    def instantiate(self, api: ApiClient, request_timeout: float) -> dict[str, Action]:
-        return {name: cls(api, request_timeout) for name, cls in self._actions.items()}
+    def instantiate(self, api: ApiClient, request_timeout: float,
+                    services: Services | None = None) -> dict[str, Action]:
+        return {name: cls(api, request_timeout, services)
+                for name, cls in self._actions.items()}
 
     def limits(self) -> list[Limit]:
         """Every limit the actions declare, once each, in registration order."""

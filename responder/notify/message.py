@@ -192,7 +192,7 @@ def _actions_text(reports: Sequence[ActionReport]) -> str:
     if not reports:
         return f"{header}\nno action"
     lines = [f"• `{escape_mrkdwn(r.decision.action)}` ({escape_mrkdwn(r.decision.table_rule)})"
-             f": {outcome_text(r.result)}" for r in reports]
+             f": {outcome_text(r.result)}{_digest_text(r.result)}" for r in reports]
     text = header
     for shown, line in enumerate(lines):
         more = f"\n… and {len(lines) - shown} more"
@@ -200,6 +200,17 @@ def _actions_text(reports: Sequence[ActionReport]) -> str:
             return text + more
         text += "\n" + line
     return text
+
+
+def _digest_text(result: Result) -> str:
+    """The digest an action kept (an evidence bundle's), and where, for the record."""
+    details = result.details or {}
+    digest = details.get("digest")
+    if not digest:
+        return ""
+    where = details.get("location")
+    where = f" at {cut_escaped(str(where), FIELD_LIMIT)}" if where else ""
+    return f" · digest `{cut_escaped(str(digest), 100, _CODE)}`{where}"
 
 
 def _context_text(event: Event, count: int) -> str:

@@ -1,0 +1,99 @@
+"""The packaged default table, armed, on a reverse shell against a real kube-apiserver:
+evidence first, then isolation (detached from a ReplicaSet; in place for other owners),
+then the label; the pod is kept. A failing evidence store does not hold containment back."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+
+import pytest
+
+from responder.actions.isolation import ISOLATED
+from responder.table import DEFAULT_TABLE
+
+from .netcat import FULL_CID, netcat_event
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def armed_default(make_table):
+    text = resources.files("responder").joinpath(DEFAULT_TABLE).read_text("utf-8")
+    assert "\n  dry_run: true\n" in text
+    return make_table(text.replace("\n  dry_run: true\n", "\n  dry_run: false\n", 1))
+
+
+@pytest.fixture
+def respond(cluster, apiserver, make_app, armed_default, tmp_path):
+    def post(pod: str = "web", **settings) -> list[tuple[str, str, str | None]]:
+        app = make_app(armed_default, api_client=apiserver.api_client(), intake="inline",
+                       state_dir=str(tmp_path / "state"), **settings)
+        reply = app.test_client().post("/", data=json.dumps(
+            netcat_event(pod=pod, namespace=cluster.namespace)),
+            content_type="application/json")
+        assert reply.status_code == 200, reply.get_json()
+        assert reply.get_json()["matched"] == ["contain-reverse-shells"]
+        return [(d["action"], d["outcome"], d.get("reason"))
+                for d in reply.get_json()["decisions"]]
+    return post
+
+
+@pytest.fixture
+def node(cluster):
+    return cluster.add_node("node-a").metadata.name
+
+
+def test_a_replicaset_pod_is_captured_isolated_detached_and_labelled_not_deleted(
+        cluster, node, respond):
+    cluster.add_pod("web", node=node, container_ids=(FULL_CID,))
+    assert respond() == [
+        ("capture-evidence", "done", "partial bundle: logs/c0.log unreadable (errors.json)"),
+        ("isolate-pod", "done", None),
+        ("isolate-pod", "already-done", "already isolated"),
+        ("label-pod", "done", None)]
+    labels = cluster.pod("web").metadata.labels
+    # Detached (no `app: web` for the ReplicaSet any more), isolated, labelled, still there.
+    assert labels == {ISOLATED: "web", "quarantine": "true", "falco-response": "reverse-shell"}
+
+
+def test_a_daemonset_pod_is_isolated_in_place(cluster, node, respond):
+    cluster.add_pod("agent", node=node, container_ids=(FULL_CID,), owner="DaemonSet")
+    assert respond("agent") == [
+        ("capture-evidence", "done", "partial bundle: logs/c0.log unreadable (errors.json)"),
+        ("isolate-pod", "skipped", "detach needs a pod owned by a ReplicaSet (owner: "
+         "DaemonSet); nothing would start a replacement"),
+        ("isolate-pod", "done", None),
+        ("label-pod", "done", None)]
+    assert cluster.pod("agent").metadata.labels["app"] == "agent"  # not detached
+
+
+def test_a_failing_store_does_not_hold_containment_back(cluster, node, respond, tmp_path):
+    cluster.add_pod("web", node=node, container_ids=(FULL_CID,))
+    (tmp_path / "blocker").write_text("")
+    decisions = respond(evidence_url=(tmp_path / "blocker" / "ev").as_uri())
+    assert [(a, o) for a, o, _ in decisions] == [
+        ("capture-evidence", "failed"), ("isolate-pod", "done"),
+        ("isolate-pod", "already-done"), ("label-pod", "done")]
+    assert cluster.pod("web").metadata.labels[ISOLATED] == "web"
+
+
+def test_undo_of_the_default_containment_takes_the_isolation_and_labels_back(
+        cluster, node, apiserver, make_app, armed_default, tmp_path):
+    cluster.add_pod("web", node=node, container_ids=(FULL_CID,))
+    app = make_app(armed_default, api_client=apiserver.api_client(),
+                   state_dir=str(tmp_path / "state"))
+    client = app.test_client()
+    client.post("/", data=json.dumps(netcat_event(namespace=cluster.namespace)),
+                content_type="application/json")
+    assert app.extensions["worker"].run_pending() == 1
+    reply = client.post("/events/u-1/undo", data=json.dumps({"by": "alice"}),
+                        content_type="application/json")
+    assert reply.status_code == 200, reply.get_json()
+    assert [(a["action"], a["outcome"]) for a in reply.get_json()["actions"]] == [
+        ("capture-evidence", "not-undone"), ("isolate-pod", "undone"),
+        # The second isolate-pod found the first's policy: nothing of its own to take back.
+        ("isolate-pod", "already-undone"), ("label-pod", "undone")]
+    # Isolation and labels gone; detached, it stays detached; the evidence stays stored.
+    assert not cluster.pod("web").metadata.labels
+    assert client.get("/events/u-1/evidence").status_code == 200
