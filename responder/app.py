@@ -84,7 +84,8 @@ def create_app(settings: Settings | None = None, *, table: Table | None = None,
     _add_evidence_route(app, responder)
     _add_undo_route(app, parts.undoer, intake)
     wakeups = Wakeups(worker.wake, *([app.extensions["wake_sender"]] if spool else []))
-    approvals = Approvals(store, wakeups.set, counted=responder.count_verdict)
+    approvals = app.extensions["approvals"] = Approvals(store, wakeups.set,
+                                                        counted=responder.count_verdict)
     _add_approval_routes(app, responder, approvals, intake, interactions_for(parts, approvals))
     if responder.api_client is not None:
         # Started by the first /readyz (in the process that serves it: gunicorn forks).

@@ -77,13 +77,21 @@ def timeout_verdict(record: Mapping[str, Any], now: float) -> dict[str, Any]:
 
 
 def approver_text(verdict: Mapping[str, Any]) -> str:
-    """Who decided, for logs, audit Events and Slack: `alice (Slack U123)`, `bob (HTTP)`."""
+    """Who decided, for logs, audit Events and Slack: `alice (Slack U123)`, `bob (HTTP)`,
+    `carol (console)`."""
     via = verdict.get("via")
     if via == "timeout":
         return "timeout"
     if via == "slack":
         return f"{verdict.get('by')} (Slack {verdict.get('user_id')})"
+    if via == "console":
+        return console_text(verdict.get("by"))
     return f"{verdict.get('by')} (HTTP)"
+
+
+def console_text(by: Any) -> str:
+    """A console user: `alice (console)`, or `console` for one who gave no name."""
+    return "console" if by in (None, "", "console") else f"{by} (console)"
 
 
 def verdict_reason(verdict: Mapping[str, Any]) -> str | None:

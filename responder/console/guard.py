@@ -109,10 +109,11 @@ class Guard:
         with self._failures_lock:
             self._failures.append(time.monotonic())
 
-    def log_in(self, response: Response) -> None:
-        """Set a new session's cookie on `response`."""
+    def log_in(self, response: Response, name: str = "") -> None:
+        """Set a new session's cookie (of the person calling themselves `name`) on
+        `response`."""
         assert self.sessions is not None
-        _, value = self.sessions.issue()
+        _, value = self.sessions.issue(name)
         response.set_cookie(COOKIE, value, max_age=self.sessions.max_age, path="/ui/",
                             httponly=True, samesite="Strict", secure=self._secure())
 

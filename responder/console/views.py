@@ -28,7 +28,9 @@ from ..settings import Settings
 from ..wiring import dry_run_cause
 from .auditevents import list_audit_events
 from .charts import alert_total, rule_charts
+from .controls import add_controls, approval_view, said, undoable
 from .guard import Guard, add_headers, safe_next
+from .session import login_name
 from .tablecheck import DEFAULT_LAST, Check, Replayer, clamp_last
 from .timeline import OUTCOMES, PRIORITIES, STATES, BadFilter, load_page, read_cursor, read_filters
 
@@ -49,11 +51,12 @@ def register_console(app: Flask, responder: Responder, settings: Settings) -> No
         return {"armed": responder.armed, "dry_run_cause": dry_run_cause(responder)
                 if not responder.armed else "", "auth_mode": guard.mode,
                 "csrf": session.csrf if session else "", "signed_in": session is not None,
-                "writable": session is not None}
+                "writable": session is not None, "user": session.name if session else ""}
 
     _add_overview(console, responder)
     _add_timeline(console, responder)
-    _add_alert(console, responder)
+    _add_alert(console, responder, guard)
+    add_controls(console, guard, app.extensions["approvals"], app.extensions["undoer"])
     _add_table(console, responder, app)
     _add_login(console, guard)
     app.register_blueprint(console)
@@ -113,20 +116,24 @@ def _add_timeline(console: Blueprint, responder: Responder) -> None:
         return render_template("_rows.html", **page())
 
 
-def _add_alert(console: Blueprint, responder: Responder) -> None:
+def _add_alert(console: Blueprint, responder: Responder, guard: Guard) -> None:
     def find(uuid: str) -> dict[str, Any] | None:
         row = responder.store.connection().execute(
-            "SELECT id, body, received, state, attempts, error, finished FROM events "
+            "SELECT id, body, received, state, attempts, error, finished, approval FROM events "
             "WHERE key = ?", (uuid,)).fetchone()
         if row is None:
             return None
-        event_id, body, received, state, attempts, error, finished = row
+        event_id, body, received, state, attempts, error, finished, approval = row
         recorded = responder.store.recorded(event_id)
         decisions = [{**recorded[i], "table_rule": _table_rule(recorded[i])}
                      for i in sorted(recorded)]
+        undos = responder.store.undos(event_id)
         alert = {"uuid": uuid, "received": received, "state": state, "attempts": attempts,
                  "error": error, "finished": finished, "decisions": decisions,
-                 "event": None, "body": bytes(body).decode("utf-8", "replace")}
+                 "event": None, "body": bytes(body).decode("utf-8", "replace"),
+                 "approval": approval_view(json.loads(approval) if approval else None, state),
+                 "undos": undos,
+                 "undoable": undoable(state, decisions, undos, responder.registry)}
         try:
             alert["event"] = parse_event(bytes(body))
         except EventError as exc:
@@ -137,8 +144,8 @@ def _add_alert(console: Blueprint, responder: Responder) -> None:
     def alert_page(uuid: str) -> tuple[str, int]:
         alert = find(uuid)
         if alert is None:
-            return render_template("missing.html", uuid=uuid), 404
-        return render_template("alert.html", alert=alert), 200
+            return render_template("missing.html", uuid=uuid, said=said(guard, uuid)), 404
+        return render_template("alert.html", alert=alert, said=said(guard, uuid)), 200
 
     @console.get("/alerts/<uuid>/audit")
     def alert_audit(uuid: str) -> tuple[str, int]:
@@ -216,11 +223,11 @@ def _add_login(console: Blueprint, guard: Guard) -> None:
         if guard.login_blocked():
             return jsonify({"error": "too many wrong tokens in the last minute; try again "
                             "later"}), 429
-        if not guard.sessions.token_matches(request.form.get("token", "")):
-            guard.login_failed()
-            return form("That is not the responder's token.", 401)
+        refused = _login_refusal(guard)
+        if refused:
+            return form(*refused)
         response = make_response(redirect(safe_next(request.form.get("next"))))
-        guard.log_in(response)
+        guard.log_in(response, login_name(request.form.get("name")))
         return response
 
     @console.post("/logout")
@@ -228,3 +235,16 @@ def _add_login(console: Blueprint, guard: Guard) -> None:
         response = make_response(redirect(url_for("console.login")))
         guard.log_out(response)
         return response
+
+
+def _login_refusal(guard: Guard) -> tuple[str, int] | None:
+    """Why the login form's token or name is refused (message, status), or None."""
+    assert guard.sessions is not None
+    if not guard.sessions.token_matches(request.form.get("token", "")):
+        guard.login_failed()
+        return "That is not the responder's token.", 401
+    try:
+        login_name(request.form.get("name"))
+    except ValueError as exc:
+        return str(exc), 400
+    return None

@@ -115,6 +115,8 @@ def who(verdict: Mapping[str, Any]) -> str:
     user_id = verdict.get("user_id")
     if verdict.get("via") == "slack" and isinstance(user_id, str) and _USER_ID.match(user_id):
         return f"<@{user_id}> ({name})"
+    if verdict.get("via") == "console":
+        return f"{name} (console)" if name != "console" else name
     return f"{name} (over HTTP)" if verdict.get("via") == "http" else name
 
 
