@@ -321,10 +321,23 @@ class Worker:
         if gated and not verdict:
             run.given = self._join_awaited(run)
             run.gated = {i: a for i, a in gated.items() if i not in run.given}
+            if run.gated and (full := self._waiting_full(closings)):
+                run.given.update({i: Result(Outcome.SKIPPED, full) for i in run.gated})
+                run.gated = {}
         if run.gated and not verdict:
             self._run_until_approval(run, closings)
         else:
             self._run_all(run, closings, record)
+
+    def _waiting_full(self, closings: list[Closing]) -> str | None:
+        """Why no more events may wait for approval now: waiting ones leave the queue's
+        count, but the cap bounds them too (a flood of alerts for distinct pods must not
+        grow the journal past it, nor bury real requests in Slack)."""
+        waiting = self.store.awaiting() + sum(c.approval is not None for c in closings)
+        if waiting < self.store.max_pending:
+            return None
+        return (f"not asked: {waiting} events already await approval "
+                "(RESPONDER_MAX_PENDING)")
 
     def _join_awaited(self, run: _Pass) -> dict[int, Result]:
         """Decisions whose table rule and target already wait for approval in another
