@@ -25,15 +25,12 @@ from .base import (
     Target,
     object_ref,
 )
-from .pods import MERGE_PATCH, READ_POD
+from .pods import FIELD_MANAGER, MERGE_PATCH, READ_POD
 
 logger = logging.getLogger(__name__)
 NODE = Kind("Node", "v1", name_from="node", namespaced=False)
 #: The shared lock every replica holds from counting the nodes to the cordon's answer.
 CORDON_LOCK = "cordon-node"
-#: Who the API server records as setting spec.unschedulable when we cordon (managedFields):
-#: undo lifts only a cordon still ours, not one someone set again since.
-FIELD_MANAGER = "falco-responder"
 #: The lock outlives the slowest cordon (its retries included) by this many request timeouts;
 #: a replica that died holding it blocks cordons no longer.
 LOCK_TIMEOUTS = 10
