@@ -120,8 +120,9 @@ def _add_auth(app: Flask, settings: Settings, metrics: Metrics) -> None:
                 return refused
             return None
     if not token and not settings.auth.tls_client_ca_file:
-        logger.warning("NO AUTHENTICATION: anyone who can reach this port can send events. "
-                       "Set RESPONDER_AUTH_TOKEN(_FILE) or RESPONDER_TLS_CLIENT_CA_FILE.")
+        logger.warning("NO AUTHENTICATION: anyone who can reach this port can send events, "
+                       "approve or reject waiting actions and undo responses (free an isolated "
+                       "pod). Set RESPONDER_AUTH_TOKEN(_FILE) or RESPONDER_TLS_CLIENT_CA_FILE.")
 
 
 def _add_routes(app: Flask, responder: Responder, intake: Intake | None) -> None:

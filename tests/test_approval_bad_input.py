@@ -94,3 +94,10 @@ def test_a_slack_name_with_control_characters_is_made_printable():
     body, _ = signed_interaction(SECRET, payload)
     name = parse_click(body).user_name
     assert name.isprintable() and name.startswith("eve")
+
+
+def test_without_authentication_the_warning_names_approve_and_undo(make_app, make_table, capsys):
+    make_app(make_table(TABLE))
+    warning = next(line for line in capsys.readouterr().out.splitlines()
+                   if "NO AUTHENTICATION" in line)
+    assert "approve" in warning and "undo" in warning
