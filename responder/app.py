@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+from typing import Any
 
 from flask import Flask, Response, jsonify, request
 from kubernetes.client import ApiClient
@@ -125,8 +126,9 @@ def _add_auth(app: Flask, settings: Settings, metrics: Metrics) -> None:
                 return refused
             return None
     if not token and not settings.auth.tls_client_ca_file:
-        logger.warning("NO AUTHENTICATION: anyone who can reach this port can send events. "
-                       "Set RESPONDER_AUTH_TOKEN(_FILE) or RESPONDER_TLS_CLIENT_CA_FILE.")
+        logger.warning("NO AUTHENTICATION: anyone who can reach this port can send events, "
+                       "approve or reject waiting actions and undo responses (free an isolated "
+                       "pod). Set RESPONDER_AUTH_TOKEN(_FILE) or RESPONDER_TLS_CLIENT_CA_FILE.")
 
 
 def _add_routes(app: Flask, responder: Responder, intake: Intake | None) -> None:
@@ -190,7 +192,7 @@ def _add_approval_routes(app: Flask, responder: Responder, approvals: Approvals,
     metrics = responder.metrics
 
     def decide(uuid: str, verb: str) -> tuple[Response, int]:
-        by = approver_name(request.get_json(force=True, silent=True))
+        by = approver_name(_json_body())
         status, body = approvals.decide(uuid, verb, by, "http")
         if status == 404 and intake is not None and intake.known(uuid):
             status, body = 409, {"error": f"event {clipped(uuid, 128)} is not yet in the "
@@ -236,14 +238,21 @@ def _undo_by() -> str | None:
     body = request.get_data(cache=False)
     if not body.strip():
         return None
-    try:
-        data = json.loads(body)
-    except ValueError:
-        raise UndoRefused(400, "body must be empty or a JSON object like {\"by\": \"name\"}") \
-            from None
+    data = _json_body(body)
+    if data is None:
+        raise UndoRefused(400, "body must be empty or a JSON object like {\"by\": \"name\"}")
     if not isinstance(data, dict) or set(data) - {"by"}:
         raise UndoRefused(400, "body must be empty or a JSON object with only \"by\"")
     return data.get("by")
+
+
+def _json_body(body: bytes | None = None) -> Any:
+    """The request's JSON body; None when it is not JSON (not UTF-8, malformed, or nested
+    too deep for the parser, which is a RecursionError, not a ValueError)."""
+    try:
+        return json.loads(request.get_data(cache=False) if body is None else body)
+    except (ValueError, RecursionError):
+        return None
 
 
 def _add_health_routes(app: Flask, responder: Responder) -> None:

@@ -47,7 +47,7 @@ def parse_click(body: bytes) -> Click:
     try:
         form = parse_qs(body.decode("utf-8"), strict_parsing=True)
         payload = json.loads(form["payload"][0])
-    except (UnicodeDecodeError, ValueError, KeyError):
+    except (UnicodeDecodeError, ValueError, KeyError, RecursionError):
         raise InteractionError("the body must be form-encoded payload=<JSON>, as Slack "
                                "sends interactions") from None
     if not isinstance(payload, dict) or payload.get("type") != "block_actions":
@@ -65,8 +65,9 @@ def parse_click(body: bytes) -> Click:
     if not _is_id(channel.get("id")):
         raise InteractionError("payload.channel.id: missing or not a Slack channel id")
     name = user.get("name") or user.get("username") or user["id"]
-    return Click(action["action_id"], action["value"], user["id"],
-                 clipped(str(name), 128), channel["id"],
+    # Said in logs, Slack and Kubernetes Events: printable, as an HTTP approver's must be.
+    name = "".join(c if c.isprintable() else "?" for c in str(name)[:128])
+    return Click(action["action_id"], action["value"], user["id"], name, channel["id"],
                  message.get("ts") if isinstance(message.get("ts"), str) else None)
 
 
@@ -126,7 +127,10 @@ class SlackInteractions:
     def verified(self, body: bytes, headers: Mapping[str, str]) -> bool:
         try:
             return self._verifier.is_valid_request(body, headers)
-        except (ValueError, UnicodeDecodeError):  # a timestamp that is not a number
+        # A timestamp that is not a number (ValueError) or too large for a float
+        # (OverflowError); a signature that is not ASCII, which hmac cannot compare
+        # (TypeError): not Slack's, and anyone can send them before the signature holds.
+        except (ValueError, UnicodeDecodeError, OverflowError, TypeError):
             return False
 
     def _decide(self, click: Click, verb: str) -> tuple[int, dict[str, Any]]:

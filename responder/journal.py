@@ -489,6 +489,11 @@ class EventStore:
         found = [(bytes(body), json.loads(text)) for body, text in rows if text]
         return [(body, record) for body, record in found if not record.get("slack")]
 
+    def awaiting(self) -> int:
+        """How many events await approval (not in `pending`, but bounded by the same cap)."""
+        return self.connection().execute(
+            f"SELECT COUNT(*) FROM events WHERE state = '{AWAITING}'").fetchone()[0]
+
     def approval_of(self, key: str) -> tuple[bytes, dict[str, Any]] | None:
         """An event's body and approval record by key (None: unknown, or never asked)."""
         row = self.connection().execute("SELECT body, approval FROM events WHERE key = ?",

@@ -33,6 +33,9 @@ _APPROVAL_KEYS = {"required", "timeout", "on_timeout"}
 ON_TIMEOUT = ("skip", "run")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h)?\s*$")
 _UNIT_SECONDS = {None: 1, "s": 1, "m": 60, "h": 3600}
+#: A week: a deadline must stay a date that can be stored and shown (not NaN, not infinite,
+#: not past the year 9999), and a request nobody answered in a week is forgotten.
+MAX_APPROVAL_TIMEOUT = 7 * 86400.0
 DEFAULT_APPROVAL_TIMEOUT = 900.0  # 15 minutes: long enough to see a message, short enough
 # that a forgotten request does not hang over the cluster for a shift
 NOTIFIERS = ("slack",)
@@ -330,9 +333,10 @@ def _build_approval(raw: Any, problems: _Problems) -> Approval | None:
     if not isinstance(required, bool):
         problems.add("approval.required", "must be true or false")
     seconds = parse_duration(raw.get("timeout", DEFAULT_APPROVAL_TIMEOUT))
-    if seconds is None or seconds <= 0:
-        problems.add("approval.timeout", "must be a positive duration: seconds, or a number "
-                     "with s, m or h (30s, 15m, 2h)")
+    # `not (0 < x <= max)` also refuses NaN, which cannot be stored as a deadline.
+    if seconds is None or not 0 < seconds <= MAX_APPROVAL_TIMEOUT:
+        problems.add("approval.timeout", "must be a positive duration of at most 168h: "
+                     "seconds, or a number with s, m or h (30s, 15m, 2h)")
         seconds = DEFAULT_APPROVAL_TIMEOUT
     on_timeout = raw.get("on_timeout", "skip")
     if on_timeout not in ON_TIMEOUT:

@@ -9,6 +9,7 @@ object put back), the log (one `undo` record) and Slack what was undone and what
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -79,7 +80,7 @@ class Undoer:
                  retry: RetryPolicy | None = None,
                  idle_reason: str = "no Kubernetes cluster configured",
                  clock: Callable[[], float] = time.time,
-                 lock_wait: float = LOCK_WAIT_SECONDS):
+                 lock_wait: float = LOCK_WAIT_SECONDS, max_running: int = 1):
         self.store = store
         self.actions = actions
         #: What each recorded action declares (whether it can be undone), cluster or not.
@@ -91,12 +92,16 @@ class Undoer:
         self.retry = retry or RetryPolicy()
         self.idle_reason = idle_reason
         self.clock = clock
+        #: Undos at once in this process: each holds a request thread while it calls the API,
+        #: and events must still find one (Falcosidekick drops what it cannot deliver).
+        self._running = threading.BoundedSemaphore(max(1, max_running))
 
     def undo(self, uuid: str, by: str | None = None) -> dict[str, Any]:
         """Undo event `uuid` as `by`; the answer: {"uuid", "outcome", "by", "at",
         "actions": [{"action", "target", "outcome", "reason"?}]}. `outcome` is `undone`,
         `already-undone` (an earlier undo did it all) or `failed` (an action's undo failed:
-        undo again). Raises UndoRefused (404 unknown, 409 not finished or being undone)."""
+        undo again). Raises UndoRefused (404 unknown, 409 not finished or being undone,
+        429 as many undos running in this process as it allows)."""
         by = check_by(by)
         recorded = self.store.lookup(uuid)
         if recorded is None:
@@ -105,6 +110,15 @@ class Undoer:
         if recorded.state not in ("done", "failed"):
             raise UndoRefused(409, f"event {clipped(uuid, 128)} is still {recorded.state}: "
                               "undo it once its actions have run")
+        if not self._running.acquire(blocking=False):
+            raise UndoRefused(429, "another undo is running in this process (an undo holds a "
+                              "request thread while it calls the API); try again in a moment")
+        try:
+            return self._undo_locked(uuid, recorded, by)
+        finally:
+            self._running.release()
+
+    def _undo_locked(self, uuid: str, recorded: Recorded, by: str) -> dict[str, Any]:
         token = self._lock(uuid)
         try:
             recorded = self.store.lookup(uuid) or recorded  # undos finished while we waited

@@ -110,7 +110,9 @@ def build_undoer(responder: Responder) -> Undoer:
     return Undoer(responder.store, executor.actions, responder.shared,
                   registry=responder.registry, recorder=responder.recorder,
                   notifier=responder.notifier, retry=executor.retry,
-                  idle_reason=executor.idle_reason or "no Kubernetes cluster configured")
+                  idle_reason=executor.idle_reason or "no Kubernetes cluster configured",
+                  # All request threads but one: events always find a thread.
+                  max_running=responder.settings.intake.threads - 1)
 
 
 def connect_shared(settings: Settings, store: EventStore) -> SharedState:

@@ -38,6 +38,9 @@ from .spool import read_segment, segments, writer_gone
 logger = logging.getLogger(__name__)
 LEASE_SECONDS = 60.0
 TAKE_OVER_SECONDS = 5.0  # how often a running worker looks for claims of dead processes
+#: Why an approved event's action does not run: the table changed while it waited.
+NOT_SHOWN = ("not among the actions awaiting approval (the table changed while the event "
+             "waited); not run")
 
 
 def decision_slots(plan) -> list[str]:
@@ -81,6 +84,24 @@ class _Pass:
     given: dict[int, Result] = field(default_factory=dict)
     deferred: dict[int, dict] = field(default_factory=dict)
     audits: dict[int, dict] = field(default_factory=dict)
+
+
+def verdict_results(run: _Pass, record: Mapping[str, Any]) -> dict[int, Result]:
+    """The skips a verdict gives the gated decisions not yet recorded: all of them when
+    rejected or timed out; when approved, those that were not among the actions awaiting it
+    (the table was reloaded meanwhile: a person approved what they were shown, no more)."""
+    reason = verdict_reason(run.verdict)
+    shown = {p.get("slot") for p in record.get("planned", [])}
+    slots = decision_slots(run.plan)
+    given = {}
+    for index in run.gated:
+        if index in run.prior:
+            continue
+        if reason:
+            given[index] = Result(Outcome.SKIPPED, reason)
+        elif slots[index] not in shown:
+            given[index] = Result(Outcome.SKIPPED, NOT_SHOWN)
+    return given
 
 
 def touched_cluster(report: ActionReport) -> bool:
@@ -290,20 +311,34 @@ class Worker:
             if item.attempts > 1 else {}
         record = self.store.approval(item.id) if item.attempts > 1 else None
         verdict = record.get("verdict") if record else None
+        gated = gated_decisions(self.responder.table, plan,
+                                self.responder.executor.actions is not None)
         if verdict:
-            gated = {i: None for i, d in enumerate(plan.decisions)
-                     if d.table_rule in record["rules"] and not d.dry_run}
-        else:
-            gated = gated_decisions(self.responder.table, plan,
-                                    self.responder.executor.actions is not None)
+            # The table may have been reloaded while the event waited: what its rules ask
+            # now waits too (a rule renamed or added never acts without its own approval).
+            gated = {**gated, **{i: None for i, d in enumerate(plan.decisions)
+                                 if d.table_rule in record["rules"] and not d.dry_run}}
         run = _Pass(item, plan, prior, gated, verdict, item.attempts >= self.max_attempts)
         if gated and not verdict:
             run.given = self._join_awaited(run)
             run.gated = {i: a for i, a in gated.items() if i not in run.given}
+            if run.gated and (full := self._waiting_full(closings)):
+                run.given.update({i: Result(Outcome.SKIPPED, full) for i in run.gated})
+                run.gated = {}
         if run.gated and not verdict:
             self._run_until_approval(run, closings)
         else:
             self._run_all(run, closings, record)
+
+    def _waiting_full(self, closings: list[Closing]) -> str | None:
+        """Why no more events may wait for approval now: waiting ones leave the queue's
+        count, but the cap bounds them too (a flood of alerts for distinct pods must not
+        grow the journal past it, nor bury real requests in Slack)."""
+        waiting = self.store.awaiting() + sum(c.approval is not None for c in closings)
+        if waiting < self.store.max_pending:
+            return None
+        return (f"not asked: {waiting} events already await approval "
+                "(RESPONDER_MAX_PENDING)")
 
     def _join_awaited(self, run: _Pass) -> dict[int, Result]:
         """Decisions whose table rule and target already wait for approval in another
@@ -353,10 +388,8 @@ class Worker:
         """Act on every decision (an event without approval, or one with its verdict:
         approved decisions run with every check made again now; rejected or timed-out ones
         are skipped with the verdict's reason)."""
-        reason = verdict_reason(run.verdict) if run.verdict else None
-        if reason:
-            run.given.update({i: Result(Outcome.SKIPPED, reason) for i in run.gated
-                              if i not in run.prior})
+        if run.verdict:
+            run.given.update(verdict_results(run, record or {}))
         reports = self._execute(run, {**run.prior, **run.given})
         if reports is None:
             return

@@ -192,6 +192,12 @@ class IsolatePod(Action):
         too many (the ReplicaSet would then delete one, maybe this one)."""
         name = details.get("policy") or policy_name(target.pod)
         deleted = self._delete_policy(target, name, details.get("policy_uid"))
+        if isinstance(deleted, str) and self._selects_isolated(target, name):
+            # A later isolation's policy has the name now, and selects the pod by the same
+            # label: removing it would quietly undo that isolation too.
+            notes = [deleted, f"the {ISOLATED} label stays (that policy selects the pod by it)",
+                     _detached_note(details.get("detached"))]
+            return Result(Outcome.SKIPPED, "; ".join(n for n in notes if n))
         uid = details.get("pod_uid") or target.pod_uid
         pod = read_pod_or_reason(self, dataclasses.replace(target, pod_uid=uid))
         removed = False
@@ -222,6 +228,18 @@ class IsolatePod(Action):
                 return f"the NetworkPolicy {name} is another one now (uid changed); left alone"
             raise
         return True
+
+    def _selects_isolated(self, target: Target, name: str) -> bool:
+        """Whether the policy named `name` now selects pods by our isolation label."""
+        try:
+            policy = self.networking.read_namespaced_network_policy(
+                name, target.namespace, _request_timeout=self.timeout)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        selects = (policy.spec.pod_selector.match_labels or {}) if policy.spec else {}
+        return ISOLATED in selects
 
     def _selector_labels(self, target: Target) -> dict[str, str] | Result:
         """The pod's labels its owning ReplicaSet selects it by, or why it cannot be detached."""

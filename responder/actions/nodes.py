@@ -25,7 +25,7 @@ from .base import (
     Target,
     object_ref,
 )
-from .pods import MERGE_PATCH, READ_POD
+from .pods import FIELD_MANAGER, MERGE_PATCH, READ_POD
 
 logger = logging.getLogger(__name__)
 NODE = Kind("Node", "v1", name_from="node", namespaced=False)
@@ -55,7 +55,8 @@ class CordonNode(Action):
                     "replicas (existing cordons count); the last schedulable node is never "
                     "cordoned"),)
     destructive = True  # the node takes no new pods until someone uncordons it
-    reversal = "uncordon the node, only if it was schedulable before and is still cordoned"
+    reversal = "uncordon the node, only if it was schedulable before and is still cordoned " \
+        "by the responder (not cordoned again by someone since)"
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -122,7 +123,8 @@ class CordonNode(Action):
         cordoned = bool(node.spec is not None and node.spec.unschedulable)
         if not before:
             before.append(cordoned)
-        details = {"was_unschedulable": before[0], "node_uid": node.metadata.uid}
+        details = {"was_unschedulable": before[0], "node_uid": node.metadata.uid,
+                   "field_manager": FIELD_MANAGER}
         if cordoned:
             outcome, reason = (Outcome.ALREADY_DONE, "already cordoned") if before[0] \
                 else (Outcome.DONE, None)  # by our earlier try, whose answer was lost
@@ -147,6 +149,11 @@ class CordonNode(Action):
         if not (node.spec is not None and node.spec.unschedulable):
             return Result(Outcome.ALREADY_DONE, "already undone (the node is schedulable)",
                           object_ref(node, NODE))
+        others = cordon_owners(node) - {details.get("field_manager")}
+        if details.get("field_manager") and others:
+            # Uncordoned and cordoned again since (kubectl, for maintenance): theirs now.
+            return Result(Outcome.SKIPPED, f"cordoned again since by {', '.join(sorted(others))}"
+                          "; left cordoned", object_ref(node, NODE))
         # With the version read: a change meanwhile is a 409, and the retry reads again.
         node = self._patch(target, {"metadata": {"uid": node.metadata.uid, "resourceVersion":
                                                  node.metadata.resource_version},
@@ -155,4 +162,16 @@ class CordonNode(Action):
 
     def _patch(self, target: Target, patch: dict[str, Any]) -> Any:
         return self.core.patch_node(target.node, patch, _content_type=MERGE_PATCH,
-                                    _request_timeout=self.timeout)
+                                    field_manager=FIELD_MANAGER, _request_timeout=self.timeout)
+
+
+def cordon_owners(node: Any) -> set[str]:
+    """The field managers the API server names as owning spec.unschedulable: whoever last
+    changed it (an update that changes nothing owns nothing). Empty when the server keeps
+    no managedFields."""
+    owners = set()
+    for entry in node.metadata.managed_fields or []:
+        spec = (entry.fields_v1 or {}).get("f:spec") or {}
+        if "f:unschedulable" in spec and entry.manager:
+            owners.add(entry.manager)
+    return owners

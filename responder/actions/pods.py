@@ -30,6 +30,9 @@ from .labels import labels_problems
 
 logger = logging.getLogger(__name__)
 MERGE_PATCH = "application/merge-patch+json"
+#: Who the API server records as setting what our patches set (managedFields): undo puts
+#: back only what is still ours, not what someone set again since.
+FIELD_MANAGER = "falco-responder"
 #: Why a deletion counts whose DELETE answered an error, but whose retry found the pod gone.
 LOST_ANSWER = "deleted (the API's first answer was lost)"
 POD = Kind("Pod", "v1", name_from="pod", namespaced=True)
@@ -179,7 +182,7 @@ class LabelPod(Action):
     rbac = (READ_POD, Rbac("pods", ("patch",), why="set the labels (a JSON merge patch); "
                            "undo puts back the values they replaced"))
     reversal = "put back the values the labels had before (removing those that were absent); " \
-        "a label changed since is left alone"
+        "a label changed, or set again by someone, since is left alone"
 
     def attempts(self, target: Target, params: Mapping[str, Any],
                  incident: Incident | None = None) -> Callable[[], Result]:
@@ -202,7 +205,8 @@ class LabelPod(Action):
         if result.outcome is not Outcome.DONE:
             return result
         return dataclasses.replace(result, details={
-            "pod_uid": before["uid"], "set": labels, "previous": before["previous"]})
+            "pod_uid": before["uid"], "set": labels, "previous": before["previous"],
+            "field_manager": FIELD_MANAGER})
 
     def undo(self, target: Target, details: Mapping[str, Any]) -> Result:
         """Put back the labels' values before on the same pod (by uid), each only while it
@@ -210,8 +214,11 @@ class LabelPod(Action):
         pod = read_pod_or_reason(self, dataclasses.replace(target, pod_uid=details.get("pod_uid")))
         if isinstance(pod, Result):
             return pod
+        ours = details.get("field_manager")
+        taken = {key: ", ".join(sorted(managers - {ours}))
+                 for key, managers in label_owners(pod).items() if ours and managers - {ours}}
         restore, left = label_restoration(pod.metadata.labels or {}, details.get("set") or {},
-                                          details.get("previous") or {})
+                                          details.get("previous") or {}, taken)
         changed = f"changed since, left alone: {', '.join(left)}" if left else None
         if not restore:
             return Result(Outcome.SKIPPED, changed, object_ref(pod, POD)) if left else \
@@ -226,26 +233,42 @@ class LabelPod(Action):
     def _patch_labels(self, target: Target, meta: dict[str, Any]) -> Result:
         try:
             pod = self.core.patch_namespaced_pod(
-                target.pod, target.namespace, {"metadata": meta},
+                target.pod, target.namespace, {"metadata": meta}, field_manager=FIELD_MANAGER,
                 _content_type=MERGE_PATCH, _request_timeout=self.timeout)
         except ApiException as exc:
             return refused_patch(exc)
         return Result(Outcome.DONE, involved=object_ref(pod, POD))
 
 
+def label_owners(pod: Any) -> dict[str, set[str]]:
+    """Each label's field managers as the API server records them (whoever last changed
+    it; an update that changes nothing owns nothing). Empty without managedFields."""
+    owners: dict[str, set[str]] = {}
+    for entry in pod.metadata.managed_fields or []:
+        labels = ((entry.fields_v1 or {}).get("f:metadata") or {}).get("f:labels") or {}
+        for field in labels:
+            if field.startswith("f:") and entry.manager:
+                owners.setdefault(field[2:], set()).add(entry.manager)
+    return owners
+
+
 def label_restoration(current: Mapping[str, str], set_: Mapping[str, str],
-                      previous: Mapping[str, str | None]) -> tuple[dict[str, str | None],
-                                                                   list[str]]:
+                      previous: Mapping[str, str | None],
+                      taken: Mapping[str, str] | None = None
+                      ) -> tuple[dict[str, str | None], list[str]]:
     """What undoing a label-pod puts back: the previous value (None: remove) of each label
-    that still has the value we set; and, said for people, the labels changed since (left
-    alone). A label we set to the value it already had needs nothing. Pure."""
+    that still has the value we set, unless someone else set it again since (`taken`: label
+    to who); and, said for people, the labels changed or set again since (left alone). A
+    label we set to the value it already had needs nothing. Pure."""
     restore: dict[str, str | None] = {}
     left = []
     for key, value in set_.items():
         before, now = previous.get(key), current.get(key)
         if value == before:
             continue
-        if now == value:
+        if now == value and taken and key in taken:
+            left.append(f"{key} (set again since by {taken[key]})")
+        elif now == value:
             restore[key] = before
         elif now != before:
             left.append(f"{key} (now {now!r})" if now is not None else f"{key} (removed)")
