@@ -19,7 +19,7 @@ from .auth import TokenAuth
 from .console import register_console
 from .errors import EventError, StorageError, UndoRefused
 from .events import parse_event
-from .evidencestore import bundle_listing
+from .evidencestore import bundle_listing, recorded_bundles
 from .intake import Intake
 from .interactions import InteractionError, SlackInteractions
 from .journal import AWAITING
@@ -166,9 +166,7 @@ def _add_evidence_route(app: Flask, responder: Responder) -> None:
     @app.get("/events/<uuid>/evidence", endpoint="event_evidence")
     def event_evidence(uuid: str) -> tuple[Response, int]:
         status = responder.store.status(uuid)
-        bundles = [d["details"] for d in (status or {}).get("decisions", [])
-                   if isinstance(d.get("details"), dict) and "digest" in d["details"]
-                   and "key" in d["details"]]
+        bundles = recorded_bundles((status or {}).get("decisions", []))
         if not bundles:
             responder.metrics.inc(responder.metrics.rejected, "404")
             said = "has no evidence bundle" if status else "unknown (never received, or past " \

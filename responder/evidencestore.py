@@ -10,7 +10,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -203,6 +203,13 @@ def _content_type(name: str) -> str:
     return "application/json" if name.endswith(".json") else "text/plain; charset=utf-8"
 
 
+def recorded_bundles(decisions: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The evidence bundles an event's decisions recorded (their `details`), in plan order."""
+    return [d["details"] for d in decisions
+            if isinstance(d.get("details"), dict) and "digest" in d["details"]
+            and "key" in d["details"]]
+
+
 def bundle_listing(store: EvidenceStore | None, details: Mapping[str, Any]) -> dict[str, Any]:
     """What `GET /events/<uuid>/evidence` says of one bundle a decision recorded: where it
     is, its digest, and its files as manifest.json (read back from the store) lists them;
@@ -215,8 +222,15 @@ def bundle_listing(store: EvidenceStore | None, details: Mapping[str, Any]) -> d
         manifest = store.read(key, MANIFEST)
     except EvidenceStoreError as exc:
         return {**out, "error": str(exc)}
-    listed = json.loads(manifest)
-    return {**out, "verified": digest_of(manifest) == details.get("digest"),
-            "captured_at": listed.get("captured_at"),
-            "files": [{"name": MANIFEST, "size": len(manifest)}, *listed["files"]],
-            "bytes": len(manifest) + sum(f["size"] for f in listed["files"])}
+    verified = digest_of(manifest) == details.get("digest")
+    try:
+        listed = json.loads(manifest)
+        files = [{"name": str(f["name"]), "size": int(f["size"]), "sha256": str(f["sha256"])}
+                 for f in listed["files"]]
+    except (ValueError, TypeError, KeyError):
+        # Whoever can write the store can write anything there: say so, never a 500.
+        return {**out, "verified": verified,
+                "error": f"{MANIFEST} in the store is not a bundle manifest"}
+    return {**out, "verified": verified, "captured_at": listed.get("captured_at"),
+            "files": [{"name": MANIFEST, "size": len(manifest)}, *files],
+            "bytes": len(manifest) + sum(f["size"] for f in files)}

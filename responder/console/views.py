@@ -23,6 +23,7 @@ from flask import (
 from .. import alerts
 from ..errors import EventError
 from ..events import parse_event
+from ..evidencestore import bundle_listing, recorded_bundles
 from ..service import Responder
 from ..settings import Settings
 from ..wiring import dry_run_cause
@@ -156,6 +157,17 @@ def _add_alert(console: Blueprint, responder: Responder, guard: Guard) -> None:
         listing = list_audit_events(responder.api_client, uuid, alert["decisions"],
                                     min(AUDIT_TIMEOUT, responder.settings.kubernetes.timeout))
         return render_template("_audit.html", listing=listing), 200
+
+    @console.get("/alerts/<uuid>/evidence")
+    def alert_evidence(uuid: str) -> tuple[str, int]:
+        """The evidence bundles, fetched by the alert page: reading manifests back from the
+        store (S3, say) never delays the page."""
+        alert = find(uuid)
+        if alert is None:
+            return render_template("missing.html", uuid=uuid), 404
+        bundles = [bundle_listing(responder.evidence, b)
+                   for b in recorded_bundles(alert["decisions"])]
+        return render_template("_evidence.html", bundles=bundles), 200
 
 
 def _table_rule(report: dict[str, Any]) -> str:

@@ -28,13 +28,13 @@ function setUpTimeline() {
   setInterval(function () { if (auto && auto.checked) { refresh(); } }, 5000);
 }
 
-async function loadAudit() {
-  const box = document.getElementById("audit");
+async function loadPartial(id, what) {
+  const box = document.getElementById(id);
   if (!box) { return; }
   try {
     box.innerHTML = await fetchPartial(box.dataset.src);
   } catch (err) {
-    box.textContent = "Cannot read the audit Events: " + err.message;
+    box.textContent = "Cannot read the " + what + ": " + err.message;
   }
 }
 
@@ -80,6 +80,7 @@ function setUpEditor() {
 
 document.addEventListener("DOMContentLoaded", function () {
   setUpTimeline();
-  loadAudit();
+  loadPartial("audit", "audit Events");
+  loadPartial("evidence", "evidence bundles");
   setUpEditor();
 });
