@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes.client import AppsV1Api, BatchV1Api
-from kubernetes.client.exceptions import ApiException
 
 from ..evidence import build_bundle, redact_env, safe_name, to_json
 from ..evidencestore import EvidenceStoreError, bundle_key
@@ -23,7 +22,7 @@ from .base import (
     api_failure,
     object_ref,
 )
-from .pods import POD, READ_POD
+from .pods import POD, READ_POD, read_pod_or_reason
 
 logger = logging.getLogger(__name__)
 TAIL_LINES, MAX_BYTES = 1000, 1024 * 1024
@@ -109,7 +108,7 @@ class CaptureEvidence(Action):
         store = self.services.evidence
         if store is None:
             return Result(Outcome.FAILED, "no evidence store configured")
-        pod = self._read_pod(target)
+        pod = read_pod_or_reason(self, target)
         if isinstance(pod, Result):
             return pod
         errors: dict[str, str] = {}
@@ -131,18 +130,6 @@ class CaptureEvidence(Action):
             if errors else None
         return Result(Outcome.DONE, reason, involved=involved,
                       details={**details, "unreadable": sorted(errors)} if errors else details)
-
-    def _read_pod(self, target: Target) -> Any:
-        try:
-            pod = self.core.read_namespaced_pod(target.pod, target.namespace,
-                                                _request_timeout=self.timeout)
-        except ApiException as exc:
-            if exc.status == 404:
-                return Result(Outcome.SKIPPED, "pod no longer exists")
-            raise
-        if target.pod_uid and pod.metadata.uid != target.pod_uid:
-            return Result(Outcome.SKIPPED, "pod was replaced since the event (uid changed)")
-        return pod
 
     def _collect(self, pod: Any, params: Mapping[str, Any], incident: Incident | None,
                  errors: dict[str, str]) -> dict[str, bytes]:
