@@ -98,7 +98,8 @@ class SlackInteractions:
         #: (uuid, by) -> the undo's answer: `Undoer.undo`, which raises UndoRefused.
         self.undo = undo
         #: Undos this process runs for clicks at once (the Undoer's own bound).
-        self._undos = threading.BoundedSemaphore(max(1, undo_limit))
+        self.undo_limit = max(1, undo_limit)
+        self._undos = threading.BoundedSemaphore(self.undo_limit)
         #: Slack shows an error unless answered within 3 s: an undo still running then
         #: (a slow API, or another replica's event) is answered "started", told when done.
         self.answer_within = answer_within
