@@ -70,6 +70,18 @@ def replica_id(state_dir: Path) -> str:
     return name
 
 
+def readable(text: bytes | str) -> dict[str, Any]:
+    """A verdict as stored; one that is not (a tampered Redis) reads as "unreadable", which
+    no worker applies and every answer can still name."""
+    try:
+        verdict = json.loads(text)
+    except ValueError:
+        verdict = None
+    if not isinstance(verdict, dict) or not isinstance(verdict.get("decision"), str):
+        return {"decision": "unreadable", "by": "?", "via": "?", "at": None}
+    return verdict
+
+
 class Relay:
     """This replica's side of the relay, on the shared Redis client (`RedisState.redis`)."""
 
@@ -112,14 +124,14 @@ class Relay:
         first). Atomic across replicas: a timeout racing a click has one winner."""
         won, text = self._first(keys=[self._key("verdict", uuid)],
                                 args=[json.dumps(verdict), self._ttl_ms(deadline)])
-        return bool(won), json.loads(text)
+        return bool(won), readable(text)
 
     def verdicts(self, uuids: list[str]) -> dict[str, dict[str, Any]]:
         """The verdicts given (anywhere) for these events: one MGET."""
         if not uuids:
             return {}
         texts = self.redis.mget([self._key("verdict", u) for u in uuids])
-        return {u: json.loads(t) for u, t in zip(uuids, texts, strict=True) if t}
+        return {u: readable(t) for u, t in zip(uuids, texts, strict=True) if t}
 
     # --- undo ------------------------------------------------------------------------
     def publish_held(self, uuid: str, seconds: float) -> None:

@@ -137,3 +137,31 @@ def test_with_redis_down_a_remote_verdict_is_503_and_a_local_one_still_works(
     # The delete itself needs Redis (its limits, the API budget): retried until it is back,
     # as every action is with Redis down (test_redis_outage.py).
     assert after["state"] == "pending" and cluster.pod("web") is not None
+
+
+def test_a_malformed_verdict_in_redis_is_ignored_and_the_event_keeps_waiting(
+        cluster, web, replicas, redis_server):
+    import redis
+
+    holder, _ = replicas()
+    post_event(holder, cluster.namespace)
+    with redis.Redis.from_url(redis_server.url) as client:
+        client.set("falco-responder:verdict:ev-1", '{"decision": "maybe", "by": 1}')
+    work(holder)
+    assert status(holder)["state"] == "awaiting-approval"
+    assert cluster.pod("web") is not None
+
+
+def test_a_restarted_holder_publishes_its_waiting_events_again(cluster, web, replicas,
+                                                              redis_server):
+    import redis
+
+    holder, other = replicas()
+    post_event(holder, cluster.namespace)
+    with redis.Redis.from_url(redis_server.url) as client:
+        client.flushdb()  # Redis restarted empty (the shipped one keeps nothing on disk)
+    assert http_verdict(other, "approve").status_code == 404
+    holder.extensions["worker"].take_over()  # what a restart of the holder runs
+    assert http_verdict(other, "approve").status_code == 200
+    work(holder)
+    assert cluster.pod("web") is None
