@@ -165,3 +165,23 @@ def test_a_restarted_holder_publishes_its_waiting_events_again(cluster, web, rep
     assert http_verdict(other, "approve").status_code == 200
     work(holder)
     assert cluster.pod("web") is None
+
+
+def test_the_console_on_the_other_replica_approves_and_undoes(cluster, web, replicas):
+    from .test_approval_undo import TABLE as UNDOABLE
+    from .test_approval_undo import policies
+    from .test_console_controls import control, csrf_of, log_in
+
+    holder, other = replicas(UNDOABLE)
+    holder.extensions["worker"].undo_server.start()
+    post_event(holder, cluster.namespace)
+    client = other.test_client()
+    log_in(client, "erin", token=AUTH)
+    control(client, "ev-1", "approve", csrf_of(client))
+    work(holder)
+    done = status(holder)
+    assert (done["approval"]["by"], done["approval"]["via"]) == ("erin", "console")
+    assert policies(cluster)
+    control(client, "ev-1", "undo", csrf_of(client))
+    assert policies(cluster) == []
+    assert status(holder)["undos"][0]["by"] == "erin (console)"
