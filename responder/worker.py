@@ -130,6 +130,8 @@ class Worker:
         self.relay = relay
         #: Serves the undos other replicas pass on (started and stopped with the threads).
         self.undo_server: UndoServer | None = None
+        #: Events whose verdict in Redis is malformed (tampered): logged once each.
+        self._malformed: set[str] = set()
         #: Written on each claim, so a worker started later can tell ours from a dead one's.
         self.owner = owner or process_owner()
         self.store = store
@@ -188,7 +190,10 @@ class Worker:
     def _apply_verdict(self, key: str, verdict: Any) -> bool:
         if not isinstance(verdict, dict) or verdict.get("decision") not in (
                 APPROVED, REJECTED, TIMED_OUT) or not isinstance(verdict.get("by"), str):
-            logger.error("event %s: the shared Redis holds a malformed verdict; ignored", key)
+            if key not in self._malformed:  # said once, not on every loop
+                self._malformed.add(key)
+                logger.error("event %s: the shared Redis holds a malformed verdict; ignored "
+                             "(the event waits for its timeout)", key)
             return False
         found = self.store.decide(key, verdict)
         if not found or not found[0]:
