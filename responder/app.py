@@ -86,8 +86,10 @@ def create_app(settings: Settings | None = None, *, table: Table | None = None,
     _add_undo_route(app, parts.undoer, intake)
     wakeups = Wakeups(worker.wake, *([app.extensions["wake_sender"]] if spool else []))
     approvals = app.extensions["approvals"] = Approvals(store, wakeups.set,
-                                                        counted=responder.count_verdict)
-    _add_approval_routes(app, responder, approvals, intake, interactions_for(parts, approvals))
+                                                        counted=responder.count_verdict,
+                                                        relay=parts.relay)
+    interactions = app.extensions["interactions"] = interactions_for(parts, approvals)
+    _add_approval_routes(app, responder, approvals, intake, interactions)
     if responder.api_client is not None:
         # Started by the first /readyz (in the process that serves it: gunicorn forks).
         app.extensions["api_probe"] = kube.ApiProbe(responder.api_client)
@@ -182,7 +184,7 @@ def interactions_for(parts: Components, approvals: Approvals) -> SlackInteractio
     if slack is None or not slack.interactive or notifier is None:
         return None
     return SlackInteractions(slack.signing_secret, slack.approvers, approvals, notifier.tell,
-                             undo=parts.undoer.undo)
+                             undo=parts.undoer.undo, undo_limit=parts.undoer.max_running)
 
 
 def _add_approval_routes(app: Flask, responder: Responder, approvals: Approvals,

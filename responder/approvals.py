@@ -11,15 +11,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .decisions import Decision, Plan
-from .journal import EventStore
+from .journal import AWAITING, EventStore
 from .table import Approval, Table
+
+if TYPE_CHECKING:
+    from .relay import Relay
 
 logger = logging.getLogger(__name__)
 APPROVED, REJECTED, TIMED_OUT = "approved", "rejected", "timed-out"
 VERDICTS = {"approve": APPROVED, "reject": REJECTED}
+#: The state a verdict's answer names for an event held by another replica.
+ELSEWHERE = "on-another-replica"
 #: How long an HTTP approver's name may be: what a person or a tool calls itself, printable
 #: (it goes into logs, Slack and Kubernetes Events; an undo's `by` is held to the same).
 NAME_LIMIT = 128
@@ -167,16 +172,34 @@ class Approvals:
     the updates in order (an earlier "acting now" can never land after the outcomes)."""
 
     def __init__(self, store: EventStore, wake: Callable[[], None],
-                 counted: Callable[[dict[str, Any]], None] = lambda verdict: None):
+                 counted: Callable[[dict[str, Any]], None] = lambda verdict: None,
+                 relay: Relay | None = None):
         self.store = store
         self.wake = wake
         #: Told each verdict given (the responder_approvals_total metric).
         self.counted = counted
+        #: With several replicas (Redis): verdicts for another replica's events go through
+        #: it, and ours take the same first-verdict key, so exactly one verdict wins.
+        self.relay = relay
 
     def decide(self, uuid: str, verb: str, by: str, via: str,
                user_id: str | None = None) -> tuple[int, dict[str, Any]]:
-        """(HTTP status, JSON body): 200 decided, 404 unknown, 409 not awaiting."""
+        """(HTTP status, JSON body): 200 decided (here, or recorded for the replica holding
+        the event), 404 unknown, 409 not awaiting, 503 another replica's event while the
+        shared Redis cannot be reached."""
         verdict = human_verdict(VERDICTS[verb], by, via, self.store.clock(), user_id)
+        here = self.store.approval_state(uuid)
+        if here is None:
+            if self.relay is None:
+                return 404, {"error": f"no event {uuid[:128]} (never received, or past "
+                             "retention)"}
+            return self._decide_elsewhere(uuid, verdict)
+        state, record = here
+        if state == AWAITING and record and not record.get("verdict"):
+            won, first = self._first_verdict(uuid, verdict, record["deadline"])
+            if not won:
+                self.wake()  # the worker applies the verdict that won
+                return 409, conflict_body(uuid, state, {**record, "verdict": first})
         found = self.store.decide(uuid, verdict)
         if found is None:
             return 404, {"error": f"no event {uuid[:128]} (never received, or past retention)"}
@@ -187,6 +210,49 @@ class Approvals:
         self.counted(verdict)
         self.wake()
         return 200, {"uuid": uuid, "state": state, "approval": public_view(record or {})}
+
+    def _first_verdict(self, uuid: str, verdict: dict[str, Any],
+                       deadline: float) -> tuple[bool, dict[str, Any]]:
+        """Our verdict for our own event through the shared first-verdict key; with Redis
+        down, the verdict is given here alone (the event is ours: no one else acts on it)."""
+        if self.relay is None:
+            return True, verdict
+        import redis
+
+        try:
+            won = self.relay.first_verdict(uuid, verdict, deadline)
+        except redis.RedisError as exc:
+            self.relay.trouble.failed(exc)
+            return True, verdict
+        self.relay.trouble.passed()
+        return won
+
+    def _decide_elsewhere(self, uuid: str, verdict: dict[str, Any]
+                          ) -> tuple[int, dict[str, Any]]:
+        """A verdict for an event another replica holds: recorded in Redis (first wins) for
+        that replica's worker to apply, as it applies its own."""
+        import redis
+
+        assert self.relay is not None
+        try:
+            shown = self.relay.awaiting(uuid)
+            if shown is None:
+                return 404, {"error": f"no event {uuid[:128]} (never received, past retention, "
+                             "or not awaiting approval on any replica)"}
+            won, first = self.relay.first_verdict(uuid, verdict, float(shown["deadline"]))
+        except redis.RedisError as exc:
+            return 503, {"error": f"event {uuid[:128]} is not on this replica, and the shared "
+                         f"Redis that passes verdicts to the replica holding it cannot be "
+                         f"reached ({type(exc).__name__}); try again", "uuid": uuid}
+        record = {"rules": shown.get("rules", []), "deadline": shown.get("deadline"),
+                  "verdict": first}
+        if not won:
+            return 409, conflict_body(uuid, ELSEWHERE, record)
+        logger.warning("event %s %s by %s; passed on to replica %s, which holds it", uuid,
+                       verdict["decision"], approver_text(verdict), shown.get("owner"))
+        return 200, {"uuid": uuid, "state": AWAITING, "replica": shown.get("owner"),
+                     "relayed": True, "approval": public_view(record),
+                     "note": "verdict recorded; the replica holding the event acts on it"}
 
 
 def conflict_body(uuid: str, state: str, record: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,9 @@ from .logs import clipped
 logger = logging.getLogger(__name__)
 _ID = re.compile(r"^[A-Z0-9]{2,40}$")
 VALUE_LIMIT = 256
+#: How long a Slack undo click waits for its undo before answering "started" (Slack wants
+#: an answer within 3 s, and the request must get there).
+ANSWER_WITHIN_SECONDS = 2.0
 
 
 class InteractionError(ValueError):
@@ -84,7 +88,8 @@ class SlackInteractions:
 
     def __init__(self, signing_secret: str, approvers: tuple[str, ...], approvals: Approvals,
                  tell: Callable[[str, str, str], None], clock: Clock | None = None,
-                 undo: Callable[[str, str], dict[str, Any]] | None = None):
+                 undo: Callable[[str, str], dict[str, Any]] | None = None,
+                 undo_limit: int = 1, answer_within: float = ANSWER_WITHIN_SECONDS):
         self._verifier = SignatureVerifier(signing_secret, clock or Clock())
         self.approvers = frozenset(approvers)
         self.approvals = approvals
@@ -92,6 +97,12 @@ class SlackInteractions:
         self.tell = tell
         #: (uuid, by) -> the undo's answer: `Undoer.undo`, which raises UndoRefused.
         self.undo = undo
+        #: Undos this process runs for clicks at once (the Undoer's own bound).
+        self.undo_limit = max(1, undo_limit)
+        self._undos = threading.BoundedSemaphore(self.undo_limit)
+        #: Slack shows an error unless answered within 3 s: an undo still running then
+        #: (a slow API, or another replica's event) is answered "started", told when done.
+        self.answer_within = answer_within
         self.handlers: dict[str, Callable[[Click], tuple[int, dict[str, Any]]]] = {
             "approve": lambda click: self._decide(click, "approve"),
             "reject": lambda click: self._decide(click, "reject"),
@@ -146,13 +157,54 @@ class SlackInteractions:
         # The name is Slack's display name, which anyone may change: the id makes it sure.
         name = "".join(c if c.isprintable() else "?" for c in click.user_name[:72])
         by = f"{name} (Slack {click.user_id})"
+        if not self._undos.acquire(blocking=False):
+            refused = UndoRefused(429, "as many undos are running in this process as it "
+                                  "allows; try again in a moment")
+            return self._undo_refused(click, refused)
+        answered: dict[str, Any] = {}
+        handed_off, lock, done = [False], threading.Lock(), threading.Event()
+
+        def run() -> None:
+            result = self._run_undo(click, by)
+            with lock:  # who tells: the request if it still waits, else this thread
+                answered.update(result)
+                tell_here = handed_off[0]
+            done.set()
+            if tell_here:
+                self._tell_undo(click, answered)
+
+        threading.Thread(target=run, name="slack-undo", daemon=True).start()
+        done.wait(self.answer_within)
+        with lock:
+            if not answered:
+                handed_off[0] = True
+                return 200, {"ok": True, "started": True, "uuid": click.value,
+                             "note": "undo started; the result is told when done"}
+        return self._tell_undo(click, answered)
+
+    def _run_undo(self, click: Click, by: str) -> dict[str, Any]:
+        """The undo's answer or refusal; the bound's place is given back here."""
         try:
-            answer = self.undo(click.value, by)
+            return {"answer": self.undo(click.value, by)}
         except UndoRefused as exc:
-            self.tell(click.channel, click.user_id, f"Not undone: {exc}.")
-            return 200, {"ok": False, "error": str(exc), "status": exc.status}
-        self.tell(click.channel, click.user_id, undo_summary(answer))
-        return 200, {"ok": True, **answer}
+            return {"refused": exc}
+        except Exception as exc:  # noqa: BLE001 - the user must hear of it
+            logger.exception("undo of event %s for a Slack click failed",
+                             clipped(click.value, 64))
+            return {"refused": UndoRefused(500, f"internal error ({type(exc).__name__}); "
+                                           "see the responder's log")}
+        finally:
+            self._undos.release()
+
+    def _tell_undo(self, click: Click, answered: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if "refused" in answered:
+            return self._undo_refused(click, answered["refused"])
+        self.tell(click.channel, click.user_id, undo_summary(answered["answer"]))
+        return 200, {"ok": True, **answered["answer"]}
+
+    def _undo_refused(self, click: Click, exc: UndoRefused) -> tuple[int, dict[str, Any]]:
+        self.tell(click.channel, click.user_id, f"Not undone: {exc}.")
+        return 200, {"ok": False, "error": str(exc), "status": exc.status}
 
 
 def undo_summary(answer: Mapping[str, Any]) -> str:

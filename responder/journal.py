@@ -489,6 +489,28 @@ class EventStore:
         found = [(bytes(body), json.loads(text)) for body, text in rows if text]
         return [(body, record) for body, record in found if not record.get("slack")]
 
+    def awaiting_records(self, expired: bool = False) -> list[tuple[str, dict[str, Any]]]:
+        """Events awaiting approval (only those past their deadline with `expired`): key and
+        approval record, oldest first."""
+        where = _EXPIRED if expired else f"WHERE state = '{AWAITING}'"
+        params = (self.clock(),) if expired else ()
+        rows = self.connection().execute(
+            f"SELECT key, approval FROM events {where} ORDER BY id", params).fetchall()
+        return [(key, json.loads(text)) for key, text in rows if text]
+
+    def awaiting_keys(self) -> list[str]:
+        """The keys of events awaiting approval (the events_todo index finds them)."""
+        return [row[0] for row in self.connection().execute(
+            f"SELECT key FROM events WHERE state = '{AWAITING}'").fetchall()]
+
+    def approval_state(self, key: str) -> tuple[str, dict[str, Any] | None] | None:
+        """An event's state and approval record (None: unknown on this replica)."""
+        row = self.connection().execute("SELECT state, approval FROM events WHERE key = ?",
+                                        (key,)).fetchone()
+        if row is None:
+            return None
+        return row[0], json.loads(row[1]) if row[1] else None
+
     def awaiting(self) -> int:
         """How many events await approval (not in `pending`, but bounded by the same cap)."""
         return self.connection().execute(

@@ -31,6 +31,7 @@ from .errors import EventError, UndoRefused
 from .events import Event, Priority, parse_event
 from .journal import EventStore, Recorded
 from .logs import clipped
+from .relay import Relay, relayed_undo
 from .retry import RetryPolicy
 from .shared import Contended, SharedState, acquire
 
@@ -94,14 +95,28 @@ class Undoer:
         self.clock = clock
         #: Undos at once in this process: each holds a request thread while it calls the API,
         #: and events must still find one (Falcosidekick drops what it cannot deliver).
-        self._running = threading.BoundedSemaphore(max(1, max_running))
+        self.max_running = max(1, max_running)
+        self._running = threading.BoundedSemaphore(self.max_running)
+        #: With several replicas (Redis): an event held by another replica is undone there.
+        self.relay: Relay | None = None
 
     def undo(self, uuid: str, by: str | None = None) -> dict[str, Any]:
         """Undo event `uuid` as `by`; the answer: {"uuid", "outcome", "by", "at",
         "actions": [{"action", "target", "outcome", "reason"?}]}. `outcome` is `undone`,
         `already-undone` (an earlier undo did it all) or `failed` (an action's undo failed:
         undo again). Raises UndoRefused (404 unknown, 409 not finished or being undone,
-        429 as many undos running in this process as it allows)."""
+        429 as many undos running in this process as it allows; with several replicas, 503
+        when Redis cannot say which holds the event, 504 when that one did not answer)."""
+        by = check_by(by)
+        try:
+            return self.undo_here(uuid, by)
+        except UndoRefused as exc:
+            if exc.status != 404 or self.relay is None:
+                raise
+            return relayed_undo(self.relay, uuid, by, exc)
+
+    def undo_here(self, uuid: str, by: str | None = None) -> dict[str, Any]:
+        """`undo` of an event this replica holds (404 for any other)."""
         by = check_by(by)
         recorded = self.store.lookup(uuid)
         if recorded is None:

@@ -23,6 +23,7 @@ from .localstate import LocalState
 from .logs import configure_logging
 from .metrics import Metrics
 from .notify import SlackConfig, SlackNotifier, slack_status
+from .relay import Relay, UndoServer, replica_id
 from .reload import TableReloader
 from .service import Responder
 from .settings import Settings
@@ -54,6 +55,8 @@ class Components:
     slack: SlackConfig | None
     #: Undoes recorded events (`POST /events/<uuid>/undo`, and whatever else asks).
     undoer: Undoer
+    #: Verdicts and undos passed between replicas (None: no Redis, one replica).
+    relay: Relay | None = None
 
     @property
     def metrics(self) -> Metrics:
@@ -100,8 +103,24 @@ def build_components(settings: Settings, *, table: Table | None = None,
                     retention_seconds=settings.storage.retention_seconds,
                     lease_seconds=settings.intake.lease_seconds, spool_dir=spool_dir)
     log_startup(responder, where, slack_status(slack))
+    undoer = build_undoer(responder)
+    relay = connect_relay(shared, store, worker, undoer)
     return Components(settings, registry, startup, responder, store, worker, spool_dir, where,
-                      slack, build_undoer(responder))
+                      slack, undoer, relay)
+
+
+def connect_relay(shared: SharedState, store: EventStore, worker: Worker,
+                  undoer: Undoer) -> Relay | None:
+    """With Redis (several replicas): verdicts and undos for another replica's events are
+    passed to it; this replica is named by its state dir, shared by its processes."""
+    if not isinstance(shared, RedisState):
+        return None
+    relay = Relay(shared.redis, shared.prefix, replica_id(store.path.parent))
+    worker.relay = undoer.relay = relay
+    worker.undo_server = UndoServer(relay, undoer.undo_here)
+    logger.info("replica %s: verdicts and undos for other replicas' events pass through "
+                "Redis", relay.owner)
+    return relay
 
 
 def build_undoer(responder: Responder) -> Undoer:

@@ -16,7 +16,11 @@ from typing import Any
 from .actions import Outcome, Result
 from .alerts import summarize
 from .approvals import (
+    APPROVED,
+    REJECTED,
+    TIMED_OUT,
     approval_target,
+    approver_text,
     audit_note,
     gated_decisions,
     iso,
@@ -31,6 +35,7 @@ from .executor import ActionReport, decision_fields, log_decision_fields
 from .journal import AWAITING, Added, Claimed, Closing, EventStore
 from .logs import Trouble
 from .owners import owner_alive, process_owner
+from .relay import Relay, UndoServer
 from .service import Responder, log_received
 from .shared import report_dropped
 from .spool import read_segment, segments, writer_gone
@@ -118,8 +123,15 @@ class Worker:
     def __init__(self, responder: Responder, store: EventStore, max_attempts: int = 20,
                  batch: int = 50, poll_seconds: float = 0.05, sync_seconds: float = 0.1,
                  retention_seconds: float = 86400.0, lease_seconds: float = LEASE_SECONDS,
-                 spool_dir: Path | None = None, owner: str | None = None):
+                 spool_dir: Path | None = None, owner: str | None = None,
+                 relay: Relay | None = None):
         self.responder = responder
+        #: With several replicas: verdicts given on others, published waits and undos.
+        self.relay = relay
+        #: Serves the undos other replicas pass on (started and stopped with the threads).
+        self.undo_server: UndoServer | None = None
+        #: Events whose verdict in Redis is malformed (tampered): logged once each.
+        self._malformed: set[str] = set()
         #: Written on each claim, so a worker started later can tell ours from a dead one's.
         self.owner = owner or process_owner()
         self.store = store
@@ -149,6 +161,7 @@ class Worker:
         handled."""
         handled = 0
         self._ingest_safely()
+        self.apply_remote_verdicts()
         self.expire_approvals()
         while (deadline is None or time.monotonic() < deadline) and \
                 (claimed := self.store.claim(self.batch, self.lease_seconds, self.owner)):
@@ -156,9 +169,72 @@ class Worker:
             self._ingest_safely()  # what arrived meanwhile joins the queue behind older ones
         return handled
 
+    def apply_remote_verdicts(self) -> list[str]:
+        """Verdicts given on other replicas for our events awaiting approval (one MGET),
+        applied as a local verdict is; returns their uuids."""
+        if self.relay is None:
+            return []
+        keys = self.store.awaiting_keys()
+        if not keys:
+            return []
+        import redis
+
+        try:
+            given = self.relay.verdicts(keys)
+        except redis.RedisError as exc:
+            self.relay.trouble.failed(exc)
+            return []
+        self.relay.trouble.passed()
+        return [key for key, verdict in given.items() if self._apply_verdict(key, verdict)]
+
+    def _apply_verdict(self, key: str, verdict: Any) -> bool:
+        if not isinstance(verdict, dict) or verdict.get("decision") not in (
+                APPROVED, REJECTED, TIMED_OUT) or not isinstance(verdict.get("by"), str):
+            if key not in self._malformed:  # said once, not on every loop
+                self._malformed.add(key)
+                logger.error("event %s: the shared Redis holds a malformed verdict; ignored "
+                             "(the event waits for its timeout)", key)
+            return False
+        found = self.store.decide(key, verdict)
+        if not found or not found[0]:
+            return False  # decided here meanwhile (ours took the same key first)
+        logger.warning("event %s %s by %s (given on another replica)", key,
+                       verdict["decision"], approver_text(verdict))
+        self.responder.count_verdict(verdict)
+        return True
+
+    def _expire_through_relay(self) -> list[str]:
+        """Our timeouts take the shared first-verdict key, so a click on another replica
+        racing the deadline has exactly one winner; with Redis down, none is taken here and
+        the local timeout applies (`expire_approvals`)."""
+        import redis
+
+        decided = []
+        now = self.store.clock()
+        for key, record in self.store.awaiting_records(expired=True):
+            try:
+                _, first = self.relay.first_verdict(key, timeout_verdict(record, now),
+                                                    record["deadline"])
+            except redis.RedisError as exc:
+                self.relay.trouble.failed(exc)
+                break
+            if first.get("via") == "timeout":
+                found = self.store.decide(key, first)
+                if found and found[0]:
+                    logger.warning("event %s: no approval in time; %s", key, audit_note(first))
+                    self.responder.count_verdict(first)
+                    decided.append(key)
+            elif self._apply_verdict(key, first):
+                decided.append(key)
+        return decided
+
     def expire_approvals(self) -> list[str]:
         """Events whose approval deadline passed get the timeout's verdict (their rule's
         on_timeout) and are due now; returns their uuids."""
+        relayed = self._expire_through_relay() if self.relay is not None else []
+        return relayed + self._expire_here()
+
+    def _expire_here(self) -> list[str]:
         given: list[dict[str, Any]] = []
 
         def verdict(record: dict[str, Any]) -> dict[str, Any]:
@@ -228,6 +304,11 @@ class Worker:
         for start in range(0, len(left), 500):  # bounded by SQLite's variable limit
             self.log_audit(left[start:start + 500])
         self._announce_waiting()
+        if self.relay is not None:
+            # Redis may have been down when they started waiting, or lost what it held.
+            for key, record in self.store.awaiting_records():
+                self._publish(lambda relay, key=key, record=record:
+                              relay.publish_awaiting(key, record))
         return released
 
     def _announce_waiting(self) -> None:
@@ -400,6 +481,31 @@ class Worker:
         closings.append(Closing(item.id, "failed" if failed else "done", None,
                                 run.deferred, run.audits, summary=summary))
         self.responder.after_actions(run.plan, reports, record)
+        if self.relay is not None and any(self._undoable(r) for r in reports):
+            key, keep = item.key, self.retention_seconds
+            self._after_commit.append(lambda: self._publish(
+                lambda relay: relay.publish_held(key, keep)))
+
+    def _undoable(self, report: ActionReport) -> bool:
+        """Whether an undo could put something of this outcome back (worth saying which
+        replica holds the event, so an undo reaching another replica finds it)."""
+        action = self.responder.registry.get(report.decision.action)
+        return touched_cluster(report) and action is not None and \
+            action.reversal is not None and \
+            report.result.outcome in (Outcome.DONE, Outcome.ALREADY_DONE)
+
+    def _publish(self, say: Callable[[Relay], None]) -> None:
+        """Tell the other replicas through Redis; with Redis down, only this replica knows
+        (verdicts and undos given elsewhere are refused 503 or 404 meanwhile)."""
+        import redis
+
+        assert self.relay is not None
+        try:
+            say(self.relay)
+        except redis.RedisError as exc:
+            self.relay.trouble.failed(exc)
+        else:
+            self.relay.trouble.passed()
 
     def _run_until_approval(self, run: _Pass, closings: list[Closing]) -> None:
         """Act on the decisions that need no approval; check the others against the cluster
@@ -426,6 +532,10 @@ class Worker:
         # Told once the closing commits: the Slack message's handle is stored with the record.
         self._after_commit.append(lambda: self.responder.request_approval(run.plan.event, done,
                                                                           record))
+        if self.relay is not None:
+            key = run.item.key
+            self._after_commit.append(lambda: self._publish(
+                lambda relay: relay.publish_awaiting(key, record)))
         if self.responder.audit is not None:
             self.responder.audit.record_all(run.plan.event, done)
 
@@ -457,8 +567,12 @@ class Worker:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
+        if self.undo_server is not None:
+            self.undo_server.start()
 
     def stop(self, timeout: float = 10.0) -> None:
+        if self.undo_server is not None:
+            self.undo_server.stop(timeout)
         self._stop.set()
         self.wake.set()
         for thread in self._threads:

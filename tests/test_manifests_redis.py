@@ -292,3 +292,38 @@ def test_shipped_redis_refuses_to_start_with_an_unusable_password(redis_pod, tmp
                              "--bind", "127.0.0.1"], capture_output=True, text=True,
                             timeout=10, check=False)
     assert result.returncode != 0 and "password" in result.stderr
+
+
+def test_verdicts_and_undos_pass_between_replicas_under_the_shipped_acl(shipped_redis,
+                                                                       responder):
+    # The relay's commands (GET/SET in a Lua script, MGET, RPUSH, BLPOP, PEXPIRE) under the
+    # shipped ACL user, as the deployment's env configures it.
+    from responder.relay import Relay
+
+    env = env_of(responder["spec"]["template"]["spec"]["containers"][0])
+    settings = Settings.from_env({
+        "RESPONDER_REDIS_URL": f"redis://127.0.0.1:{shipped_redis['port']}/0",
+        "RESPONDER_REDIS_USERNAME": env["RESPONDER_REDIS_USERNAME"]["value"],
+        "RESPONDER_REDIS_PASSWORD_FILE": str(shipped_redis["password_file"])})
+    storage = settings.storage
+    state = RedisState(storage.redis_url, username=storage.redis_username,
+                       password=storage.redis_password)
+    holder = Relay(state.redis, state.prefix, "replica-a")
+    other = Relay(state.redis, state.prefix, "replica-b")
+    try:
+        holder.publish_awaiting("acl-1", {"deadline": time.time() + 60, "rules": ["r"],
+                                          "planned": []})
+        assert other.awaiting("acl-1")["owner"] == "replica-a"
+        verdict = {"decision": "approved", "by": "alice", "via": "http", "at": 1.0}
+        assert other.first_verdict("acl-1", verdict, time.time() + 60) == (True, verdict)
+        assert holder.first_verdict("acl-1", {**verdict, "by": "x"}, time.time() + 60)[0] is \
+            False
+        assert holder.verdicts(["acl-1", "acl-2"]) == {"acl-1": verdict}
+        holder.publish_held("acl-1", 60)
+        assert other.holder("acl-1") == "replica-a"
+        assert other.request_undo("replica-a", "acl-1", "bob", wait=0.1) is None
+        request = holder.next_undo_request()
+        assert request["uuid"] == "acl-1" and request["by"] == "bob"
+        holder.answer(request["reply"], {"status": 200, "answer": {"outcome": "undone"}})
+    finally:
+        state.close()
