@@ -274,6 +274,7 @@ def test_approve_from_the_console_deletes_the_pod_and_names_the_console_user(clu
     body = page(client, "/ui/alerts/ev-1")
     assert "approved by alice (console) at " in body.split('id="verdict"')[1]
     assert 'id="approve"' not in body
+    app.extensions["responder"].audit.wait(10)  # audit Events go out from their own thread
     messages = [e.message for e in cluster.events() if e.action == "delete-pod"]
     assert messages and "approved by alice (console)" in messages[0]
     # Decided: a second click is refused, readably.
