@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from kubernetes.client import ApiClient, CoreV1Api
@@ -114,10 +114,12 @@ class Responder:
         self.metrics.count_event(clip_label(event.rule), event.priority.label, event.source)
 
     def after_actions(self, plan: Plan, reports: list[ActionReport],
-                      approval: dict[str, Any] | None = None) -> None:
+                      approval: dict[str, Any] | None = None,
+                      audited: Collection[int] = ()) -> None:
         """Tell people (Slack) and the cluster (Events) what was done. Never raises.
         After an approval (`approval`: the journal's record, with its verdict), the
-        approval's message is updated in place and the audit Events name the approver."""
+        approval's message is updated in place and the audit Events name the approver.
+        `audited`: indices of reports whose audit Events an earlier pass recorded."""
         notes: dict[str, str] = {}
         if approval is not None and approval.get("verdict"):
             note = audit_note(approval["verdict"])
@@ -130,7 +132,8 @@ class Responder:
                 self.notifier.maybe_notify(plan.event, reports, plan.matched,
                                            notify_choices(self.table, plan.matched))
         if self.audit is not None:
-            self.audit.record_all(plan.event, reports, notes)
+            self.audit.record_all(plan.event, [r for i, r in enumerate(reports)
+                                               if i not in audited], notes)
 
     def request_approval(self, event: Event, reports: list[ActionReport],
                          record: dict[str, Any]) -> None:

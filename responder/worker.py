@@ -480,7 +480,10 @@ class Worker:
                             [(r.decision.action, str(r.result.outcome)) for r in reports])
         closings.append(Closing(item.id, "failed" if failed else "done", None,
                                 run.deferred, run.audits, summary=summary))
-        self.responder.after_actions(run.plan, reports, record)
+        # The pass that waited for the verdict recorded the audit Events of the decisions
+        # that needed none (they ran then): once more would show each action twice.
+        audited = [i for i in run.prior if i not in run.gated] if run.verdict else []
+        self.responder.after_actions(run.plan, reports, record, audited)
         if self.relay is not None and any(self._undoable(r) for r in reports):
             key, keep = item.key, self.retention_seconds
             self._after_commit.append(lambda: self._publish(
