@@ -114,8 +114,22 @@ def test_the_ci_job_runs_in_the_image_the_cluster_runs():
     # The package is not on PyPI: the job takes the responder from the deployed image.
     [text] = blocks(section("A CI job"), "yaml")
     job = yaml.safe_load(text)["jobs"]["table"]
-    assert "falco-responder:" in job["container"]
+    assert "falco-responder:" in job["container"]["image"]
     assert not [s for s in job["steps"] if "pip install" in s.get("run", "")]
+
+
+def test_the_ci_job_can_check_out_in_the_image():
+    # The image's USER 10001 cannot write the runner's workspace (actions/checkout fails
+    # with EACCES in a job container run as another user), and without git checkout
+    # downloads a tarball, so `git show origin/<base>:actions.yaml` would find no history.
+    [text] = blocks(section("A CI job"), "yaml")
+    job = yaml.safe_load(text)["jobs"]["table"]
+    assert "--user root" in job["container"]["options"]
+    uses = [s.get("uses", "") for s in job["steps"]]
+    checkout = next(i for i, u in enumerate(uses) if u.startswith("actions/checkout@"))
+    assert any("install" in s.get("run", "") and " git" in s["run"]
+               for s in job["steps"][:checkout])
+    assert job["steps"][checkout]["with"]["fetch-depth"] == 0
 
 
 def test_the_ci_jobs_commands_pass_then_fail_on_an_unrecorded_change(team, capsys):
