@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
                         "--expect file) instead of comparing")
     replay.add_argument("--to", metavar="URL",
                         help="instead, POST each event to a running responder and print replies")
-    replay.add_argument("--token", help="bearer token for --to (or RESPONDER_REPLAY_TOKEN)")
+    replay.add_argument("--token", help="bearer token for --to (or RESPONDER_TOKEN)")
     replay.set_defaults(run=_replay)
 
     for verb in ("approve", "reject"):
@@ -79,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
                             "GET /events/<uuid>)")
         decide.add_argument("--to", metavar="URL", required=True,
                             help="the responder's base URL, e.g. http://localhost:2801")
-        decide.add_argument("--token", help="bearer token (or RESPONDER_REPLAY_TOKEN)")
+        decide.add_argument("--token", help="bearer token (or RESPONDER_TOKEN)")
         decide.add_argument("--as", dest="by", metavar="NAME",
                             help="approver name recorded (default: your login name)")
         decide.set_defaults(run=_decide, verb=verb)
@@ -89,9 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     undo.add_argument("uuid", help="the event's uuid (as GET /events/<uuid> knows it)")
     undo.add_argument("--to", metavar="URL", required=True,
                       help="the responder's base URL, e.g. http://falco-responder:2801")
-    undo.add_argument("--token", help="bearer token (or RESPONDER_UNDO_TOKEN)")
+    undo.add_argument("--token", help="bearer token (or RESPONDER_TOKEN)")
     undo.add_argument("--as", dest="by", metavar="NAME",
-                      help="who undoes it, kept in the journal (default: anonymous)")
+                      help="who undoes it, kept in the journal (default: your login name)")
     undo.set_defaults(run=_undo)
 
     actions = sub.add_parser("actions", help="list every action: parameters, needs, limits, "
@@ -156,7 +156,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _decide(args: argparse.Namespace) -> int:
-    from .replay_remote import post_decision
+    from .remote import post_decision
 
     return post_decision(args.to, args.uuid, args.verb, args.by, args.token, sys.stdout)
 
@@ -180,7 +180,7 @@ def _replay(args: argparse.Namespace) -> int:
     _check_replay_options(args)
     with _open(args.events) as stream:
         if args.to:
-            from .replay_remote import post_events
+            from .remote import post_events
             return post_events(stream, args.to, args.token, sys.stdout)
         from .actions import default_registry
         from .table import load_table
@@ -251,10 +251,10 @@ def _print_changes(changes: list[dict[str, Any]], shape: str, sides: tuple[str, 
 
 
 def _undo(args: argparse.Namespace) -> int:
-    from .undo_remote import post_undo
+    from .remote import post_undo
 
     configure_cli_logging()
-    return post_undo(args.uuid, args.to, args.token, args.by, sys.stdout)
+    return post_undo(args.to, args.uuid, args.by, args.token, sys.stdout)
 
 
 def replay_events(stream: Iterable[str], table: Table, settings: Settings | None = None

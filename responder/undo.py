@@ -38,6 +38,9 @@ from .shared import Contended, SharedState, acquire
 logger = logging.getLogger(__name__)
 #: What came of undoing one action.
 UNDONE, ALREADY_UNDONE, NOT_UNDONE, FAILED = "undone", "already-undone", "not-undone", "failed"
+#: The whole undo's outcome when no action had anything to reverse (dry-run, skipped,
+#: a deletion): said apart from `undone`, so a script can tell nothing was put back.
+NOTHING = "nothing-to-undo"
 #: An action's undo result, as its outcome reads in an undo.
 _OUTCOMES = {Outcome.DONE: UNDONE, Outcome.ALREADY_DONE: ALREADY_UNDONE,
              Outcome.SKIPPED: NOT_UNDONE, Outcome.FAILED: FAILED}
@@ -258,6 +261,8 @@ def undo_record(results: list[ActionUndo], by: str, now: float,
     """What the journal keeps of one undo, and the HTTP answer says. Pure."""
     if any(r.outcome == FAILED for r in results):
         outcome = FAILED
+    elif not any(r.outcome in (UNDONE, ALREADY_UNDONE) for r in results):
+        outcome = NOTHING
     elif undone_before and not any(r.outcome == UNDONE for r in results):
         outcome = ALREADY_UNDONE
     else:

@@ -209,7 +209,7 @@ def test_a_deletion_cannot_be_undone_and_the_answer_says_so(cluster, node, app):
     reply = undo(app, "u-shell", by=None)
     assert reply.status_code == 200
     answer = reply.get_json()
-    assert (answer["outcome"], answer["by"]) == ("undone", "anonymous")
+    assert (answer["outcome"], answer["by"]) == ("nothing-to-undo", "anonymous")
     assert said(answer) == [("delete-pod", "not-undone", "delete-pod cannot be undone")]
     assert cluster.pod("shell") is None
 
@@ -318,7 +318,7 @@ def test_the_cli_undoes_through_a_running_responder(cluster, node, web, app, ser
     respond(app, netcat_event(namespace=cluster.namespace))
     code, printed = run_cli("undo", "u-1", "--to", served_app)
     assert (code, printed["status"]) == (1, 401)
-    monkeypatch.setenv("RESPONDER_UNDO_TOKEN", TOKEN)
+    monkeypatch.setenv("RESPONDER_TOKEN", TOKEN)
     code, printed = run_cli("undo", "u-1", "--to", served_app + "/", "--as", "carol")
     assert (code, printed["status"]) == (0, 200)
     assert (printed["reply"]["outcome"], printed["reply"]["by"]) == ("undone", "carol")

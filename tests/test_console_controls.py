@@ -209,7 +209,7 @@ def test_a_hostile_name_is_kept_as_text_in_the_undo_history(dry_app):
     log_in(client, HOSTILE)
     post_event(app, client)
     text, body = said(client, control(client, "ev-1", "undo", csrf_of(client)))
-    assert text == f"Undo by {HOSTILE} (console): undone (1 not-undone)."
+    assert text == f"Undo by {HOSTILE} (console): nothing-to-undo (1 not-undone)."
     assert status_of(client)["undos"][0]["by"] == f"{HOSTILE} (console)"
     assert "<script>alert" not in body
     assert "by <strong>&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; (console)" in body

@@ -22,6 +22,7 @@ from responder.undo import (
     ALREADY_UNDONE,
     FAILED,
     NOT_UNDONE,
+    NOTHING,
     UNDONE,
     ActionUndo,
     Undoer,
@@ -81,14 +82,17 @@ def test_an_unknown_action_is_not_undone():
         "unknown action 'paint-pod'"
 
 
-def test_the_undo_record_is_failed_already_undone_or_undone():
+def test_the_undo_record_is_failed_nothing_to_undo_already_undone_or_undone():
     def result(outcome):
         return ActionUndo("label-pod", {"pod": "web"}, outcome)
 
     assert undo_record([result(UNDONE), result(FAILED)], "a", 0, False)["outcome"] == FAILED
     assert undo_record([result(ALREADY_UNDONE), result(NOT_UNDONE)], "a", 0, True)[
         "outcome"] == ALREADY_UNDONE
-    assert undo_record([result(NOT_UNDONE)], "a", 0, False)["outcome"] == UNDONE
+    # Nothing had anything to reverse (dry-run, a deletion): said so, first time or not.
+    assert undo_record([result(NOT_UNDONE)], "a", 0, False)["outcome"] == NOTHING
+    assert undo_record([result(NOT_UNDONE)], "a", 0, True)["outcome"] == NOTHING
+    assert undo_record([result(UNDONE), result(NOT_UNDONE)], "a", 0, False)["outcome"] == UNDONE
     assert undo_record([result(UNDONE)], "alice", 86400, False) == {
         "outcome": UNDONE, "by": "alice", "at": "1970-01-02T00:00:00+00:00",
         "actions": [{"action": "label-pod", "target": {"pod": "web"}, "outcome": UNDONE}]}

@@ -240,7 +240,8 @@ def _mrkdwn(text: str) -> dict[str, Any]:
 
 #: The colour bar of an undo: green when everything asked for was put back, orange when an
 #: action's undo failed (undo again).
-UNDO_COLOURS = {"undone": "#2eb67d", "already-undone": "#2eb67d", "failed": ALERT_COLOUR}
+UNDO_COLOURS = {"undone": "#2eb67d", "already-undone": "#2eb67d", "nothing-to-undo": "#8d8d8d",
+                "failed": ALERT_COLOUR}
 
 
 def build_undo_message(event: Event, undo: Mapping[str, Any]) -> dict[str, Any]:
@@ -249,6 +250,7 @@ def build_undo_message(event: Event, undo: Mapping[str, Any]) -> dict[str, Any]:
     target = resolve_target(event)
     where = _where(target)
     verdict = {"undone": "undone", "already-undone": "already undone",
+               "nothing-to-undo": "nothing to undo (asked)",
                "failed": "undo FAILED for some actions"}.get(undo["outcome"], undo["outcome"])
     text = (f":leftwards_arrow_with_hook: {cut_escaped(event.rule, FIELD_LIMIT)}"
             f"{' on ' + where if where else ''}: {verdict} by "
