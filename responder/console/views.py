@@ -33,7 +33,16 @@ from .controls import add_controls, approval_view, said, undoable
 from .guard import Guard, add_headers, safe_next
 from .session import login_name
 from .tablecheck import DEFAULT_LAST, Check, Replayer, clamp_last
-from .timeline import OUTCOMES, PRIORITIES, STATES, BadFilter, load_page, read_cursor, read_filters
+from .timeline import (
+    FILTER_ARGS,
+    OUTCOMES,
+    PRIORITIES,
+    STATES,
+    BadFilter,
+    load_page,
+    read_cursor,
+    read_filters,
+)
 
 AUDIT_TIMEOUT = 3.0
 
@@ -101,11 +110,12 @@ def _add_timeline(console: Blueprint, responder: Responder) -> None:
         found = load_page(responder.store.connection(), filters, before)
         conn = responder.store.connection()
         known = sorted({row[1] for row in alerts.hourly_counts(conn, time.time())})
+        args = {k: v for k in FILTER_ARGS if (v := request.args.get(k))}
+        rows_args = {**args, "before": request.args["before"]} if before else args
         return {"page": found, "filters": filters, "first_page": before is None,
                 "known_rules": known, "inline": responder.settings.intake.mode == "inline",
                 "priorities": PRIORITIES, "outcomes": OUTCOMES, "states": STATES,
-                "args": {k: v for k, v in request.args.items() if k != "before" and v},
-                "rows_url": url_for("console.timeline_rows", **request.args.to_dict())}
+                "args": args, "rows_url": url_for("console.timeline_rows", **rows_args)}
 
     @console.get("/alerts")
     def timeline() -> str:

@@ -1,0 +1,98 @@
+"""The console against a hostile visitor: query arguments that are not filters never reach
+url_for (no 500, no link elsewhere), paging cursors out of range are 400s, and a table
+whose YAML aliases expand without bound is refused before anything walks it."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from responder.errors import TableError
+
+from .test_console import TABLE, TOKEN, event, log_in, post, session_csrf
+
+
+@pytest.fixture
+def logged_in(make_app, make_table):
+    app = make_app(make_table(TABLE), auth_token=TOKEN)
+    client = app.test_client()
+    post(app, client, *[event(f"e{i}") for i in range(55)], token=TOKEN)
+    log_in(client)
+    return app, client
+
+
+@pytest.mark.parametrize("query", ["_method=POST", "_scheme=javascript",
+                                   "_scheme=javascript&_external=1", "_anchor=x",
+                                   "_external=1"])
+@pytest.mark.parametrize("path", ["/ui/alerts", "/ui/alerts/rows"])
+def test_url_for_options_in_the_query_are_ignored_not_a_500(logged_in, path, query):
+    _, client = logged_in
+    reply = client.get(f"{path}?namespace=shop&{query}")
+    assert reply.status_code == 200
+    links = re.findall(r'(?:href|data-src)="([^"]*)"', reply.get_data(as_text=True))
+    assert links and all(link.startswith("/ui/") for link in links), links
+    assert not any("_" in link.partition("?")[2].replace("&amp;", "&").split("=")[0]
+                   for link in links)
+    assert any("namespace=shop" in link for link in links)
+
+
+@pytest.mark.parametrize("cursor", ["1:99999999999999999999", "1:-1", "inf:3", "nan:3"])
+def test_a_cursor_out_of_range_is_a_400_naming_before(logged_in, cursor):
+    _, client = logged_in
+    for path in ("/ui/alerts", "/ui/alerts/rows"):
+        reply = client.get(f"{path}?before={cursor}", headers={"Accept": "application/json"})
+        assert reply.status_code == 400
+        assert "before" in reply.get_json()["error"]
+
+
+def test_the_older_link_keeps_the_filters_and_works(logged_in):
+    _, client = logged_in
+    html = client.get("/ui/alerts?namespace=shop&_method=POST").get_data(as_text=True)
+    older = re.search(r'id="older" href="([^"]+)"', html).group(1).replace("&amp;", "&")
+    assert "namespace=shop" in older and "_method" not in older
+    assert client.get(older).status_code == 200
+
+
+LAUGHS = "".join(f"{x}: &{x} [{', '.join([f'*{p}' if p else '_' for _ in range(9)])}]\n"
+                 for x, p in zip("abcdefghi", ["", *"abcdefgh"], strict=True))
+ALIAS_BOMBS = {
+    "priority": "rules:\n  - name: r\n    match: {rules: [x], priority: *i}\n"
+                "    actions: [{action: label-pod, params: {labels: {a: b}}}]\n",
+    "labels": "rules:\n  - name: r\n    match: {rules: [x]}\n"
+              "    actions: [{action: label-pod, params: {labels: {a: *i}}}]\n",
+    "rules": "rules: *i\n",
+}
+
+
+@pytest.mark.parametrize("where", sorted(ALIAS_BOMBS))
+def test_a_table_whose_aliases_expand_without_bound_is_refused_quickly(logged_in, where):
+    """Nine lines expanding to 9**9 nodes: quoted in a problem, the priority one alone
+    made an answer of gigabytes."""
+    _, client = logged_in
+    reply = client.post("/ui/table/check", json={"text": LAUGHS + ALIAS_BOMBS[where]},
+                        headers={"X-CSRF-Token": session_csrf(client)})
+    assert reply.status_code == 200 and len(reply.data) < 10_000
+    assert reply.get_json()["problems"] == [
+        "table: its aliases expand to more than 1000000 nodes"]
+
+
+def test_aliases_that_share_a_block_still_load(make_table):
+    table = make_table("""
+defaults: {dry_run: true}
+rules:
+  - name: one
+    match: {rules: ["a"]}
+    actions: &label [{action: label-pod, params: {labels: {quarantine: "true"}}}]
+  - name: two
+    match: {rules: ["b"]}
+    actions: *label
+""")
+    assert [r.name for r in table.rules] == ["one", "two"]
+    assert table.rules[0].actions == table.rules[1].actions
+
+
+def test_a_list_inside_itself_is_a_problem_not_a_hang(make_table):
+    with pytest.raises(TableError) as caught:
+        make_table("rules: &r [*r]\n")
+    assert "rule #1" in caught.value.problems[0]
