@@ -5,9 +5,12 @@ whose YAML aliases expand without bound is refused before anything walks it."""
 from __future__ import annotations
 
 import re
+import threading
+import time
 
 import pytest
 
+from responder.console import tablecheck
 from responder.errors import TableError
 
 from .test_console import TABLE, TOKEN, event, log_in, post, session_csrf
@@ -96,3 +99,67 @@ def test_a_list_inside_itself_is_a_problem_not_a_hang(make_table):
     with pytest.raises(TableError) as caught:
         make_table("rules: &r [*r]\n")
     assert "rule #1" in caught.value.problems[0]
+
+
+def many_rules(n: int) -> str:
+    """A valid table of `n` rules that all match the test events (continue: true)."""
+    return "defaults: {dry_run: true}\nrules:\n" + "".join(f"""  - name: r{i}
+    match: {{rules: ["*shell*"], output_fields: {{k8s.ns.name: [shop, x{i}]}}}}
+    continue: true
+    actions: [{{action: label-pod, params: {{labels: {{q{i}: "t"}}}}}}]
+""" for i in range(n))
+
+
+@pytest.fixture
+def busy_journal(make_app, make_table):
+    """300 alerts in the journal and a table of 300 rules that all match them: replaying
+    it takes a few milliseconds an alert."""
+    app = make_app(make_table(TABLE), auth_token=TOKEN)
+    client = app.test_client()
+    post(app, client, *[event(f"b{i:03d}") for i in range(300)], token=TOKEN)
+    log_in(client)
+    return app, client, many_rules(300)
+
+
+@pytest.mark.slow
+def test_a_check_stops_replaying_after_its_time_budget_newest_first(busy_journal, monkeypatch):
+    monkeypatch.setattr(tablecheck, "REPLAY_SECONDS", 0.3)
+    _, client, text = busy_journal
+    started = time.monotonic()
+    reply = client.post("/ui/table/check", json={"text": text, "last": "300"},
+                        headers={"X-CSRF-Token": session_csrf(client)})
+    assert time.monotonic() - started < 3
+    found = reply.get_json()
+    assert reply.status_code == 200 and found["ok"]
+    assert 0 < found["changes"] < 300
+    assert f"{300 - found['changes']} oldest alert(s) not replayed" in found["html"]
+    assert "b299" in found["html"] and "b000" not in found["html"]
+
+
+@pytest.mark.slow
+def test_a_second_check_while_one_runs_is_a_429_not_a_second_thread(busy_journal,
+                                                                     monkeypatch):
+    """Each check holds a request thread the intake shares: one at a time per process."""
+    monkeypatch.setattr(tablecheck, "REPLAY_SECONDS", 2.0)
+    app, client, text = busy_journal
+    other = app.test_client()
+    log_in(other)
+    first = {}
+    running = threading.Thread(target=lambda: first.update(reply=client.post(
+        "/ui/table/check", json={"text": text, "last": "300"},
+        headers={"X-CSRF-Token": session_csrf(client)})))
+    running.start()
+    seen = []
+    while running.is_alive() and 429 not in seen:
+        seen.append(other.post("/ui/table/check", json={"text": "rules: ["},
+                               headers={"X-CSRF-Token": session_csrf(other)}).status_code)
+        time.sleep(0.02)
+    busy = other.post("/ui/table", data={"text": "rules: [", "csrf": session_csrf(other)})
+    running.join()
+    assert first["reply"].status_code == 200 and 429 in seen
+    assert busy.status_code in (200, 429)  # the first may have finished meanwhile
+    if busy.status_code == 429:
+        assert "another table check" in busy.get_json()["error"]
+    again = other.post("/ui/table/check", json={"text": "rules: ["},
+                       headers={"X-CSRF-Token": session_csrf(other)})
+    assert again.status_code == 200 and not again.get_json()["ok"]

@@ -32,7 +32,7 @@ from .charts import alert_total, rule_charts
 from .controls import add_controls, approval_view, said, undoable
 from .guard import Guard, add_headers, safe_next
 from .session import login_name
-from .tablecheck import DEFAULT_LAST, Check, Replayer, clamp_last
+from .tablecheck import DEFAULT_LAST, Check, CheckBusy, Replayer, clamp_last
 from .timeline import (
     FILTER_ARGS,
     OUTCOMES,
@@ -196,10 +196,12 @@ def _add_table(console: Blueprint, responder: Responder, app: Flask) -> None:
 
     replayer = Replayer(responder.registry, responder.settings.kubernetes.namespace,
                         responder.settings.table.force_dry_run)
+    console.register_error_handler(CheckBusy, _busy)
 
     def run_check(text: str, last: int) -> Check:
         bodies = alerts.recent_bodies(responder.store.connection(), last)
-        return replayer.check(text, responder.table, bodies)
+        # Newest first: when the time budget cuts the replay, the oldest are left out.
+        return replayer.check(text, responder.table, bodies[::-1])
 
     @console.get("/table")
     def table_page() -> str:
@@ -222,6 +224,10 @@ def _add_table(console: Blueprint, responder: Responder, app: Flask) -> None:
         return jsonify({"ok": check.ok, "problems": check.problems,
                         "changes": len(check.changes),
                         "html": render_template("_check.html", check=check)}), 200
+
+
+def _busy(exc: CheckBusy) -> tuple[Response, int]:
+    return jsonify({"error": str(exc)}), 429
 
 
 def _add_login(console: Blueprint, guard: Guard) -> None:
