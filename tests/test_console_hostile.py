@@ -163,3 +163,21 @@ def test_a_second_check_while_one_runs_is_a_429_not_a_second_thread(busy_journal
     again = other.post("/ui/table/check", json={"text": "rules: ["},
                        headers={"X-CSRF-Token": session_csrf(other)})
     assert again.status_code == 200 and not again.get_json()["ok"]
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000, "rules: [" + "{a: " * 3000,
+                                  "rules:\n  - name: r\n    match: {rules: [x]}\n    actions:"
+                                  " [{action: label-pod, params: {labels: " + "[" * 70 +
+                                  "]" * 70 + "}}]\n"])
+def test_a_table_nested_too_deep_is_a_problem_not_a_500(logged_in, text):
+    _, client = logged_in
+    reply = client.post("/ui/table/check", json={"text": text},
+                        headers={"X-CSRF-Token": session_csrf(client)})
+    assert reply.status_code == 200
+    assert reply.get_json()["problems"] == ["table: nested deeper than 64 levels"]
+
+
+def test_yaml_tags_that_build_python_objects_are_refused(make_table):
+    with pytest.raises(TableError) as caught:
+        make_table('rules: !!python/object/apply:os.system ["touch /tmp/owned"]\n')
+    assert "could not determine a constructor" in caught.value.problems[0]
