@@ -181,3 +181,28 @@ def test_yaml_tags_that_build_python_objects_are_refused(make_table):
     with pytest.raises(TableError) as caught:
         make_table('rules: !!python/object/apply:os.system ["touch /tmp/owned"]\n')
     assert "could not determine a constructor" in caught.value.problems[0]
+
+
+def test_megabyte_event_text_is_cut_in_every_list(make_app, make_table):
+    """Forged events whose rule, namespace, pod and node are 100,000 characters each, all
+    different: lists and charts show 200 of each, the suggestions leave them out, and the
+    table check's diff cuts them too; the alert page itself still shows them whole."""
+    app = make_app(make_table(TABLE + "  - name: all\n    match: {rules: ['*']}\n"
+                              "    actions: [{action: delete-pod}]\n"),
+                   auth_token=TOKEN)
+    client = app.test_client()
+    long = {str(i): str(i) * 100_000 for i in range(8)}
+    post(app, client, *[event(f"long-{i}", rule=text, namespace=text, pod=text, node=text,
+                              **{"k8s.node.name": text})
+                        for i, text in long.items()], token=TOKEN)
+    log_in(client)
+    for path in ("/ui/", "/ui/alerts", "/ui/alerts/rows"):
+        html = client.get(path).get_data(as_text=True)
+        assert len(html) < 60_000, (path, len(html))
+        assert "... (100000 characters)" in html
+    assert '<datalist id="known-rules"></datalist>' in \
+        client.get("/ui/alerts").get_data(as_text=True)
+    check = client.post("/ui/table/check", json={"text": TABLE},
+                        headers={"X-CSRF-Token": session_csrf(client)}).get_json()
+    assert check["changes"] == 8 and len(check["html"]) < 60_000
+    assert long["3"] in client.get("/ui/alerts/long-3").get_data(as_text=True)

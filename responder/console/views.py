@@ -24,6 +24,7 @@ from .. import alerts
 from ..errors import EventError
 from ..events import parse_event
 from ..evidencestore import bundle_listing, recorded_bundles
+from ..logs import clipped
 from ..service import Responder
 from ..settings import Settings
 from ..wiring import dry_run_cause
@@ -45,6 +46,10 @@ from .timeline import (
 )
 
 AUDIT_TIMEOUT = 3.0
+#: Event text (rule, namespace, pod, node) in lists is cut to this many characters: a forged
+#: event's megabyte rule name, fifty to a page refreshed every 5 s, made pages of 50 MB.
+CLIP = 200
+KNOWN_RULES = 200
 
 
 def register_console(app: Flask, responder: Responder, settings: Settings) -> None:
@@ -70,13 +75,19 @@ def register_console(app: Flask, responder: Responder, settings: Settings) -> No
     _add_table(console, responder, app)
     _add_login(console, guard)
     app.register_blueprint(console)
-    app.jinja_env.filters.update(utc=utc_time, pretty=pretty_json)
+    app.jinja_env.filters.update(utc=utc_time, pretty=pretty_json, clip=clip_text)
+    app.jinja_env.globals.update(CLIP=CLIP)
 
 
 def utc_time(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def clip_text(value: Any) -> str:
+    """Event text for a list: at most CLIP characters, saying how long it was."""
+    return clipped(str(value), CLIP) or ""
 
 
 def pretty_json(value: Any) -> str:
@@ -109,7 +120,9 @@ def _add_timeline(console: Blueprint, responder: Responder) -> None:
         before = read_cursor(request.args.get("before"))
         found = load_page(responder.store.connection(), filters, before)
         conn = responder.store.connection()
-        known = sorted({row[1] for row in alerts.hourly_counts(conn, time.time())})
+        # Suggestions: a forged event's rule name can be a megabyte, and there can be many.
+        known = sorted({row[1] for row in alerts.hourly_counts(conn, time.time())
+                        if len(row[1]) <= CLIP})[:KNOWN_RULES]
         args = {k: v for k in FILTER_ARGS if (v := request.args.get(k))}
         rows_args = {**args, "before": request.args["before"]} if before else args
         return {"page": found, "filters": filters, "first_page": before is None,
