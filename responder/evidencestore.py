@@ -24,6 +24,9 @@ logger = logging.getLogger(__name__)
 URL_SETTING = "RESPONDER_EVIDENCE_URL"
 SCHEMES = ("file", "s3")
 REASON_LIMIT = 300
+#: The most of a manifest.json read back: ours are a few KiB (one line per file); anything
+#: larger in the store was put there by someone else and is not read whole.
+MAX_MANIFEST_BYTES = 1024 * 1024
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
@@ -40,8 +43,9 @@ class EvidenceStore(Protocol):
     def put(self, key: str, files: Mapping[str, bytes]) -> str:
         """Store a whole bundle; its location. Raises EvidenceStoreError."""
 
-    def read(self, key: str, name: str) -> bytes:
-        """One file of a stored bundle. Raises EvidenceStoreError."""
+    def read(self, key: str, name: str, limit: int | None = None) -> bytes:
+        """One file of a stored bundle, at most `limit` + 1 bytes of it (so a caller can
+        tell it is longer). Raises EvidenceStoreError."""
 
 
 def bundle_key(uuid: str, namespace: str, pod: str, now: datetime | None = None) -> str:
@@ -115,9 +119,10 @@ class FileStore:
                                      f"{exc.strerror or type(exc).__name__}") from None
         return self.location(key)
 
-    def read(self, key: str, name: str) -> bytes:
+    def read(self, key: str, name: str, limit: int | None = None) -> bytes:
         try:
-            return self._inside(self._path(key), name).read_bytes()
+            with open(self._inside(self._path(key), name), "rb") as found:
+                return found.read(-1 if limit is None else limit + 1)
         except OSError as exc:
             raise EvidenceStoreError(f"file store {self.root}: cannot read {name}: "
                                      f"{exc.strerror or type(exc).__name__}") from None
@@ -173,10 +178,15 @@ class S3Store:
                 ContentType=_content_type(n)))
         return self.location(key)
 
-    def read(self, key: str, name: str) -> bytes:
+    def read(self, key: str, name: str, limit: int | None = None) -> bytes:
         answer = self._call("read", name, lambda: self.client.get_object(
             Bucket=self.bucket, Key=self._object(key, name)))
-        return self._call("read", name, answer["Body"].read)
+        body = answer["Body"]
+        try:
+            return self._call("read", name, lambda: body.read(
+                None if limit is None else limit + 1))
+        finally:
+            body.close()
 
     def _object(self, key: str, name: str) -> str:
         return "/".join(p for p in (self.prefix, key, name) if p) + ("" if name else "/")
@@ -219,18 +229,24 @@ def bundle_listing(store: EvidenceStore | None, details: Mapping[str, Any]) -> d
     if store is None or store.location(key) != location:
         return {**out, "error": "the bundle is not in the configured evidence store"}
     try:
-        manifest = store.read(key, MANIFEST)
+        manifest = store.read(key, MANIFEST, MAX_MANIFEST_BYTES)
     except EvidenceStoreError as exc:
         return {**out, "error": str(exc)}
+    if len(manifest) > MAX_MANIFEST_BYTES:
+        return {**out, "verified": False, "error": f"{MANIFEST} in the store is larger than "
+                f"{MAX_MANIFEST_BYTES} bytes: not a bundle manifest"}
     verified = digest_of(manifest) == details.get("digest")
     try:
         listed = json.loads(manifest)
         files = [{"name": str(f["name"]), "size": int(f["size"]), "sha256": str(f["sha256"])}
                  for f in listed["files"]]
-    except (ValueError, TypeError, KeyError):
-        # Whoever can write the store can write anything there: say so, never a 500.
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError):
+        # Whoever can write the store can write anything there (JSON nested 100,000 deep,
+        # a size of 1e999): say so, never a 500.
         return {**out, "verified": verified,
                 "error": f"{MANIFEST} in the store is not a bundle manifest"}
-    return {**out, "verified": verified, "captured_at": listed.get("captured_at"),
+    captured_at = listed.get("captured_at")
+    return {**out, "verified": verified,
+            "captured_at": captured_at if isinstance(captured_at, str) else None,
             "files": [{"name": MANIFEST, "size": len(manifest)}, *files],
             "bytes": len(manifest) + sum(f["size"] for f in files)}

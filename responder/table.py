@@ -25,6 +25,13 @@ _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
     "==": operator.eq, "!=": operator.ne,
 }
 _TOP_KEYS = {"defaults", "rules"}
+#: Anchors and aliases may share a block between rules, but a document whose aliases expand
+#: to more nodes than this ("billion laughs": a few lines, billions of nodes) is refused
+#: before anything walks it: an error message quoting it cost memory without bound.
+MAX_EXPANDED_NODES = 1_000_000
+#: A table is a few levels deep; far deeper nesting (`[[[[...`) made PyYAML's composer and the
+#: checks after it recurse past Python's limit: a RecursionError, not a problem listed.
+MAX_DEPTH = 64
 #: The defaults every table has; the actions' limits (Action.limits) add theirs.
 _DEFAULT_KEYS = {"dry_run", "protected_namespaces", "coalesce_seconds", "skip_standalone_pods"}
 _RULE_KEYS = {"name", "match", "actions", "continue", "dry_run", "notify", "allow_unverified",
@@ -162,14 +169,60 @@ def read_table_text(path: str | Path) -> str:
 def parse_table(text: str, source: str, registry: Registry) -> Table:
     """Validate a table's YAML text; TableError lists every problem found, not just the first."""
     try:
-        doc = yaml.safe_load(text)
+        doc = _load_yaml(text)
     except yaml.YAMLError as exc:
         raise TableError(source, [f"not valid YAML: {exc}"]) from None
+    except _Refused as exc:
+        raise TableError(source, [f"table: {exc}"]) from None
     problems: list[str] = []
     table = _build_table(doc, source, registry, problems)
     if problems:
         raise TableError(source, problems)
     return replace(table, text=text)
+
+
+class _Refused(Exception):
+    """A document refused before it is built: too deep, or aliases expanding too far."""
+
+
+def _load_yaml(text: str) -> Any:
+    """yaml.safe_load, refusing a document nested deeper than MAX_DEPTH or that its aliases
+    expand past MAX_EXPANDED_NODES."""
+    loader = yaml.SafeLoader(text)
+    try:
+        try:
+            node = loader.get_single_node()
+        except RecursionError:
+            raise _Refused(f"nested deeper than {MAX_DEPTH} levels") from None
+        if node is None:
+            return None
+        _count_nodes(node, {}, set(), 1)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _count_nodes(node: yaml.Node, sizes: dict[int, int], open_: set[int], depth: int) -> int:
+    """How many nodes `node` stands for once every alias is expanded (each shared node
+    counted once per use, computed once); a node inside itself counts once."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    if id(node) in open_:
+        return 1
+    if depth > MAX_DEPTH:
+        raise _Refused(f"nested deeper than {MAX_DEPTH} levels")
+    open_.add(id(node))
+    children: list[yaml.Node] = []
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [part for pair in node.value for part in pair]
+    size = 1 + sum(_count_nodes(child, sizes, open_, depth + 1) for child in children)
+    open_.discard(id(node))
+    if size > MAX_EXPANDED_NODES:
+        raise _Refused(f"its aliases expand to more than {MAX_EXPANDED_NODES} nodes")
+    sizes[id(node)] = size
+    return size
 
 
 def match_rules(table: Table, event: Event) -> list[TableRule]:

@@ -40,6 +40,12 @@ OWNER_KINDS: dict[tuple[str, str], tuple[str, str, str]] = {
 }
 #: The Event list is a record, not a stream: a pod with more than this many is cut.
 MAX_EVENTS = 500
+#: All of a bundle's logs together: it is held in memory until stored, and a pod of many
+#: containers (anyone who can create pods can make one) would otherwise take the responder
+#: past its memory limit, and with it the containment after the capture.
+MAX_LOG_READS, MAX_LOG_BYTES_TOTAL = 64, 64 * 1024 * 1024
+#: How many unreadable files a decision's reason names (errors.json has them all).
+REASON_NAMES = 5
 
 
 def _between(low: int, high: int) -> Callable[[int], list[str]]:
@@ -72,7 +78,9 @@ class CaptureEvidence(Action):
                             f"(default {TAIL_LINES})"),
         "max_bytes": Param((int,), check=_between(1, MAX_MAX_BYTES),
                            doc=f"bytes kept of each log, current and previous alike (default "
-                           f"{MAX_BYTES}, at most {MAX_MAX_BYTES})"),
+                           f"{MAX_BYTES}, at most {MAX_MAX_BYTES}); a bundle keeps at most "
+                           f"{MAX_LOG_READS} logs and {MAX_LOG_BYTES_TOTAL // 2**20} MiB of "
+                           f"logs in all, previous logs cut first"),
         "redact_env": Param((bool,), doc="replace env var values in the pod and owner "
                             "manifests by [redacted] (default true); valueFrom references "
                             "are kept"),
@@ -126,8 +134,7 @@ class CaptureEvidence(Action):
             return Result(Outcome.FAILED, str(exc), involved=involved)
         details = {"digest": bundle.digest, "location": location, "key": key,
                    "files": len(bundle.files), "bytes": bundle.total_bytes}
-        reason = f"partial bundle: {', '.join(sorted(errors))} unreadable (errors.json)" \
-            if errors else None
+        reason = _partial(errors) if errors else None
         return Result(Outcome.DONE, reason, involved=involved,
                       details={**details, "unreadable": sorted(errors)} if errors else details)
 
@@ -208,23 +215,22 @@ class CaptureEvidence(Action):
     def _logs(self, manifest: Mapping[str, Any], params: Mapping[str, Any],
               errors: dict[str, str]) -> dict[str, bytes]:
         """Each container's log (init and ephemeral ones too: an attacker's debug container
-        is one), and its previous one where it restarted."""
-        spec, status = manifest.get("spec", {}), manifest.get("status", {})
-        restarted = {s["name"] for key in ("initContainerStatuses", "containerStatuses",
-                                           "ephemeralContainerStatuses")
-                     for s in status.get(key) or []
-                     if s.get("restartCount") or (s.get("lastState") or {}).get("terminated")}
-        files = {}
-        for key in ("initContainers", "containers", "ephemeralContainers"):
-            for container in spec.get(key) or []:
-                name = container["name"]
-                for previous in (False, True) if name in restarted else (False,):
-                    file = f"logs/{safe_name(name)}{'.previous' if previous else ''}.log"
-                    data = self._log(manifest["metadata"], name, previous, params)
-                    if isinstance(data, str):
-                        errors[file] = data
-                    else:
-                        files[file] = data
+        is one), then the previous one of each that restarted; all together within
+        MAX_LOG_READS reads and MAX_LOG_BYTES_TOTAL bytes."""
+        files: dict[str, bytes] = {}
+        budget, max_bytes = MAX_LOG_BYTES_TOTAL, params.get("max_bytes", MAX_BYTES)
+        for i, (file, name, previous) in enumerate(_log_reads(manifest)):
+            if i >= MAX_LOG_READS or budget <= 0:
+                errors[file] = f"not read: a bundle keeps at most {MAX_LOG_READS} logs " \
+                    f"and {MAX_LOG_BYTES_TOTAL} bytes of logs"
+                continue
+            data = self._log(manifest["metadata"], name, previous,
+                             {**params, "max_bytes": min(max_bytes, budget)})
+            if isinstance(data, str):
+                errors[file] = data
+            else:
+                files[file] = data
+                budget -= len(data)
         return files
 
     def _log(self, meta: Mapping[str, Any], container: str, previous: bool,
@@ -241,6 +247,26 @@ class CaptureEvidence(Action):
             return answer.data[:max_bytes]
         finally:
             answer.release_conn()
+
+
+def _log_reads(manifest: Mapping[str, Any]) -> list[tuple[str, str, bool]]:
+    """(file, container, previous) of each log to read: every container's current log,
+    then the previous log of those that restarted (the budget cuts previous ones first)."""
+    spec, status = manifest.get("spec", {}), manifest.get("status", {})
+    restarted = {s["name"] for key in ("initContainerStatuses", "containerStatuses",
+                                       "ephemeralContainerStatuses")
+                 for s in status.get(key) or []
+                 if s.get("restartCount") or (s.get("lastState") or {}).get("terminated")}
+    names = [c["name"] for key in ("initContainers", "containers", "ephemeralContainers")
+             for c in spec.get(key) or []]
+    return [(f"logs/{safe_name(n)}.log", n, False) for n in names] + \
+        [(f"logs/{safe_name(n)}.previous.log", n, True) for n in names if n in restarted]
+
+
+def _partial(errors: Mapping[str, str]) -> str:
+    names = sorted(errors)
+    more = f" and {len(names) - REASON_NAMES} more" if len(names) > REASON_NAMES else ""
+    return f"partial bundle: {', '.join(names[:REASON_NAMES])}{more} unreadable (errors.json)"
 
 
 def _controller(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:

@@ -3,6 +3,7 @@ page (finished alerts from their summaries, unfinished events from the journal).
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,6 +22,10 @@ PRIORITIES = [p.label for p in sorted(Priority, reverse=True)]
 OUTCOMES = [str(o) for o in Outcome] + [NO_ACTION]
 STATES = ["done", "failed", *QUEUED_STATES]
 _TIME_FORMATS = ("%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d")
+#: The query arguments the timeline reads; links carry these and no others (anything else,
+#: `_method` or `_scheme` say, would reach url_for as its own options).
+FILTER_ARGS = ("rule", "namespace", "priority", "outcome", "state", "since", "until")
+_MAX_ID = 2**63 - 1  # SQLite's INTEGER
 
 
 class BadFilter(ValueError):
@@ -44,9 +49,12 @@ def read_cursor(raw: str | None) -> tuple[float, int] | None:
         return None
     received, _, event_id = raw.partition(":")
     try:
-        return float(received), int(event_id)
+        cursor = float(received), int(event_id)
     except ValueError:
-        raise BadFilter("before: must be <received>:<id>, as the 'older' link gives") from None
+        cursor = None
+    if cursor is None or not math.isfinite(cursor[0]) or not 0 <= cursor[1] <= _MAX_ID:
+        raise BadFilter("before: must be <received>:<id>, as the 'older' link gives")
+    return cursor
 
 
 def _time(args: Mapping[str, str], name: str) -> float | None:

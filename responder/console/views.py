@@ -24,6 +24,7 @@ from .. import alerts
 from ..errors import EventError
 from ..events import parse_event
 from ..evidencestore import bundle_listing, recorded_bundles
+from ..logs import clipped
 from ..service import Responder
 from ..settings import Settings
 from ..wiring import dry_run_cause
@@ -32,10 +33,23 @@ from .charts import alert_total, rule_charts
 from .controls import add_controls, approval_view, said, undoable
 from .guard import Guard, add_headers, safe_next
 from .session import login_name
-from .tablecheck import DEFAULT_LAST, Check, Replayer, clamp_last
-from .timeline import OUTCOMES, PRIORITIES, STATES, BadFilter, load_page, read_cursor, read_filters
+from .tablecheck import DEFAULT_LAST, Check, CheckBusy, Replayer, clamp_last
+from .timeline import (
+    FILTER_ARGS,
+    OUTCOMES,
+    PRIORITIES,
+    STATES,
+    BadFilter,
+    load_page,
+    read_cursor,
+    read_filters,
+)
 
 AUDIT_TIMEOUT = 3.0
+#: Event text (rule, namespace, pod, node) in lists is cut to this many characters: a forged
+#: event's megabyte rule name, fifty to a page refreshed every 5 s, made pages of 50 MB.
+CLIP = 200
+KNOWN_RULES = 200
 
 
 def register_console(app: Flask, responder: Responder, settings: Settings) -> None:
@@ -61,13 +75,19 @@ def register_console(app: Flask, responder: Responder, settings: Settings) -> No
     _add_table(console, responder, app)
     _add_login(console, guard)
     app.register_blueprint(console)
-    app.jinja_env.filters.update(utc=utc_time, pretty=pretty_json)
+    app.jinja_env.filters.update(utc=utc_time, pretty=pretty_json, clip=clip_text)
+    app.jinja_env.globals.update(CLIP=CLIP)
 
 
 def utc_time(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def clip_text(value: Any) -> str:
+    """Event text for a list: at most CLIP characters, saying how long it was."""
+    return clipped(str(value), CLIP) or ""
 
 
 def pretty_json(value: Any) -> str:
@@ -100,12 +120,15 @@ def _add_timeline(console: Blueprint, responder: Responder) -> None:
         before = read_cursor(request.args.get("before"))
         found = load_page(responder.store.connection(), filters, before)
         conn = responder.store.connection()
-        known = sorted({row[1] for row in alerts.hourly_counts(conn, time.time())})
+        # Suggestions: a forged event's rule name can be a megabyte, and there can be many.
+        known = sorted({row[1] for row in alerts.hourly_counts(conn, time.time())
+                        if len(row[1]) <= CLIP})[:KNOWN_RULES]
+        args = {k: v for k in FILTER_ARGS if (v := request.args.get(k))}
+        rows_args = {**args, "before": request.args["before"]} if before else args
         return {"page": found, "filters": filters, "first_page": before is None,
                 "known_rules": known, "inline": responder.settings.intake.mode == "inline",
                 "priorities": PRIORITIES, "outcomes": OUTCOMES, "states": STATES,
-                "args": {k: v for k, v in request.args.items() if k != "before" and v},
-                "rows_url": url_for("console.timeline_rows", **request.args.to_dict())}
+                "args": args, "rows_url": url_for("console.timeline_rows", **rows_args)}
 
     @console.get("/alerts")
     def timeline() -> str:
@@ -186,10 +209,12 @@ def _add_table(console: Blueprint, responder: Responder, app: Flask) -> None:
 
     replayer = Replayer(responder.registry, responder.settings.kubernetes.namespace,
                         responder.settings.table.force_dry_run)
+    console.register_error_handler(CheckBusy, _busy)
 
     def run_check(text: str, last: int) -> Check:
         bodies = alerts.recent_bodies(responder.store.connection(), last)
-        return replayer.check(text, responder.table, bodies)
+        # Newest first: when the time budget cuts the replay, the oldest are left out.
+        return replayer.check(text, responder.table, bodies[::-1])
 
     @console.get("/table")
     def table_page() -> str:
@@ -212,6 +237,10 @@ def _add_table(console: Blueprint, responder: Responder, app: Flask) -> None:
         return jsonify({"ok": check.ok, "problems": check.problems,
                         "changes": len(check.changes),
                         "html": render_template("_check.html", check=check)}), 200
+
+
+def _busy(exc: CheckBusy) -> tuple[Response, int]:
+    return jsonify({"error": str(exc)}), 429
 
 
 def _add_login(console: Blueprint, guard: Guard) -> None:
