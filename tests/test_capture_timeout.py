@@ -79,6 +79,13 @@ def respond(cluster, apiserver, make_app, make_table, tmp_path, params: str):
     return app.test_client().get("/events/evt-1").get_json()["decisions"], took
 
 
+def wait_for_readers(seconds: float = 15.0) -> None:
+    deadline = time.monotonic() + seconds
+    while any(t.name.startswith("capture-evidence") for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "a capture's read never ended"
+        time.sleep(0.05)
+
+
 def bundle(decision: dict) -> Path:
     return Path(urlsplit(decision["details"]["location"]).path)
 
@@ -121,6 +128,9 @@ def test_a_hanging_kubelet_is_cut_off_at_timeout_seconds_and_containment_goes_on
                                       "{timeout_seconds: 1}")
         finally:
             release.set()
+            # The read cut off goes on (urllib3 retries it) until the kubelet answers: let it
+            # end here, not in the middle of a later test's audit log.
+            wait_for_readers()
     capture, label = decisions
     # 1 s of reads, the pod read, the store, the label: far from the 20 s the kubelet holds.
     assert took < 6, took
