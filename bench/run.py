@@ -708,22 +708,26 @@ def ms3(values: list[float]) -> list[str]:
     return [f"{pct(values, q):.1f}" for q in (0.5, 0.9, 0.99)]
 
 
-def warm_up(tta, api, server: Server, namespace: str, index: int) -> None:
+def warm_up(tta, api, server: Server, namespace: str, index: int, key=None) -> None:
     """One alert acted on before measuring: the worker process is up, connected, warm."""
     mark, poster = api.audit_mark(), tta.Poster(server.port)
     poster.post(namespace, index, f"warm-{server.name}")
-    if not tta.wait_acted(api, mark, namespace, set(poster.sent), 60.0):
+    if not tta.wait_acted(api, mark, namespace, set(poster.sent), 60.0,
+                          key or tta.label_patch):
         raise RuntimeError(f"{server.name} did not act on its warm-up alert:\n"
                            f"{server.log_tail()}")
 
 
-def act_runs(tta, api, server: Server, namespace: str, alerts: int, bursts: int) -> tuple:
-    """Latencies at 4/s, latencies in bursts, and each burst's last (ms)."""
+def act_runs(tta, api, server: Server, namespace: str, alerts: int, bursts: int,
+             key=None, wait: float = 30.0) -> tuple:
+    """Latencies at 4/s, latencies in bursts, and each burst's last (ms), to the request
+    `key` names (default: the label PATCH)."""
+    key = key or tta.label_patch
     run = f"{server.name}-{time.time_ns()}"
     mark = api.audit_mark()
     poster = tta.Poster(server.port)
     poster.at_rate(namespace, range(alerts), ALERT_RATE, run)
-    acted = tta.wait_acted(api, mark, namespace, set(poster.sent), 30.0)
+    acted = tta.wait_acted(api, mark, namespace, set(poster.sent), wait, key)
     rate = tta.latencies_ms(poster.sent, acted)
     burst_lat, last = [], []
     for n in range(bursts):
@@ -733,7 +737,7 @@ def act_runs(tta, api, server: Server, namespace: str, alerts: int, bursts: int)
         first = alerts + n * BURST
         mark, poster = api.audit_mark(), tta.Poster(server.port)
         started = poster.burst(namespace, range(first, first + BURST), run)
-        acted = tta.wait_acted(api, mark, namespace, set(poster.sent), 30.0)
+        acted = tta.wait_acted(api, mark, namespace, set(poster.sent), wait, key)
         burst_lat += tta.latencies_ms(poster.sent, acted)
         if len(acted) == BURST:
             last.append((max(acted.values()) - started) * 1000)
@@ -810,6 +814,144 @@ def redis_costs(tta, workdir: Path) -> None:
           [[name, f"{p50:.3f}", f"{p99:.3f}"] for name, (p50, p99) in found.items()])
 
 
+# --- 6. time to contain ----------------------------------------------------------------
+
+#: Containment (POST -> NetworkPolicy CREATE, packaged table) may take at most this much
+#: longer than labelling (POST -> label PATCH) at the p99 of 4 alerts/s: capture-evidence
+#: reads 5+ objects before isolate-pod starts, and 100 ms is ~20 such reads on a loaded API
+#: server, and well under the seconds a reverse shell needs to do harm by hand.
+CONTAIN_TARGET_MS = 100.0
+KUBELET_LOG_LINES = 1_000  # lines of the fake kubelet's log per container (~80 KiB)
+
+
+def section_time_to_contain(profile: Profile, gen: Generator, workdir: Path) -> None:
+    header("6. Time to contain: from the POST to the NetworkPolicy CREATE, packaged table armed")
+    from bench import time_to_act as tta
+
+    print("etcd + kube-apiserver from tests/apiserver.py; each alert a netcat reverse shell "
+          "in another Running pod owned by a ReplicaSet of its own; `responder serve` with "
+          f"{' '.join(f'{k}={v}' for k, v in profile.act_env) or 'its defaults'}; times to the "
+          "stageTimestamp in the apiserver's audit log")
+    with ExitStack() as stack:
+        try:
+            api = stack.enter_context(tta.real_apiserver(workdir))
+        except BaseException as exc:  # noqa: BLE001 - pytest's Skipped: binaries missing
+            if type(exc).__name__ != "Skipped":
+                raise
+            print(f"skipped: {exc}")
+            return
+        kubeconfig = api.write_kubeconfig(workdir / "contain.kubeconfig", api.pki.responder)
+        env = {"RESPONDER_KUBE_CONFIG": "kubeconfig", "KUBECONFIG": str(kubeconfig),
+               **dict(profile.act_env)}
+        results = {label: contain_run(profile, tta, api, env, workdir, *spec)
+                   for label, *spec in contain_variants(tta)}
+    contain_report(profile, results, workdir)
+
+
+def contain_variants(tta) -> list[tuple]:
+    """(label, server name, table text, what ends the measure, with a fake kubelet)."""
+    armed = _armed_table(capture=True)
+    return [("label only (label-pod)", "tc-label", tta.LABEL_TABLE, tta.label_patch, False),
+            ("packaged, capture-evidence left out", "tc-nocap", _armed_table(capture=False),
+             tta.policy_created, False),
+            ("packaged default (capture, isolate, label)", "tc-packaged", armed,
+             tta.policy_created, False),
+            ("packaged default, logs from a kubelet", "tc-kubelet", armed,
+             tta.policy_created, True)]
+
+
+def _armed_table(capture: bool) -> str:
+    """The packaged table with `defaults.dry_run: false`, as an operator arms it; without
+    capture-evidence when `capture` is false."""
+    import yaml
+
+    table = yaml.safe_load(_packaged_table())
+    table["defaults"]["dry_run"] = False
+    if not capture:
+        for rule in table["rules"]:
+            rule["actions"] = [a for a in rule["actions"] if a["action"] != "capture-evidence"]
+    return yaml.safe_dump(table, sort_keys=False)
+
+
+def contain_run(profile: Profile, tta, api, env: dict[str, str], workdir: Path, name: str,
+                text: str, key, kubelet: bool) -> tuple:
+    """One server over its own pods: (latencies at 4/s, in bursts, each burst's last, the
+    containment requests it made per alert)."""
+    from tests.fakekubelet import FakeKubelet
+
+    alerts, bursts = profile.act_alerts, profile.act_bursts
+    cluster = tta.make_pods(api, alerts + bursts * BURST + 1, name, owner="ReplicaSet")
+    actions = workdir / f"{name}-actions.yaml"
+    actions.write_text(text)
+    with ExitStack() as stack:
+        if kubelet:
+            log = b"".join(b"2026-01-01T00:00:00.000000000Z line %06d of the app's log, as "
+                           b"a service writes it\n" % i for i in range(KUBELET_LOG_LINES))
+            (workdir / name).mkdir()
+            fake = stack.enter_context(FakeKubelet(workdir / name, {("c0", False): log}))
+            cluster.core.patch_node_status(cluster.nodes[0], fake.node_status())
+        server, = stack.enter_context(serving(workdir, (name, SERVE, {
+            **env, "RESPONDER_ACTIONS_FILE": str(actions)})))
+        mark = api.audit_mark()
+        warm_up(tta, api, server, cluster.namespace, alerts + bursts * BURST, key)
+        # Containment takes many requests an alert: the runs may end on the client budget.
+        runs = act_runs(tta, api, server, cluster.namespace, alerts, bursts, key, 120.0)
+        time.sleep(1.0)  # the last alerts' label PATCHes and Events
+        made = [r for r in api.requests_since(mark) if not (
+            r.verb == "create" and r.path.endswith("/events"))]
+    return (*runs, len(made) / (alerts + bursts * BURST + 1))
+
+
+def contain_report(profile: Profile, results: dict[str, tuple], workdir: Path) -> None:
+    rows = []
+    for label, (rate, burst_lat, last, per_alert) in results.items():
+        rows.append([label, f"{ALERT_RATE:g}/s", len(rate), *ms3(rate), "-",
+                     f"{per_alert:.1f}"])
+        rows.append([label, f"burst of {BURST} (x{profile.act_bursts})", len(burst_lat),
+                     *ms3(burst_lat), f"{max(last):.0f}" if last else "nan", ""])
+    print(f"{profile.act_alerts} alerts at {ALERT_RATE:g}/s, then {profile.act_bursts} burst(s) "
+          f"of {BURST}; label only: to the label PATCH; the others: to the NetworkPolicy CREATE")
+    table(["table", "alerts", "acted", "p50 ms", "p90 ms", "p99 ms", "20th of a burst ms",
+           "requests/alert"], rows)
+    print("requests/alert: the responder's API requests but audit Events, all taken from "
+          "RESPONDER_KUBE_QPS/BURST")
+    (label, _), (nocap, _), (packaged, _), (kubelet, _) = results.items()
+    _print_costs(results, nocap, packaged, kubelet)
+    extra = _p(results[packaged][0], 0.99) - _p(results[label][0], 0.99)
+    print(f"{packaged}: p99 at {ALERT_RATE:g}/s = label only + {extra:.1f} ms (target <= "
+          f"+{CONTAIN_TARGET_MS:g} ms: {verdict(extra <= CONTAIN_TARGET_MS)})")
+    print("no kubelet behind this apiserver: the packaged runs' log reads fail fast (recorded "
+          "in errors.json, e.g. " + _sample_errors(workdir / "tc-packaged-state") + "); the "
+          f"kubelet run serves {KUBELET_LOG_LINES:,} lines per log from tests/fakekubelet.py on "
+          "loopback; a real kubelet reading a container's log file adds its own time")
+
+
+def _print_costs(results: dict[str, tuple], nocap: str, packaged: str, kubelet: str) -> None:
+    rows = []
+    for label in (packaged, kubelet):
+        for n, what in ((0, f"{ALERT_RATE:g}/s"), (1, f"burst of {BURST}")):
+            mine, without = results[label][n], results[nocap][n]
+            rows.append([label, what, *(f"{_p(mine, q) - _p(without, q):+.1f}"
+                                        for q in (0.5, 0.9, 0.99))])
+    print(f"what capture-evidence costs containment (difference to \"{nocap}\"):")
+    table(["table", "alerts", "p50 ms", "p90 ms", "p99 ms"], rows)
+
+
+def _p(values: list[float], q: float) -> float:
+    from bench.time_to_act import percentile as pct
+
+    return pct(values, q)
+
+
+def _sample_errors(state: Path) -> str:
+    """One bundle's errors.json, shortened, as the store has it."""
+    found = next(iter(sorted(state.glob("evidence/**/errors.json"))), None)
+    if found is None:
+        return "no bundle found"
+    errors = json.loads(found.read_bytes())
+    return "; ".join(f"{k}: {v[:60]}" for k, v in sorted(errors.items())) or "{}"
+
+
 # --- 5. console pages -------------------------------------------------------------------
 
 CONSOLE_TARGET_MS = 100.0
@@ -875,7 +1017,7 @@ def _packaged_table() -> str:
 
 SECTIONS = {"throughput": section_throughput, "storm": section_storm,
             "memory": section_memory, "time-to-act": section_time_to_act,
-            "console": section_console}
+            "console": section_console, "time-to-contain": section_time_to_contain}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -883,9 +1025,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     parser.add_argument("--python-client", action="store_true",
                         help="use the Python load generator even when wrk is installed")
-    parser.add_argument("--sections", default="throughput,time-to-act,storm,memory,console",
+    parser.add_argument("--sections", default="throughput,time-to-act,storm,memory,console,"
+                        "time-to-contain",
                         help="comma-separated subset of: throughput, time-to-act, storm, "
-                             "memory, console")
+                             "memory, console, time-to-contain")
     parser.add_argument("--threads", type=int, metavar="N",
                         help="gunicorn threads per worker for every server of section 1 "
                              "(default: the responder's default)")

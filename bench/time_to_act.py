@@ -14,13 +14,14 @@ import http.client
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from responder.actions.isolation import POLICY_PREFIX
 from tests.apiserver import RESPONDER, ApiServer, Cluster, new_cluster, session_server
 from tests.netcat import FULL_CID, netcat_event
 
@@ -47,14 +48,15 @@ def real_apiserver(workdir: Path) -> Iterator[ApiServer]:
     yield from session_server(directory)
 
 
-def make_pods(server: ApiServer, count: int, label: str) -> Cluster:
-    """A namespace with one Ready node and `count` Running standalone pods p0000...,
-    each with the container the alerts name; made by 8 threads (a few seconds per 1,000)."""
+def make_pods(server: ApiServer, count: int, label: str, owner: str | None = None) -> Cluster:
+    """A namespace with one Ready node and `count` Running pods p0000..., each with the
+    container the alerts name, standalone or each owned by a ReplicaSet of its own (`owner`,
+    what isolate-pod's detach needs); made by 8 threads (a few seconds per 1,000)."""
     admin = server.admin_client()
     cluster = new_cluster(server, admin, label)
     node = cluster.add_node("node").metadata.name
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda i: cluster.add_pod(pod_name(i), node, (FULL_CID,), owner=None),
+        list(pool.map(lambda i: cluster.add_pod(pod_name(i), node, (FULL_CID,), owner=owner),
                       range(count)))
     return cluster
 
@@ -156,16 +158,32 @@ def stamp(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
+def label_patch(seen: Seen) -> str | None:
+    """The pod a pod PATCH is about (label-pod's, in a table that only labels)."""
+    return seen.name if seen.verb == "patch" and seen.resource == "pods" else None
+
+
+def policy_created(seen: Seen) -> str | None:
+    """The pod an isolating NetworkPolicy CREATE is about (isolate-pod names it
+    isolate-<pod>; the audit log names a created object from the request body)."""
+    if seen.verb == "create" and seen.resource == "networkpolicies" \
+            and seen.name.startswith(POLICY_PREFIX):
+        return seen.name[len(POLICY_PREFIX):]
+    return None
+
+
 def wait_acted(server: ApiServer, mark: int, namespace: str, pods: set[str],
-               timeout: float) -> dict[str, float]:
-    """Completion time of the first label PATCH of each pod in `pods`, waiting (reading
-    the audit log every 0.2 s, after the alerts were all sent) until all are there."""
+               timeout: float, key: Callable[[Seen], str | None] = label_patch
+               ) -> dict[str, float]:
+    """Completion time of the first request `key` names a pod of `pods` for (default: its
+    label PATCH), waiting (reading the audit log every 0.2 s, after the alerts were all
+    sent) until all are there."""
     deadline = time.monotonic() + timeout
     while True:
         done = {}
         for seen in audit_entries(server, mark, namespace):
-            if seen.verb == "patch" and seen.resource == "pods" and seen.name in pods:
-                done.setdefault(seen.name, seen.completed)
+            if (pod := key(seen)) in pods:
+                done.setdefault(pod, seen.completed)
         if len(done) == len(pods) or time.monotonic() > deadline:
             return done
         time.sleep(0.2)

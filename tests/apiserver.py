@@ -323,9 +323,10 @@ class ApiServer:
 
     def requests_since(self, mark: int, user: str = RESPONDER) -> list[Request]:
         """Requests by `user` the server completed since `mark`, in order."""
-        text = self._settled_audit_text()
+        # `mark` counts bytes: slice before decoding (a slow request's entry carries "µs").
+        text = self._settled_audit_bytes()[mark:].decode()
         found = []
-        for line in text[mark:].splitlines():
+        for line in text.splitlines():
             entry = json.loads(line)
             if entry["user"].get("username") != user or entry["stage"] != "ResponseComplete":
                 continue
@@ -336,16 +337,16 @@ class ApiServer:
                                  entry.get("requestObject")))
         return found
 
-    def _settled_audit_text(self) -> bytes:
+    def _settled_audit_bytes(self) -> bytes:
         # The entry of the last request may be written just after its answer was sent.
         previous = None
         for _ in range(20):
             data = self.audit_log.read_bytes() if self.audit_log.exists() else b""
             if data == previous:
-                return data.decode()
+                return data
             previous = data
             time.sleep(0.05)
-        return previous.decode()
+        return previous
 
 
 def start_controller_manager(server: ApiServer, binary: Path) -> Daemon:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,6 +42,13 @@ OWNER_KINDS: dict[tuple[str, str], tuple[str, str, str]] = {
 }
 #: The Event list is a record, not a stream: a pod with more than this many is cut.
 MAX_EVENTS = 500
+#: How long the reads after the pod's may take in all, in seconds: containment waits for
+#: them. Against the loopback API server they take tens of milliseconds; a kubelet that
+#: hangs (a compromised or overloaded node) must not keep a live shell connected longer.
+TIMEOUT_SECONDS, MAX_TIMEOUT_SECONDS = 5, 60
+#: Reads at once per capture (owner chain, Events, node, logs share the action's ApiClient,
+#: whose urllib3 pool keeps 5 connections per core: 4 leave room for the other callers).
+READERS = 4
 #: All of a bundle's logs together: it is held in memory until stored, and a pod of many
 #: containers (anyone who can create pods can make one) would otherwise take the responder
 #: past its memory limit, and with it the containment after the capture.
@@ -84,6 +93,12 @@ class CaptureEvidence(Action):
         "redact_env": Param((bool,), doc="replace env var values in the pod and owner "
                             "manifests by [redacted] (default true); valueFrom references "
                             "are kept"),
+        "timeout_seconds": Param((int,), check=_between(1, MAX_TIMEOUT_SECONDS),
+                                 doc=f"how long the reads after the pod's (owners, Events, "
+                                 f"node, logs; made {READERS} at a time) may take in all before "
+                                 f"the bundle is stored with what was read, errors.json naming "
+                                 f"the rest, and containment goes on (default "
+                                 f"{TIMEOUT_SECONDS})"),
     }
     rbac = (
         READ_POD,
@@ -116,7 +131,7 @@ class CaptureEvidence(Action):
         store = self.services.evidence
         if store is None:
             return Result(Outcome.FAILED, "no evidence store configured")
-        pod = read_pod_or_reason(self, target)
+        pod = read_pod_or_reason(self, target, params.get("timeout_seconds", TIMEOUT_SECONDS))
         if isinstance(pod, Result):
             return pod
         errors: dict[str, str] = {}
@@ -142,116 +157,175 @@ class CaptureEvidence(Action):
                  errors: dict[str, str]) -> dict[str, bytes]:
         redact = params.get("redact_env", True)
         manifest = self.api.sanitize_for_serialization(pod)
+        deadline = Deadline(params.get("timeout_seconds", TIMEOUT_SECONDS), self.timeout)
+        chain: list[dict[str, Any]] = []  # grows entry by entry: a timeout keeps what was read
+        reads: dict[str, Callable[[], Read]] = {
+            "owners.json": lambda: self._owners(manifest, redact, chain, deadline),
+            "events.json": lambda: self._events(pod, deadline),
+            "node.json": lambda: self._node(pod.spec.node_name, deadline),
+            **self._log_reads(manifest, params, deadline, errors),
+        }
+        found = read_all(reads, deadline, errors)
         files = {
             "event.json": to_json(dict(incident.event) if incident else None),
             "decisions.json": to_json(list(incident.earlier) if incident else []),
             "pod.json": to_json(redact_env(manifest) if redact else manifest),
-            "owners.json": to_json(self._owners(manifest, redact, errors)),
-            "events.json": to_json(self._events(pod, errors)),
-            "node.json": to_json(self._node(pod.spec.node_name, errors)),
+            "owners.json": to_json(found.get("owners.json", list(chain))),
+            "events.json": to_json(found.get("events.json")),
+            "node.json": to_json(found.get("node.json")),
         }
-        files.update(self._logs(manifest, params, errors))
+        files.update({name: data for name, data in found.items()
+                      if name.startswith("logs/") and data is not None})
         return files
 
-    def _owners(self, manifest: Mapping[str, Any], redact: bool,
-                errors: dict[str, str]) -> list[dict[str, Any]]:
-        """The controller chain from the pod's owner up: each reference and the object."""
-        chain: list[dict[str, Any]] = []
+    def _owners(self, manifest: Mapping[str, Any], redact: bool, chain: list[dict[str, Any]],
+                deadline: Deadline) -> Read:
+        """The controller chain from the pod's owner up: each reference and the object,
+        appended to `chain` whole, one at a time."""
         namespace = manifest["metadata"]["namespace"]
-        ref = _controller(manifest)
+        ref, errors = _controller(manifest), {}
         while ref is not None and len(chain) < MAX_OWNERS:
             entry = {k: ref.get(k) for k in ("apiVersion", "kind", "name", "uid")}
-            chain.append(entry)
             known = OWNER_KINDS.get((ref.get("apiVersion"), ref.get("kind")))
+            found = "" if known is None else self._read_owner(known, ref["name"], namespace,
+                                                              deadline)
+            ref = None
             if known is None:
                 entry["note"] = "kind not followed by capture-evidence"
-                break
-            found = self._read_owner(known, ref["name"], namespace)
-            if isinstance(found, str):
-                entry["error"] = errors[f"owners.json: {ref['kind']} {ref['name']}"] = found
-                break
-            obj = self.api.sanitize_for_serialization(found)
-            if obj["metadata"].get("uid") != ref.get("uid"):
+            elif isinstance(found, str):
+                entry["error"] = errors[f"owners.json: {entry['kind']} {entry['name']}"] = found
+            elif (obj := self.api.sanitize_for_serialization(found))["metadata"].get(
+                    "uid") != entry["uid"]:
                 entry["note"] = "the object of this name has another uid (replaced)"
-                break
-            entry["object"] = redact_env(obj) if redact else obj
-            ref = _controller(obj)
-        return chain
+            else:
+                entry["object"] = redact_env(obj) if redact else obj
+                ref = _controller(obj)
+            chain.append(entry)
+        return list(chain), errors
 
-    def _read_owner(self, known: tuple[str, str, str], name: str, namespace: str) -> Any:
+    def _read_owner(self, known: tuple[str, str, str], name: str, namespace: str,
+                    deadline: Deadline) -> Any:
         _, group, reader = known
         api = self.batch if group == "batch" else self.apps
         try:
-            return getattr(api, reader)(name, namespace, _request_timeout=self.timeout)
+            return getattr(api, reader)(name, namespace, _request_timeout=deadline.request())
         except Exception as exc:  # noqa: BLE001 - recorded in the bundle, the rest goes on
             return api_failure(exc)
 
-    def _events(self, pod: Any, errors: dict[str, str]) -> list[Any] | None:
+    def _events(self, pod: Any, deadline: Deadline) -> Read:
         try:
             found = self.core.list_namespaced_event(
                 pod.metadata.namespace, field_selector=f"involvedObject.uid={pod.metadata.uid}",
-                limit=MAX_EVENTS, _request_timeout=self.timeout)
+                limit=MAX_EVENTS, _request_timeout=deadline.request())
         except Exception as exc:  # noqa: BLE001 - recorded in the bundle, the rest goes on
-            errors["events.json"] = api_failure(exc)
-            return None
-        return self.api.sanitize_for_serialization(found.items)
+            return None, {"events.json": api_failure(exc)}
+        return self.api.sanitize_for_serialization(found.items), {}
 
-    def _node(self, name: str | None, errors: dict[str, str]) -> dict[str, Any] | None:
+    def _node(self, name: str | None, deadline: Deadline) -> Read:
         if not name:
-            errors["node.json"] = "the pod is not scheduled on a node"
-            return None
+            return None, {"node.json": "the pod is not scheduled on a node"}
         try:
             node = self.api.sanitize_for_serialization(
-                self.core.read_node(name, _request_timeout=self.timeout))
+                self.core.read_node(name, _request_timeout=deadline.request()))
         except Exception as exc:  # noqa: BLE001 - recorded in the bundle, the rest goes on
-            errors["node.json"] = api_failure(exc)
-            return None
+            return None, {"node.json": api_failure(exc)}
         spec, status = node.get("spec", {}), node.get("status", {})
         return {"name": name, "uid": node["metadata"].get("uid"),
                 "unschedulable": spec.get("unschedulable", False),
                 "taints": spec.get("taints", []), "conditions": status.get("conditions", []),
-                "nodeInfo": status.get("nodeInfo")}
+                "nodeInfo": status.get("nodeInfo")}, {}
 
-    def _logs(self, manifest: Mapping[str, Any], params: Mapping[str, Any],
-              errors: dict[str, str]) -> dict[str, bytes]:
-        """Each container's log (init and ephemeral ones too: an attacker's debug container
-        is one), then the previous one of each that restarted; all together within
-        MAX_LOG_READS reads and MAX_LOG_BYTES_TOTAL bytes."""
-        files: dict[str, bytes] = {}
-        budget, max_bytes = MAX_LOG_BYTES_TOTAL, params.get("max_bytes", MAX_BYTES)
-        for i, (file, name, previous) in enumerate(_log_reads(manifest)):
+    def _log_reads(self, manifest: Mapping[str, Any], params: Mapping[str, Any],
+                   deadline: Deadline, errors: dict[str, str]) -> dict[str, Callable[[], Read]]:
+        """A read for each log, by file name, each allotted its bytes in turn out of
+        MAX_LOG_BYTES_TOTAL (allotted before the reads run side by side, so which logs a
+        crowded pod keeps does not depend on which answers first); the logs past
+        MAX_LOG_READS or the byte budget are named in `errors`."""
+        reads, budget = {}, MAX_LOG_BYTES_TOTAL
+        max_bytes = params.get("max_bytes", MAX_BYTES)
+        for i, (file, name, previous) in enumerate(_log_files(manifest)):
             if i >= MAX_LOG_READS or budget <= 0:
-                errors[file] = f"not read: a bundle keeps at most {MAX_LOG_READS} logs " \
-                    f"and {MAX_LOG_BYTES_TOTAL} bytes of logs"
+                errors[file] = (f"not read: a bundle keeps at most {MAX_LOG_READS} logs "
+                                f"and {MAX_LOG_BYTES_TOTAL} bytes of logs")
                 continue
-            data = self._log(manifest["metadata"], name, previous,
-                             {**params, "max_bytes": min(max_bytes, budget)})
-            if isinstance(data, str):
-                errors[file] = data
-            else:
-                files[file] = data
-                budget -= len(data)
-        return files
+            allotted = min(max_bytes, budget)
+            budget -= allotted
+            reads[file] = _bind(self._log, file, manifest["metadata"], name, previous,
+                                {**params, "max_bytes": allotted}, deadline)
+        return reads
 
-    def _log(self, meta: Mapping[str, Any], container: str, previous: bool,
-             params: Mapping[str, Any]) -> bytes | str:
+    def _log(self, file: str, meta: Mapping[str, Any], container: str, previous: bool,
+             params: Mapping[str, Any], deadline: Deadline) -> Read:
         max_bytes = params.get("max_bytes", MAX_BYTES)
         try:
             answer = self.core.read_namespaced_pod_log(
                 meta["name"], meta["namespace"], container=container, previous=previous,
                 tail_lines=params.get("tail_lines", TAIL_LINES), limit_bytes=max_bytes,
-                timestamps=True, _preload_content=False, _request_timeout=self.timeout)
+                timestamps=True, _preload_content=False, _request_timeout=deadline.request())
         except Exception as exc:  # noqa: BLE001 - no kubelet, no log: the rest goes on
-            return api_failure(exc)
+            return None, {file: api_failure(exc)}
         try:
-            return answer.data[:max_bytes]
+            return answer.data[:max_bytes], {}
         finally:
             answer.release_conn()
 
 
-def _log_reads(manifest: Mapping[str, Any]) -> list[tuple[str, str, bool]]:
-    """(file, container, previous) of each log to read: every container's current log,
-    then the previous log of those that restarted (the budget cuts previous ones first)."""
+#: What one read of a capture gives: its value (None when unreadable), and the errors.json
+#: entries it adds.
+Read = tuple[Any, dict[str, str]]
+
+
+class Deadline:
+    """The time a capture's reads must be done by; each request's timeout ends with it."""
+
+    def __init__(self, seconds: float, request_timeout: float):
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+        self.request_timeout = request_timeout
+
+    def left(self) -> float:
+        return max(0.0, self.at - time.monotonic())
+
+    def request(self) -> float:
+        # At least a little: a read started just before the deadline fails on its own
+        # timeout instead of waiting for urllib3's default (none).
+        return max(0.05, min(self.request_timeout, self.left()))
+
+
+def read_all(reads: Mapping[str, Callable[[], Read]], deadline: Deadline,
+             errors: dict[str, str]) -> dict[str, Any]:
+    """Run the reads READERS at a time until they are done or the deadline passes; the
+    values read, by name, and into `errors` what each said and which were not done in time.
+    Reads still running are left to end on their request timeouts: nothing waits for them,
+    and what they find later is not used."""
+    pool = ThreadPoolExecutor(min(READERS, len(reads)) or 1,
+                              thread_name_prefix="capture-evidence")
+    try:
+        futures: dict[Future, str] = {pool.submit(read): name for name, read in reads.items()}
+        done, late = wait(futures, timeout=deadline.left())
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    found = {}
+    for future in done:
+        try:
+            value, said = future.result()
+        except Exception as exc:  # noqa: BLE001 - one read's bug must not lose the others
+            value, said = None, {futures[future]: f"{type(exc).__name__}: {exc}"}
+        found[futures[future]] = value
+        errors.update(said)
+    for future in late:
+        errors[futures[future]] = (f"not read within the capture's {deadline.seconds:g} s "
+                                   "(timeout_seconds); containment went on")
+    if late:
+        logger.warning("capture-evidence: %s not read within %g s", ", ".join(
+            sorted(futures[f] for f in late)), deadline.seconds)
+    return found
+
+
+def _log_files(manifest: Mapping[str, Any]) -> list[tuple[str, str, bool]]:
+    """(file, container, previous) of each log to read: every container's current log (init
+    and ephemeral ones too: an attacker's debug container is one), then the previous log of
+    those that restarted (the budget cuts previous ones first)."""
     spec, status = manifest.get("spec", {}), manifest.get("status", {})
     restarted = {s["name"] for key in ("initContainerStatuses", "containerStatuses",
                                        "ephemeralContainerStatuses")
@@ -267,6 +341,10 @@ def _partial(errors: Mapping[str, str]) -> str:
     names = sorted(errors)
     more = f" and {len(names) - REASON_NAMES} more" if len(names) > REASON_NAMES else ""
     return f"partial bundle: {', '.join(names[:REASON_NAMES])}{more} unreadable (errors.json)"
+
+
+def _bind(function: Callable[..., Read], *args: Any) -> Callable[[], Read]:
+    return lambda: function(*args)
 
 
 def _controller(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:

@@ -275,11 +275,13 @@ def label_restoration(current: Mapping[str, str], set_: Mapping[str, str],
     return restore, left
 
 
-def read_pod_or_reason(action: Action, target: Target) -> Any:
-    """The pod, or a SKIPPED result saying it is gone or is another pod than `pod_uid`."""
+def read_pod_or_reason(action: Action, target: Target, timeout: float | None = None) -> Any:
+    """The pod, or a SKIPPED result saying it is gone or is another pod than `pod_uid`;
+    read within the action's timeout, or `timeout` seconds where that is shorter."""
+    seconds = action.timeout if timeout is None else min(action.timeout, timeout)
     try:
         pod = action.core.read_namespaced_pod(target.pod, target.namespace,
-                                              _request_timeout=action.timeout)
+                                              _request_timeout=seconds)
     except ApiException as exc:
         if exc.status == 404:
             return Result(Outcome.SKIPPED, "pod no longer exists")
