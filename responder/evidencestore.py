@@ -203,10 +203,20 @@ class S3Store:
                                      f"{verb} {name}: {reason}") from None
 
 
+#: Seconds to connect and between reads, and tries per call. botocore's defaults (60 s,
+#: up to 5 tries) would let a store that takes connections and never answers hold the
+#: capture, and the isolation after it, for minutes, and a request thread the intake
+#: shares as long on each evidence listing.
+S3_CONNECT_SECONDS, S3_READ_SECONDS, S3_TRIES = 3, 3, 2
+
+
 def _s3_client(endpoint_url: str | None) -> Any:
     import boto3  # here, not at import: only an s3:// store pays for loading it
+    from botocore.config import Config
 
-    return boto3.client("s3", endpoint_url=endpoint_url)
+    return boto3.client("s3", endpoint_url=endpoint_url, config=Config(
+        connect_timeout=S3_CONNECT_SECONDS, read_timeout=S3_READ_SECONDS,
+        retries={"total_max_attempts": S3_TRIES, "mode": "standard"}))
 
 
 def _content_type(name: str) -> str:

@@ -4,6 +4,10 @@ stores (moto's S3 over HTTP for s3://), and never raises or reads without bound.
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
+
 import pytest
 
 from responder.evidence import MANIFEST
@@ -63,3 +67,46 @@ def test_hostile_manifests_in_the_s3_store_are_said_so(s3, s3_endpoint):  # noqa
         assert found["error"] == f"{MANIFEST} in the store is not a bundle manifest", kind
     found = listing(store, "u/ns/long/t", b" " * (MAX_MANIFEST_BYTES + 10) + b"{}")
     assert found["verified"] is False and "larger than" in found["error"]
+
+
+@pytest.fixture
+def silent_endpoint(monkeypatch, tmp_path):
+    """An S3 endpoint that takes connections and never answers, with credentials in the
+    environment the standard AWS way."""
+    for name, value in {"AWS_ACCESS_KEY_ID": "AKIASILENTTESTKEY01", "AWS_SECRET_ACCESS_KEY":
+                        "silent-secret", "AWS_DEFAULT_REGION": "us-east-1",
+                        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+                        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none")}.items():
+        monkeypatch.setenv(name, value)
+    listener = socket.create_server(("127.0.0.1", 0))
+    held = []
+    stop = threading.Event()
+
+    def accept():
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    thread.join(2)
+    for conn in held:
+        conn.close()
+    listener.close()
+
+
+@pytest.mark.slow
+def test_a_store_that_does_not_answer_holds_a_reader_seconds_not_minutes(silent_endpoint):
+    """The listing is read while a request thread (one the intake shares) waits."""
+    store = S3Store("evidence-bucket", "p", silent_endpoint)
+    started = time.monotonic()
+    found = bundle_listing(store, {"key": "u/ns/pod/t", "digest": "sha256:0",
+                                   "location": store.location("u/ns/pod/t")})
+    assert time.monotonic() - started < 8
+    assert "cannot read manifest.json" in found["error"] and "timeout" in found["error"]
+    assert "silent-secret" not in found["error"]
