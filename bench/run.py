@@ -642,6 +642,18 @@ BURST = 20
 ACT_TARGETS = {"p50_ms": 15.0, "p99_ms": 50.0, "burst_ms": 1000.0}
 
 
+def started_apiserver(stack: ExitStack, tta, workdir: Path):
+    """A real kube-apiserver for a section, stopped with `stack`; None (said) when its
+    binaries are missing (pytest's Skipped, a BaseException)."""
+    try:
+        return stack.enter_context(tta.real_apiserver(workdir))
+    except BaseException as exc:  # noqa: BLE001 - pytest's Skipped: binaries missing
+        if type(exc).__name__ != "Skipped":
+            raise
+        print(f"skipped: {exc}")
+        return None
+
+
 def section_time_to_act(profile: Profile, gen: Generator, workdir: Path) -> None:
     header("4. Time to act: from the POST to the label PATCH on a real kube-apiserver")
     from bench import time_to_act as tta
@@ -650,12 +662,8 @@ def section_time_to_act(profile: Profile, gen: Generator, workdir: Path) -> None
           "each alert for another Running pod (standalone, its container id matching); "
           "measured to the stageTimestamp of the pod's PATCH in the apiserver's audit log")
     with ExitStack() as stack:
-        try:
-            api = stack.enter_context(tta.real_apiserver(workdir))
-        except BaseException as exc:  # noqa: BLE001 - pytest's Skipped: binaries missing
-            if type(exc).__name__ != "Skipped":
-                raise
-            print(f"skipped: {exc}")
+        api = started_apiserver(stack, tta, workdir)
+        if api is None:
             return
         kubeconfig = api.write_kubeconfig(workdir / "act.kubeconfig", api.pki.responder)
         actions = workdir / "act-actions.yaml"
@@ -833,12 +841,8 @@ def section_time_to_contain(profile: Profile, gen: Generator, workdir: Path) -> 
           f"{' '.join(f'{k}={v}' for k, v in profile.act_env) or 'its defaults'}; times to the "
           "stageTimestamp in the apiserver's audit log")
     with ExitStack() as stack:
-        try:
-            api = stack.enter_context(tta.real_apiserver(workdir))
-        except BaseException as exc:  # noqa: BLE001 - pytest's Skipped: binaries missing
-            if type(exc).__name__ != "Skipped":
-                raise
-            print(f"skipped: {exc}")
+        api = started_apiserver(stack, tta, workdir)
+        if api is None:
             return
         kubeconfig = api.write_kubeconfig(workdir / "contain.kubeconfig", api.pki.responder)
         env = {"RESPONDER_KUBE_CONFIG": "kubeconfig", "KUBECONFIG": str(kubeconfig),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -43,9 +44,8 @@ CONTAINMENT_VERBS = {"get", "patch", "delete", "list", "update"}
 def real_apiserver(workdir: Path) -> Iterator[ApiServer]:
     """etcd + kube-apiserver as the tests start them; stopped (by PID) on the way out.
     Missing binaries raise pytest's Skipped (a BaseException): the caller reports it."""
-    directory = workdir / "apiserver"
-    directory.mkdir()
-    yield from session_server(directory)
+    # A directory of its own each time: sections 4 and 6 each start one in the same workdir.
+    yield from session_server(Path(tempfile.mkdtemp(prefix="apiserver-", dir=workdir)))
 
 
 def make_pods(server: ApiServer, count: int, label: str, owner: str | None = None) -> Cluster:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
+from .durable import fsync_directory
 from .envvars import BadValue
 from .errors import ConfigError, ResponderError
 from .evidence import MANIFEST, digest_of, safe_name
@@ -110,9 +111,9 @@ class FileStore:
             work.mkdir()
             for name, data in files.items():
                 _write_synced(self._inside(work, name), data)
-            _sync_dir(work)
+            fsync_directory(work)
             os.rename(work, final)
-            _sync_dir(final.parent)
+            fsync_directory(final.parent)
         except OSError as exc:
             shutil.rmtree(work, ignore_errors=True)
             raise EvidenceStoreError(f"file store {self.root}: cannot write the bundle: "
@@ -145,14 +146,6 @@ def _write_synced(path: Path, data: bytes) -> None:
         out.write(data)
         out.flush()
         os.fsync(out.fileno())
-
-
-def _sync_dir(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 class S3Store:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .actions import Registry
+from .durable import fsync_directory
 from .errors import TableError
 from .table import Table, load_table, parse_table, read_table_text
 
@@ -118,8 +119,4 @@ def _write_atomically(target: Path, data: bytes) -> None:
             os.unlink(tmp)
         raise
     with contextlib.suppress(OSError):  # the rename itself durable, where the OS allows
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_directory(target.parent)

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .durable import fsync_directory
 from .errors import StorageError
 from .logs import Trouble
 
@@ -188,7 +189,7 @@ class SpoolWriter:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # held while this process may still write here
             os.rename(creating, self.directory / name)
-            _fsync_directory(self.directory)  # the name survives a power loss too
+            fsync_directory(self.directory)  # the name survives a power loss too
         except BaseException:
             os.close(fd)
             raise
@@ -198,14 +199,6 @@ class SpoolWriter:
         if self._fd is not None:
             os.close(self._fd)  # in a forked child this only drops the child's copy
             self._fd = None
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def segments(directory: str | Path) -> list[Path]:
