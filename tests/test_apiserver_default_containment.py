@@ -9,7 +9,7 @@ from importlib import resources
 
 import pytest
 
-from responder.actions.isolation import ISOLATED
+from responder.actions.isolation import ALREADY_BY_EARLIER, ISOLATED
 from responder.table import DEFAULT_TABLE
 
 from .netcat import FULL_CID, netcat_event
@@ -50,11 +50,25 @@ def test_a_replicaset_pod_is_captured_isolated_detached_and_labelled_not_deleted
     assert respond() == [
         ("capture-evidence", "done", "partial bundle: logs/c0.log unreadable (errors.json)"),
         ("isolate-pod", "done", None),
-        ("isolate-pod", "already-done", "already isolated"),
+        ("isolate-pod", "already-done", ALREADY_BY_EARLIER),
         ("label-pod", "done", None)]
     labels = cluster.pod("web").metadata.labels
     # Detached (no `app: web` for the ReplicaSet any more), isolated, labelled, still there.
     assert labels == {ISOLATED: "web", "quarantine": "true", "falco-response": "reverse-shell"}
+
+
+def test_the_second_isolation_asks_the_api_nothing(cluster, node, apiserver, respond):
+    """What the first isolate-pod recorded answers the second: its 3 requests (label PATCH,
+    policy CREATE 409, policy GET) are not taken from the containment budget."""
+    cluster.add_pod("web", node=node, container_ids=(FULL_CID,))
+    mark = apiserver.audit_mark()
+    assert [o for _, o, _ in respond()] == ["done", "done", "already-done", "done"]
+    seen = [(r.verb, r.path.split(f"/namespaces/{cluster.namespace}/")[-1])
+            for r in apiserver.requests_since(mark)]
+    assert [s for s in seen if s[1].startswith("networkpolicies")] == [
+        ("create", "networkpolicies")]
+    # Pod PATCHes: the isolation label, the detach, label-pod; nothing for the second.
+    assert seen.count(("patch", "pods/web")) == 3
 
 
 def test_a_daemonset_pod_is_isolated_in_place(cluster, node, respond):
