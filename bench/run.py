@@ -740,7 +740,7 @@ def act_runs(tta, api, server: Server, namespace: str, alerts: int, bursts: int,
     burst_lat, last = [], []
     for n in range(bursts):
         # Each burst arrives at a rested responder: its containment bucket full again
-        # (RESPONDER_KUBE_BURST / RESPONDER_KUBE_QPS = 3 s at the defaults).
+        # (RESPONDER_KUBE_BURST / RESPONDER_KUBE_QPS = 2 s at the defaults; 3 s is more).
         time.sleep(3.0)
         first = alerts + n * BURST
         mark, poster = api.audit_mark(), tta.Poster(server.port)

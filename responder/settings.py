@@ -118,15 +118,16 @@ class KubernetesSettings:
         "default: the service account's namespace", None)
     pod_name: str | None = setting("RESPONDER_POD_NAME",
                                    "the responder's own pod (never acted on)", None)
-    # A responder reads and acts (2-3 requests an alert, no watch, no cache), where client-go's
-    # 5/10 suit a controller that lists once and then watches (at 5/s, 4 alerts a second
-    # queue without end). Burst 60: a burst of 20 alerts of the default table's label and
-    # delete (read, PATCH, DELETE) runs at once; 20/s: 6-10 alerts a second after it
-    # (bench/run.py --sections time-to-act; docs/benchmark.md, "Time to act").
+    # A responder reads and acts (no watch, no cache), where client-go's 5/10 suit a
+    # controller that lists once and then watches. The packaged table's reverse-shell rule,
+    # armed, makes 13 requests an alert (verify, capture 5, isolate with detach 5, label 2):
+    # 60/s keeps up with 4 reverse shells a second, and a burst of 120 contains the first 9
+    # of a burst at once (kube-scheduler's defaults are 50/100). At 20/60 the same alerts
+    # queued for 45 s (bench/run.py --sections time-to-contain; docs/benchmark.md).
     qps: float = setting("RESPONDER_KUBE_QPS",
                          "Kubernetes requests per second for containment (pod reads, actions)",
-                         20.0, positive_float)
-    burst: int = setting("RESPONDER_KUBE_BURST", "Kubernetes request burst for containment", 60,
+                         60.0, positive_float)
+    burst: int = setting("RESPONDER_KUBE_BURST", "Kubernetes request burst for containment", 120,
                          positive_int)
     audit_qps: float = setting("RESPONDER_AUDIT_QPS",
                                "audit Event requests per second, a budget of their own beside "

@@ -91,7 +91,7 @@ def test_describe_names_every_variable_and_masks_secrets():
     settings = Settings.of(auth_token="s3cret-token", redis_url="redis://:hunter2@r:6379/0")
     shown = settings.describe()
     assert shown["RESPONDER_AUTH_TOKEN"] == shown["RESPONDER_REDIS_URL"] == "***"
-    assert shown["RESPONDER_KUBE_QPS"] == 20.0
+    assert shown["RESPONDER_KUBE_QPS"] == 60.0
     assert "hunter2" not in repr(settings) + str(shown)
     assert "s3cret-token" not in repr(settings) + str(shown)
     names = {f.metadata["env"] for group, f in group_fields() if group in GROUPS.values()}
