@@ -1,17 +1,12 @@
 """The time-to-act benchmark section runs on the real apiserver and judges its figures with
 checks that are themselves right (a token bucket's excess, the busiest second)."""
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from bench.time_to_act import budget_excess, latencies_ms, peak_per_second
 
 from .apiserver import kube_binary
-
-ROOT = Path(__file__).parent.parent
+from .benchrun import quick_bench
 
 
 def test_requests_within_a_token_bucket_show_no_excess():
@@ -43,11 +38,7 @@ def test_latencies_pair_each_alert_with_its_action():
 @pytest.mark.slow
 def test_quick_time_to_act_section_measures_both_servers_and_the_budget():
     kube_binary("kube-apiserver")  # skips (or fails in CI) without the binaries
-    result = subprocess.run([sys.executable, "bench/run.py", "--quick", "--sections",
-                             "time-to-act"], cwd=ROOT, capture_output=True, text=True,
-                            timeout=300, check=False)
-    out = result.stdout
-    assert result.returncode == 0, out[-3000:] + result.stderr[-3000:]
+    out = quick_bench("--sections", "time-to-act")
     assert "== 4. Time to act" in out and "skipped" not in out
     for line in ("| API alone (inline intake, no client rate limit) | 4/s",
                  "| responder serve, defaults                       | burst of 20",

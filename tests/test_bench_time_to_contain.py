@@ -1,10 +1,6 @@
 """The time-to-contain benchmark section arms the packaged table as an operator would, ends
 each measure at the right request of the audit log, and runs on the real apiserver."""
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import yaml
 
@@ -12,8 +8,7 @@ from bench.run import _armed_table, _packaged_table
 from bench.time_to_act import Seen, label_patch, policy_created
 
 from .apiserver import kube_binary
-
-ROOT = Path(__file__).parent.parent
+from .benchrun import quick_bench
 
 
 def seen(verb: str, resource: str, name: str) -> Seen:
@@ -44,11 +39,7 @@ def test_the_packaged_table_is_armed_and_otherwise_kept():
 @pytest.mark.slow
 def test_quick_time_to_contain_section_measures_every_table_and_says_what_capture_costs():
     kube_binary("kube-apiserver")  # skips (or fails in CI) without the binaries
-    result = subprocess.run([sys.executable, "bench/run.py", "--quick", "--sections",
-                             "time-to-contain"], cwd=ROOT, capture_output=True, text=True,
-                            timeout=300, check=False)
-    out = result.stdout
-    assert result.returncode == 0, out[-3000:] + result.stderr[-3000:]
+    out = quick_bench("--sections", "time-to-contain")
     assert "== 6. Time to contain" in out and "skipped" not in out
     for line in ("| label only (label-pod)                     | 4/s              | 8 ",
                  "| packaged, capture-evidence left out        | burst of 20 (x1) | 20 ",
