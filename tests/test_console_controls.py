@@ -17,24 +17,11 @@ from responder.console.session import Sessions, login_name
 from responder.notify.approval import who
 
 from .netcat import FULL_CID, netcat_event
+from .test_approvals import table
 
 TOKEN = "controls-console-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-APPROVAL = """
-defaults: {dry_run: false}
-rules:
-  - name: label-first
-    match: {rules: ["Netcat Remote Code Execution in Container"]}
-    actions:
-      - action: label-pod
-        params: {labels: {suspect: "true"}}
-  - name: delete-on-approval
-    match: {rules: ["Netcat Remote Code Execution in Container"]}
-    approval: {required: true, timeout: 15m, on_timeout: skip}
-    actions:
-      - action: delete-pod
-        params: {grace_period_seconds: 0}
-"""
+APPROVAL = table()  # the approval tests' table: label now, delete on approval
 DRY = """
 defaults: {dry_run: true}
 rules:

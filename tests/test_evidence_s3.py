@@ -11,19 +11,11 @@ import uuid as uuids
 import pytest
 
 from .netcat import FULL_CID, netcat_event
+from .test_capture_timeout import TABLE as CAPTURE_THEN_LABEL
 
 pytestmark = pytest.mark.slow
 
-TABLE = """
-defaults: {dry_run: false}
-rules:
-  - name: contain
-    match: {rules: ["Netcat Remote Code Execution in Container"]}
-    actions:
-      - action: capture-evidence
-      - action: label-pod
-        params: {labels: {quarantine: "true"}}
-"""
+TABLE = CAPTURE_THEN_LABEL % "{}"  # capture-evidence with its defaults, then a label
 KEY_ID, SECRET = "AKIAEVIDENCETESTKEY1", "evidence-test-secret-key/do-not-log"
 
 

@@ -212,18 +212,23 @@ def test_shipped_acl_user_reaches_only_the_responders_keys_and_commands(shipped_
         assert authed(port, *command).startswith(b"-NOPERM"), command
 
 
-def test_the_responder_works_under_the_shipped_acl_with_the_shipped_settings(shipped_redis,
-                                                                           responder):
-    # Every SharedState call, as the deployment's env configures it: proves the ACL grants
-    # each command the responder's Lua scripts and calls need.
+def shipped_state(shipped_redis, responder) -> RedisState:
+    """The responder's shared state on the shipped Redis, as the Deployment's env sets it."""
     env = env_of(responder["spec"]["template"]["spec"]["containers"][0])
     settings = Settings.from_env({
         "RESPONDER_REDIS_URL": f"redis://127.0.0.1:{shipped_redis['port']}/0",
         "RESPONDER_REDIS_USERNAME": env["RESPONDER_REDIS_USERNAME"]["value"],
         "RESPONDER_REDIS_PASSWORD_FILE": str(shipped_redis["password_file"])})
     storage = settings.storage
-    state = RedisState(storage.redis_url, username=storage.redis_username,
-                       password=storage.redis_password)
+    return RedisState(storage.redis_url, username=storage.redis_username,
+                      password=storage.redis_password)
+
+
+def test_the_responder_works_under_the_shipped_acl_with_the_shipped_settings(shipped_redis,
+                                                                           responder):
+    # Every SharedState call, as the deployment's env configures it: proves the ACL grants
+    # each command the responder's Lua scripts and calls need.
+    state = shipped_state(shipped_redis, responder)
     try:
         state.check()
         assert state.first_seen("u-1", 5) is True and state.first_seen("u-1", 5) is False
@@ -300,14 +305,7 @@ def test_verdicts_and_undos_pass_between_replicas_under_the_shipped_acl(shipped_
     # shipped ACL user, as the deployment's env configures it.
     from responder.relay import Relay
 
-    env = env_of(responder["spec"]["template"]["spec"]["containers"][0])
-    settings = Settings.from_env({
-        "RESPONDER_REDIS_URL": f"redis://127.0.0.1:{shipped_redis['port']}/0",
-        "RESPONDER_REDIS_USERNAME": env["RESPONDER_REDIS_USERNAME"]["value"],
-        "RESPONDER_REDIS_PASSWORD_FILE": str(shipped_redis["password_file"])})
-    storage = settings.storage
-    state = RedisState(storage.redis_url, username=storage.redis_username,
-                       password=storage.redis_password)
+    state = shipped_state(shipped_redis, responder)
     holder = Relay(state.redis, state.prefix, "replica-a")
     other = Relay(state.redis, state.prefix, "replica-b")
     try:
