@@ -119,20 +119,22 @@ def _add_timeline(console: Blueprint, responder: Responder) -> None:
         filters = read_filters(request.args)
         before = read_cursor(request.args.get("before"))
         found = load_page(responder.store.connection(), filters, before)
-        conn = responder.store.connection()
-        # Suggestions: a forged event's rule name can be a megabyte, and there can be many.
-        known = sorted({row[1] for row in alerts.hourly_counts(conn, time.time())
-                        if len(row[1]) <= CLIP})[:KNOWN_RULES]
         args = {k: v for k in FILTER_ARGS if (v := request.args.get(k))}
         rows_args = {**args, "before": request.args["before"]} if before else args
         return {"page": found, "filters": filters, "first_page": before is None,
-                "known_rules": known, "inline": responder.settings.intake.mode == "inline",
+                "inline": responder.settings.intake.mode == "inline",
                 "priorities": PRIORITIES, "outcomes": OUTCOMES, "states": STATES,
                 "args": args, "rows_url": url_for("console.timeline_rows", **rows_args)}
 
+    def known_rules() -> list[str]:
+        """The filter's suggestions (the page only; its refresh shows none): a forged event's
+        rule name can be a megabyte, and there can be many."""
+        rows = alerts.hourly_counts(responder.store.connection(), time.time())
+        return sorted({row[1] for row in rows if len(row[1]) <= CLIP})[:KNOWN_RULES]
+
     @console.get("/alerts")
     def timeline() -> str:
-        return render_template("timeline.html", **page())
+        return render_template("timeline.html", known_rules=known_rules(), **page())
 
     @console.get("/alerts/rows")
     def timeline_rows() -> str:
@@ -174,10 +176,10 @@ def _add_alert(console: Blueprint, responder: Responder, guard: Guard) -> None:
     @console.get("/alerts/<uuid>/audit")
     def alert_audit(uuid: str) -> tuple[str, int]:
         """The audit Events, fetched by the alert page: the page never waits on the API."""
-        alert = find(uuid)
-        if alert is None:
+        found = responder.store.lookup(uuid)
+        if found is None:
             return render_template("missing.html", uuid=uuid), 404
-        listing = list_audit_events(responder.api_client, uuid, alert["decisions"],
+        listing = list_audit_events(responder.api_client, uuid, found.outcomes,
                                     min(AUDIT_TIMEOUT, responder.settings.kubernetes.timeout))
         return render_template("_audit.html", listing=listing), 200
 
@@ -185,11 +187,11 @@ def _add_alert(console: Blueprint, responder: Responder, guard: Guard) -> None:
     def alert_evidence(uuid: str) -> tuple[str, int]:
         """The evidence bundles, fetched by the alert page: reading manifests back from the
         store (S3, say) never delays the page."""
-        alert = find(uuid)
-        if alert is None:
+        found = responder.store.lookup(uuid)
+        if found is None:
             return render_template("missing.html", uuid=uuid), 404
         bundles = [bundle_listing(responder.evidence, b)
-                   for b in recorded_bundles(alert["decisions"])]
+                   for b in recorded_bundles(found.outcomes)]
         return render_template("_evidence.html", bundles=bundles), 200
 
 
