@@ -516,12 +516,6 @@ class EventStore:
         return self.connection().execute(
             f"SELECT COUNT(*) FROM events WHERE state = '{AWAITING}'").fetchone()[0]
 
-    def approval_of(self, key: str) -> tuple[bytes, dict[str, Any]] | None:
-        """An event's body and approval record by key (None: unknown, or never asked)."""
-        row = self.connection().execute("SELECT body, approval FROM events WHERE key = ?",
-                                        (key,)).fetchone()
-        return (bytes(row[0]), json.loads(row[1])) if row and row[1] else None
-
     # --- the audit trail: records logged once, after the commit that makes them true --
     def audit_due(self, event_ids: list[int]) -> list[AuditDue]:
         """The audit records of these events not yet logged, in `event_ids` order."""

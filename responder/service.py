@@ -153,8 +153,8 @@ class Responder:
         """Where an approval's Slack message is, read when the update is sent (the post
         may still be on its way when someone decides)."""
         def find() -> tuple[str, str] | None:
-            known = self.store.approval_of(uuid) if self.store is not None else None
-            slack = known[1].get("slack") if known else None
+            known = self.store.approval_state(uuid) if self.store is not None else None
+            slack = known[1].get("slack") if known and known[1] else None
             return (slack["channel"], slack["ts"]) if slack else None
         return find
 
