@@ -287,6 +287,8 @@ def replay_events(stream: Iterable[str], table: Table, settings: Settings | None
 
 def format_table(lines: list[dict[str, Any]]) -> str:
     """A human-readable view of replay lines: one row per action (or per unmatched event)."""
+    from .replaydiff import action_cells, format_columns, outcome_cell
+
     rows = [("FALCO RULE", "PRIORITY", "TABLE RULES", "ACTION", "TARGET", "OUTCOME")]
     for line in lines:
         if "error" in line:
@@ -294,11 +296,8 @@ def format_table(lines: list[dict[str, Any]]) -> str:
             continue
         matched = ",".join(line["matched"]) or "-"
         for act in line["actions"] or [{"action": "-", "target": {}, "outcome": "no match"}]:
-            target = "/".join(str(v) for v in act["target"].values()) or "-"
-            outcome = act["outcome"] + (f": {act['reason']}" if act.get("reason") else "")
-            rows.append((line["rule"], line["priority"], matched, act["action"], target, outcome))
-    from .replaydiff import format_columns
-
+            rows.append((line["rule"], line["priority"], matched, *action_cells(act),
+                         outcome_cell(act)))
     return format_columns(rows)
 
 

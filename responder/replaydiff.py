@@ -111,10 +111,11 @@ def _change_rows(change: dict[str, Any]) -> list[tuple[str, ...]]:
     if matched["before"] != matched["after"]:
         rows.append((*head, "table rules", "-", "-",
                      f"{_names(matched['before'])} → {_names(matched['after'])}"))
-    rows += [(*head, "added", *_action(a), _outcome(a)) for a in change["added"]]
-    rows += [(*head, "removed", *_action(a), _outcome(a)) for a in change["removed"]]
-    rows += [(*head, "changed", *_action(c["after"]),
-              f"{_outcome(c['before'])} → {_outcome(c['after'])}") for c in change["changed"]]
+    rows += [(*head, "added", *action_cells(a), outcome_cell(a)) for a in change["added"]]
+    rows += [(*head, "removed", *action_cells(a), outcome_cell(a)) for a in change["removed"]]
+    rows += [(*head, "changed", *action_cells(c["after"]),
+              f"{outcome_cell(c['before'])} → {outcome_cell(c['after'])}")
+             for c in change["changed"]]
     return rows
 
 
@@ -122,12 +123,14 @@ def _names(names: list[str]) -> str:
     return ",".join(names) or "(none)"
 
 
-def _action(action: Mapping[str, Any]) -> tuple[str, str]:
+def action_cells(action: Mapping[str, Any]) -> tuple[str, str]:
+    """A replay line's action as table cells: its name and its target (`ns/pod/node`)."""
     target = "/".join(str(v) for v in (action.get("target") or {}).values()) or "-"
     return str(action.get("action")), target
 
 
-def _outcome(action: Mapping[str, Any]) -> str:
+def outcome_cell(action: Mapping[str, Any]) -> str:
+    """A replay line's action outcome as a table cell, with its reason."""
     reason = action.get("reason")
     return f"{action.get('outcome')}: {reason}" if reason else str(action.get("outcome"))
 

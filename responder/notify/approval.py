@@ -8,13 +8,13 @@ entry there and here."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from ..approvals import APPROVED, REJECTED, TIMED_OUT, iso
 from ..events import Event
 from ..executor import ActionReport
+from .config import USER_ID
 from .message import (
     COLOURS,
     FIELD_LIMIT,
@@ -34,7 +34,6 @@ from .message import (
 APPROVE, REJECT = "approve", "reject"
 BLOCK_ID = "falco-responder-approval"
 LINES_LIMIT = 2900
-_USER_ID = re.compile(r"^[UW][A-Z0-9]{2,40}$")
 
 
 def build_approval_message(event: Event, record: Mapping[str, Any],
@@ -113,7 +112,7 @@ def who(verdict: Mapping[str, Any]) -> str:
     """The approver: a Slack mention with the name, or the HTTP approver's name."""
     name = cut_escaped(str(verdict.get("by")), 128)
     user_id = verdict.get("user_id")
-    if verdict.get("via") == "slack" and isinstance(user_id, str) and _USER_ID.match(user_id):
+    if verdict.get("via") == "slack" and isinstance(user_id, str) and USER_ID.match(user_id):
         return f"<@{user_id}> ({name})"
     if verdict.get("via") == "console":
         return f"{name} (console)" if name != "console" else name

@@ -30,12 +30,13 @@ WINDOW = "RESPONDER_SLACK_WINDOW_SECONDS"
 TIMEOUT = "RESPONDER_SLACK_TIMEOUT"
 SIGNING_SECRET = "RESPONDER_SLACK_SIGNING_SECRET"
 APPROVERS = "RESPONDER_SLACK_APPROVERS"
-_USER_ID = re.compile(r"^[UW][A-Z0-9]{2,40}$")
+#: A Slack user id (U... or, for Enterprise Grid, W...).
+USER_ID = re.compile(r"^[UW][A-Z0-9]{2,40}$")
 
 
 def _user_ids(raw: str) -> tuple[str, ...]:
     ids = tuple(part.strip() for part in raw.split(",") if part.strip())
-    if not ids or not all(_USER_ID.match(i) for i in ids):
+    if not ids or not all(USER_ID.match(i) for i in ids):
         raise BadValue("must be Slack user ids separated by commas (U012AB3CD,W0123ABC)")
     return ids
 
