@@ -93,7 +93,7 @@ def build_components(settings: Settings, *, table: Table | None = None,
     store = EventStore(state_dir, settings.intake.max_pending, settings.intake.drop_policy)
     shared = connect_shared(settings, store)
     notifier = SlackNotifier(slack, on_result=lambda r: metrics.inc(metrics.slack, r),
-                             undoable=frozenset(a.name for a in registry if a.reversal)) \
+                             undoable=registry.undoable()) \
         if slack else None
     responder = Responder(settings, startup.table, registry, api_client, metrics=metrics,
                           store=store, shared=shared, notifier=notifier, evidence=evidence)

@@ -34,6 +34,7 @@ from .events import Event, parse_event
 from .executor import ActionReport, decision_fields, log_decision_fields
 from .journal import AWAITING, Added, Claimed, Closing, EventStore
 from .logs import Trouble
+from .notify.message import offers_undo
 from .owners import owner_alive, process_owner
 from .relay import Relay, UndoServer
 from .service import Responder, log_received
@@ -484,18 +485,11 @@ class Worker:
         # that needed none (they ran then): once more would show each action twice.
         audited = [i for i in run.prior if i not in run.gated] if run.verdict else []
         self.responder.after_actions(run.plan, reports, record, audited)
-        if self.relay is not None and any(self._undoable(r) for r in reports):
+        # Worth saying which replica holds the event, so an undo reaching another one finds it.
+        if self.relay is not None and offers_undo(reports, self.responder.registry.undoable()):
             key, keep = item.key, self.retention_seconds
             self._after_commit.append(lambda: self._publish(
                 lambda relay: relay.publish_held(key, keep)))
-
-    def _undoable(self, report: ActionReport) -> bool:
-        """Whether an undo could put something of this outcome back (worth saying which
-        replica holds the event, so an undo reaching another replica finds it)."""
-        action = self.responder.registry.get(report.decision.action)
-        return touched_cluster(report) and action is not None and \
-            action.reversal is not None and \
-            report.result.outcome in (Outcome.DONE, Outcome.ALREADY_DONE)
 
     def _publish(self, say: Callable[[Relay], None]) -> None:
         """Tell the other replicas through Redis; with Redis down, only this replica knows

@@ -326,6 +326,10 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(self._actions)
 
+    def undoable(self) -> frozenset[str]:
+        """The names of the actions that declare how to undo what they did."""
+        return frozenset(name for name, a in self._actions.items() if a.reversal)
+
     def __iter__(self):
         return iter(self._actions.values())
 

@@ -25,7 +25,14 @@ from .base import (
     object_ref,
 )
 from .labels import label_map_problems, label_value_problem
-from .pods import MERGE_PATCH, POD, READ_POD, read_pod_or_reason, refused_patch
+from .pods import (
+    MERGE_PATCH,
+    POD,
+    READ_POD,
+    precondition_failed,
+    read_pod_or_reason,
+    refused_patch,
+)
 
 POLICY = Kind("NetworkPolicy", "networking.k8s.io/v1", name_from="pod", namespaced=True)
 #: The label the action adds; the policy selects the pod by it, and by nothing else.
@@ -256,7 +263,7 @@ class IsolatePod(Action):
         except ApiException as exc:
             if exc.status == 404:
                 return False
-            if exc.status == 409 and "precondition" in (exc.body or "").lower():
+            if precondition_failed(exc):
                 return f"the NetworkPolicy {name} is another one now (uid changed); left alone"
             raise
         return True

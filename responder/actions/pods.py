@@ -126,7 +126,7 @@ def _refused_delete(exc: ApiException, answer_lost: bool) -> Result:
     propagate. After a try whose answer was lost, the pod verified before acting is gone
     (404), or another has its name (409 on the uid): our DELETE most likely removed it, and
     a blast-radius limit must rather count one deletion too many than one too few."""
-    replaced = exc.status == 409 and "precondition" in (exc.body or "").lower()
+    replaced = precondition_failed(exc)
     if answer_lost and (exc.status == 404 or replaced):
         return Result(Outcome.DONE, LOST_ANSWER + ("; a new pod has its name now" if replaced
                                                    else ""))
@@ -289,6 +289,11 @@ def read_pod_or_reason(action: Action, target: Target, timeout: float | None = N
     if target.pod_uid and pod.metadata.uid != target.pod_uid:
         return Result(Outcome.SKIPPED, "pod was replaced since the event (uid changed)")
     return pod
+
+
+def precondition_failed(exc: ApiException) -> bool:
+    """Whether a DELETE was refused on its uid precondition: another object has the name."""
+    return exc.status == 409 and "precondition" in (exc.body or "").lower()
 
 
 def refused_patch(exc: ApiException) -> Result:
