@@ -51,10 +51,11 @@ def event_posts(kube) -> int:
 
 @pytest.mark.slow  # the queued Events take their budget's seconds at shutdown
 def test_containment_does_not_wait_for_the_audit_budget(kube, make_app, make_table):
-    # Four audit Events a second, one at once: were Events on the containment path (or its
-    # budget), the eighth pod would be labelled 1.75 s after the first.
+    # Two audit Events a second, one at once: were Events on the containment path (or its
+    # budget), the eighth pod would be labelled 3.5 s after the first, and all eight Events
+    # would be there by then; half of that is far from both and from a loaded machine.
     pods = add_pods(kube, 8)
-    app = make_app(make_table(LABEL_TABLE), api_client=kube.api_client(), audit_qps=4,
+    app = make_app(make_table(LABEL_TABLE), api_client=kube.api_client(), audit_qps=2,
                    audit_burst=1)
     post_alerts(app, pods)
     started = time.monotonic()
@@ -63,7 +64,7 @@ def test_containment_does_not_wait_for_the_audit_budget(kube, make_app, make_tab
     labelled = [p for p in pods if kube.api.pods[("shop", p)]["metadata"]["labels"].get(
         "quarantine") == "true"]
     assert labelled == pods
-    assert took < 1.0, f"containment took {took:.1f} s: it waited for audit tokens"
+    assert took < 1.75, f"containment took {took:.1f} s: it waited for audit tokens"
     assert event_posts(kube) < 8, "the Events were created on the containment path"
 
 

@@ -1,122 +1,42 @@
 """Hostile load at the scale of the review that found it (`responder serve`, real sockets, real
 TLS): a thousand stalled handshakes or headers, hundreds of trickling 1 MB bodies, more
 connections than the worker may hold, a worker out of file descriptors. The serving worker's
-memory stays bounded, a genuine event is still answered within a second, stalled clients are
-closed on their deadlines, and the log stays readable."""
+memory stays bounded, a genuine event is answered while the stalled clients are held (how
+fast is the bench's hostile-clients section), stalled clients are closed on their deadlines,
+and the log stays readable."""
 
 from __future__ import annotations
 
 import http.client
 import os
 import resource
-import signal
 import socket
 import ssl
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager, suppress
-from dataclasses import dataclass
-from pathlib import Path
+from contextlib import ExitStack, suppress
 
 import pytest
 
 from responder.bridge import BODY_SECONDS, HEADER_SECONDS
 
 from .certs import CA
-from .serving import free_port
-from .test_slow_clients import (
+from .slowclients import (
+    BIG_PARTIAL_HEADERS,
+    BODY_HEAD,
+    GROWTH_MIB,
     PARTIAL_CLIENT_HELLO,
     PARTIAL_HEADERS,
+    Server,
     address,
+    assert_not_held_up,
     event_body,
-    genuine_post,
+    flood,
+    raise_open_files,
+    rss_mib,
+    serve,
 )
 
 pytestmark = pytest.mark.slow
-
-# What one worker may grow by under each flood. The cap (256 connections) times what each
-# connection may hold: asyncio's 256 KiB TLS read buffer, or gunicorn's header limit (32
-# fields of 8 KiB), is 64 MiB; bodies: the 32 MiB budget plus 256 x 64 KiB read ahead. The
-# rest is Python's own objects. 100 MiB over a ~85 MiB worker stays well inside the
-# Deployment's 384 MiB (before: +300 to +390 MiB, and it never came back).
-GROWTH_MIB = 100
-GENUINE_SECONDS = 1.0
-# One connection's worth of headers at gunicorn's limits: 31 fields of 8000 bytes.
-BIG_PARTIAL_HEADERS = PARTIAL_HEADERS + b"".join(
-    b"X-Pad-%d: %s\r\n" % (i, b"a" * 8000) for i in range(31))
-BODY_HEAD = (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-             b"Content-Length: 1048000\r\n\r\n")
-
-
-@dataclass
-class Server:
-    url: str
-    worker: int  # the gunicorn worker's pid: the process that holds the connections
-    log: Path
-
-
-def _children(pid: int) -> list[tuple[int, bytes]]:
-    found = []
-    for child in filter(str.isdigit, os.listdir("/proc")):
-        with suppress(OSError):
-            stat = Path(f"/proc/{child}/stat").read_text()
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append((int(child), Path(f"/proc/{child}/cmdline").read_bytes()))
-    return found
-
-
-def _serving_worker(cli: int) -> int:
-    """`responder serve` starts gunicorn's arbiter (and the queue worker) as children; the
-    arbiter's child is the worker that serves."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        for arbiter, cmdline in _children(cli):
-            if b"serve" in cmdline:
-                workers = _children(arbiter)
-                if workers:
-                    return workers[0][0]
-        time.sleep(0.1)
-    raise AssertionError("no gunicorn worker found")
-
-
-@contextmanager
-def serve(tmp_path: Path, scheme: str = "http", context: ssl.SSLContext | None = None,
-          soft_files: int | None = None, **env: str) -> Iterator[Server]:
-    """`responder serve` logging to a file (a pipe nobody reads would stall a chatty server),
-    in a process group of its own, killed whole at the end."""
-    port = free_port()
-    log = tmp_path / "server.log"
-    full_env = {**os.environ, "RESPONDER_HOST": "127.0.0.1", "RESPONDER_PORT": str(port),
-                "RESPONDER_KUBE_CONFIG": "none", "RESPONDER_STATE_DIR": str(tmp_path / "state"),
-                **env}
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "responder.cli", "serve"], env=full_env,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                preexec_fn=soft_files and (lambda: _lower_soft(soft_files)))
-    url = f"{scheme}://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while genuine_post(url, context, timeout=1)[0] != 202:
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
-            time.sleep(0.2)
-        yield Server(url, _serving_worker(proc.pid), log)
-    finally:
-        with suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-def _lower_soft(files: int) -> None:
-    resource.setrlimit(resource.RLIMIT_NOFILE,
-                       (files, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
-
-
-def rss_mib(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return next(int(line.split()[1]) for line in status.splitlines()
-                if line.startswith("VmRSS:")) / 1024
 
 
 def open_files(pid: int) -> int:
@@ -126,29 +46,11 @@ def open_files(pid: int) -> int:
 @pytest.fixture(autouse=True)
 def enough_files_here():
     """This test process holds a thousand sockets itself."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard < 2500:
-        pytest.skip(f"needs 2500 open files in the test process, the hard limit is {hard}")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2500), hard))
+    limits = raise_open_files(2500)
+    if limits is None:
+        pytest.skip("needs 2500 open files in the test process, the hard limit is lower")
     yield
-    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-
-
-def flood(stack: ExitStack, url: str, count: int, first_bytes: bytes) -> list[socket.socket]:
-    """`count` connections that send `first_bytes` and stall. The server may close some
-    (that is the point): a refused send is not an error here."""
-    socks = []
-    for _ in range(count):
-        sock = stack.enter_context(socket.create_connection(address(url), timeout=5))
-        with suppress(OSError):
-            sock.sendall(first_bytes)
-        socks.append(sock)
-    return socks
-
-
-def assert_genuine_in_time(url: str, context: ssl.SSLContext | None = None) -> None:
-    status, seconds = genuine_post(url, context, timeout=5)
-    assert status == 202 and seconds < GENUINE_SECONDS, (status, seconds)
+    resource.setrlimit(resource.RLIMIT_NOFILE, limits)
 
 
 def assert_bounded_growth(server: Server, before: float, what: str) -> None:
@@ -166,7 +68,7 @@ def test_a_thousand_stalled_tls_client_hellos(tmp_path):
         before = rss_mib(server.worker)
         flood(stack, server.url, 1000, PARTIAL_CLIENT_HELLO)
         time.sleep(1)
-        assert_genuine_in_time(server.url, context)
+        assert_not_held_up(server.url, context)
         assert_bounded_growth(server, before, "1000 stalled TLS ClientHellos")
 
 
@@ -175,8 +77,8 @@ def test_a_thousand_connections_stalled_in_their_headers(tmp_path):
         before = rss_mib(server.worker)
         flood(stack, server.url, 1000, BIG_PARTIAL_HEADERS)
         time.sleep(1)
-        assert_genuine_in_time(server.url)
-        assert_bounded_growth(server, before, "1000 connections stalled in 248 KB of headers")
+        assert_not_held_up(server.url)
+        assert_bounded_growth(server, before, "1000 connections stalled in 32 KB of headers")
 
 
 def closed_by_server(sock: socket.socket) -> bool:
@@ -195,7 +97,7 @@ def test_stalled_headers_are_closed_after_the_deadline(tmp_path):
             assert closed_by_server(sock)
         waited = time.monotonic() - start
         assert HEADER_SECONDS - 1 < waited < HEADER_SECONDS + 3, waited
-        assert_genuine_in_time(server.url)
+        assert_not_held_up(server.url)
 
 
 def test_three_hundred_trickling_megabyte_bodies(tmp_path):
@@ -207,7 +109,7 @@ def test_three_hundred_trickling_megabyte_bodies(tmp_path):
         start = time.monotonic()
         socks = flood(stack, server.url, 300, BODY_HEAD + b"a" * 1_000_000)
         time.sleep(1)
-        assert_genuine_in_time(server.url)
+        assert_not_held_up(server.url)
         assert_bounded_growth(server, before, "300 connections each holding a 1 MB body")
         open_now = set(socks)
         while open_now and time.monotonic() - start < BODY_SECONDS + 10:
@@ -274,7 +176,7 @@ def test_the_connection_cap_holds(tmp_path):
             # Twenty stalled in their headers: the oldest makes room for a genuine event.
             oldest, *stalled = flood(stack, server.url, 20, PARTIAL_HEADERS)
             time.sleep(0.3)
-            assert_genuine_in_time(server.url)
+            assert_not_held_up(server.url)
             oldest.settimeout(2)
             assert closed_by_server(oldest)
             stalled[-1].settimeout(0.2)
@@ -304,7 +206,7 @@ def test_out_of_file_descriptors_logs_a_few_lines_not_a_storm(tmp_path):
         stack.close()
         resource.prlimit(server.worker, resource.RLIMIT_NOFILE, (soft, hard))
         time.sleep(1)
-        assert_genuine_in_time(server.url)
+        assert_not_held_up(server.url)
         log = server.log.read_text()
         if "spool flush (fdatasync) of records already answered 202 failed" in log:
             assert "spool flush (fdatasync) of records already answered 202 works again" in log
