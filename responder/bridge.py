@@ -23,6 +23,7 @@ import socket
 from asyncio import selector_events, sslproto
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from http import HTTPStatus
 from typing import Any
 
 from a2wsgi.wsgi import build_environ
@@ -43,6 +44,12 @@ STOP_KEEPALIVE_LINGER = 2.0
 # From a connection's start (or a kept-alive connection's next byte) to the end of the
 # request's headers. Falcosidekick sends its few headers at once.
 HEADER_SECONDS = 10.0
+# A request line and its headers, in total (nginx's default is 4 x 8 KiB too). Falcosidekick
+# sends a few hundred bytes, a browser on the console its cookies. gunicorn's own limits (32
+# fields of 8 KiB) allow 256 KiB, which its Python parser checks byte by byte: ~10 ms of the
+# worker's one event loop per stalled connection, so a flood of them delayed genuine events
+# by seconds. Cut off here, each costs at most an eighth of that.
+HEADER_BYTES = 32 * 1024
 # From the end of the headers to the end of the body: a total, so trickling one byte now
 # and then buys nothing. 1 MiB arrives in well under a second on any link we serve.
 BODY_SECONDS = 30.0
@@ -320,6 +327,8 @@ class BoundedProtocol(ASGIProtocol):
 
     def __init__(self, worker: Any, header_seconds: float = HEADER_SECONDS):
         super().__init__(worker)
+        self._header_bytes = 0  # of the request whose headers are arriving
+        self._header_tail = b""  # its last 3 bytes: the blank line may span two reads
         # What gunicorn reads ahead of the app before it stops reading (its default: 256
         # KiB). The app takes each chunk as it comes; a refused body need not fill it.
         self._max_buffer_size = READ_AHEAD_BYTES
@@ -332,9 +341,37 @@ class BoundedProtocol(ASGIProtocol):
         self._request_starts()
 
     def data_received(self, data: bytes) -> None:
-        if self._current_request is None and self._header_timer is None:
-            self._request_starts()  # a kept-alive connection's next request
+        if self._current_request is None:
+            if self._header_timer is None:
+                self._request_starts()  # a kept-alive connection's next request
+            if self._headers_too_long(data):
+                self._send_error_response(431, f"the request line and headers are over "
+                                               f"{HEADER_BYTES} bytes")
+                self._close_transport()
+                return
         super().data_received(data)
+
+    def _headers_too_long(self, data: bytes) -> bool:
+        """Whether the headers arriving, with `data`, are over HEADER_BYTES. Only the bytes up
+        to the blank line count: a body in the same read is the body's."""
+        before = self._header_bytes - len(self._header_tail)
+        self._header_bytes += len(data)
+        if self._header_bytes <= HEADER_BYTES:
+            self._header_tail = (self._header_tail + data)[-3:]
+            return False
+        end = (self._header_tail + data).find(b"\r\n\r\n")
+        return end == -1 or before + end + 4 > HEADER_BYTES
+
+    def _send_error_response(self, status: int, message: str,
+                             extra_headers: Any = ()) -> None:
+        # gunicorn's answer to a request it cannot read (400, 414, 431, 501 and ours above),
+        # in JSON like every other error of ours. It closes the connection after.
+        content = json.dumps({"error": message}).encode()
+        extra = "".join(f"{name}: {value}\r\n" for name, value in extra_headers)
+        head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(content)}\r\n"
+                f"{extra}Connection: close\r\n\r\n")
+        self._safe_write(head.encode("latin-1") + content)
 
     def _on_headers_complete(self) -> bool:
         self._cancel_header_timer()
@@ -360,6 +397,7 @@ class BoundedProtocol(ASGIProtocol):
     def _request_starts(self) -> None:
         if self._closed:
             return
+        self._header_bytes, self._header_tail = 0, b""
         self._header_timer = self.loop.call_later(self.header_seconds, self._headers_late)
         self.loop.unfinished[self] = self._evict
 
