@@ -78,11 +78,14 @@ class Profile:
     act_env: tuple[tuple[str, str], ...] = ()  # section 4: settings for `responder serve`
     console_alerts: int = 100_000  # section 5: alerts in the journal
     console_runs: int = 30  # section 5: timed requests per page
+    hostile: int = 1_000  # section 7: stalled connections in each flood
+    hostile_posts: int = 10  # section 7: genuine events posted during each flood
 
 
 FULL = Profile(10, 2, 10_000, 5.0, (5_000, 50_000, 100_000), 300.0)
 QUICK = Profile(1, 0, 200, 0.5, (200, 500, 1_000), 30.0, act_alerts=8, act_bursts=1,
-                flood=100, flood_watch=3.0, console_alerts=5_000, console_runs=5)
+                flood=100, flood_watch=3.0, console_alerts=5_000, console_runs=5,
+                hostile=100, hostile_posts=3)
 
 
 # --- servers --------------------------------------------------------------------------
@@ -1017,11 +1020,68 @@ def _packaged_table() -> str:
     return resources.files("responder").joinpath("default_actions.yaml").read_text("utf-8")
 
 
+# --- 7. hostile clients -----------------------------------------------------------------
+
+def section_hostile(profile: Profile, gen: Generator, workdir: Path) -> None:
+    from tests import slowclients as sc
+
+    count = profile.hostile
+    header(f"7. A genuine event while {count:,} hostile connections stall (`responder serve`)")
+    if sc.raise_open_files(2 * count + 500) is None:
+        print(f"skipped: this process may not hold {2 * count + 500} open files")
+        return
+    floods = [("none", 0, b"", False),
+              ("stalled TLS ClientHellos", count, sc.PARTIAL_CLIENT_HELLO, True),
+              ("stalled in 32 KB of headers", count, sc.BIG_PARTIAL_HEADERS, False),
+              ("1 MB of a body each, stalled", count * 3 // 10, sc.BODY_HEAD + b"a" * 1_000_000,
+               False)]
+    rows = [_hostile_row(profile, workdir / f"hostile-{n}", *spec)
+            for n, spec in enumerate(floods)]
+    print(f"one server per flood; {profile.hostile_posts} genuine events posted one at a time, "
+          "each on a new connection, 1 s after the flood is in; targets: every one answered "
+          f"202 within {sc.PROMISED_SECONDS:.0f} s, the serving worker grown by less than "
+          f"{sc.GROWTH_MIB} MiB")
+    table(["flood", "connections", "answered 202", "p50 ms", "max ms", "worker RSS",
+           "target"], rows)
+
+
+def _hostile_row(profile: Profile, directory: Path, name: str, count: int, first_bytes: bytes,
+                 tls: bool) -> list[object]:
+    import ssl
+
+    from tests import slowclients as sc
+    from tests.certs import CA
+
+    directory.mkdir()
+    env, context = {}, None
+    if tls:
+        ca = CA(directory, "ca")
+        cert = ca.issue("server", "falco-responder", server=True)
+        env = {"RESPONDER_TLS_CERT_FILE": str(cert.cert), "RESPONDER_TLS_KEY_FILE": str(cert.key)}
+        context = ssl.create_default_context(cafile=str(ca.files.cert))
+    with sc.serve(directory, "https" if tls else "http", context, **env) as server, \
+            ExitStack() as stack:
+        before = sc.rss_mib(server.worker)
+        sc.flood(stack, server.url, count, first_bytes)
+        time.sleep(1)
+        posts = [sc.genuine_post(server.url, context, timeout=5)
+                 for _ in range(profile.hostile_posts)]
+        grown = sc.rss_mib(server.worker) - before
+    answered = sorted(seconds for status, seconds in posts if status == 202)
+    ok = (len(answered) == len(posts) and answered[-1] < sc.PROMISED_SECONDS
+          and grown < sc.GROWTH_MIB)
+    return [name, count, f"{len(answered)}/{len(posts)}",
+            f"{percentile(answered, 0.5) * 1000:.0f}" if answered else "-",
+            f"{answered[-1] * 1000:.0f}" if answered else "-",
+            f"{before:.0f} MiB, +{grown:.0f}", verdict(ok)]
+
+
 # --- main -----------------------------------------------------------------------------
 
 SECTIONS = {"throughput": section_throughput, "storm": section_storm,
             "memory": section_memory, "time-to-act": section_time_to_act,
-            "console": section_console, "time-to-contain": section_time_to_contain}
+            "console": section_console, "time-to-contain": section_time_to_contain,
+            "hostile": section_hostile}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1030,9 +1090,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--python-client", action="store_true",
                         help="use the Python load generator even when wrk is installed")
     parser.add_argument("--sections", default="throughput,time-to-act,storm,memory,console,"
-                        "time-to-contain",
+                        "time-to-contain,hostile",
                         help="comma-separated subset of: throughput, time-to-act, storm, "
-                             "memory, console, time-to-contain")
+                             "memory, console, time-to-contain, hostile")
     parser.add_argument("--threads", type=int, metavar="N",
                         help="gunicorn threads per worker for every server of section 1 "
                              "(default: the responder's default)")
