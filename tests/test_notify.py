@@ -480,13 +480,13 @@ def test_500_is_counted_as_failed_and_logged_without_secrets(slack, make_notifie
 
 
 def test_timeout_fails_within_its_bound(slack, make_notifier, results, logs):
-    notifier = make_notifier(timeout=0.3)
+    notifier = make_notifier(timeout=1.0)
     slack.state.slow(5, times=3)
     started = time.monotonic()
     notifier.notify(shell_event(), [report()], ("kill-shells",))
-    assert time.monotonic() - started < 0.1  # the caller never waits for Slack
-    assert notifier.flush(5)
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 0.5  # the caller never waits for Slack (1 s or more)
+    assert notifier.flush(8)
+    assert time.monotonic() - started < 5.0  # two tries cut at 1 s, not two of 5 s
     assert results == ["failed"]
     assert "timed out" in logs.text
     assert "secret-webhook-part" not in logs.text
