@@ -148,6 +148,34 @@ def test_a_pod_replaced_since_the_event_is_not_isolated(cluster, apiserver, node
     assert ISOLATED not in cluster.pod("web").metadata.labels
 
 
+@pytest.mark.parametrize("detach", [False, True])
+def test_a_pod_gone_or_replaced_before_the_action_runs_is_skipped(cluster, apiserver, node,
+                                                                  detach):
+    """Detach reads the pod first (for its ReplicaSet): that read says gone or replaced as
+    the label patch does, skipped with the reason, never a failure."""
+    action = IsolatePod(apiserver.api_client())
+    gone = action.run(Target(cluster.namespace, "web"), {"detach": detach})
+    assert (gone.outcome, gone.reason) == (Outcome.SKIPPED, "pod no longer exists")
+    cluster.add_pod("web", node=node, container_ids=(FULL_CID,))
+    other = Target(cluster.namespace, "web", pod_uid="6f1e0c0e-0000-4000-8000-000000000000")
+    replaced = action.run(other, {"detach": detach})
+    assert (replaced.outcome, replaced.reason) == (
+        Outcome.SKIPPED, "pod was replaced since the event (uid changed)")
+    assert no_policy(cluster)
+    assert ISOLATED not in cluster.pod("web").metadata.labels
+
+
+def test_the_labels_are_patched_as_the_responders_field_manager(cluster, node, respond):
+    """`kubectl get pod -o yaml --show-managed-fields` names who set the isolation label and
+    who took the ReplicaSet's, as for label-pod and cordon."""
+    cluster.add_pod("web", node=node, container_ids=(FULL_CID,), labels={"tier": "front"})
+    assert respond("{detach: true}") == [("isolate-pod", "done", None)]
+    managers = {entry.manager: entry.fields_v1 for entry in
+                cluster.pod("web").metadata.managed_fields
+                if entry.operation == "Update"}
+    assert f"f:{ISOLATED}" in managers["falco-responder"]["f:metadata"]["f:labels"]
+
+
 def test_undo_deletes_the_policy_and_removes_the_label(cluster, apiserver, node, respond):
     web = cluster.add_pod("web", node=node, container_ids=(FULL_CID,))
     assert respond() == [("isolate-pod", "done", None)]

@@ -26,6 +26,7 @@ from .base import (
 )
 from .labels import label_map_problems, label_value_problem
 from .pods import (
+    FIELD_MANAGER,
     MERGE_PATCH,
     POD,
     READ_POD,
@@ -282,8 +283,9 @@ class IsolatePod(Action):
 
     def _selector_labels(self, target: Target) -> dict[str, str] | Result:
         """The pod's labels its owning ReplicaSet selects it by, or why it cannot be detached."""
-        pod = self.core.read_namespaced_pod(target.pod, target.namespace,
-                                            _request_timeout=self.timeout)
+        pod = read_pod_or_reason(self, target)  # gone or replaced since: skipped, as below
+        if isinstance(pod, Result):
+            return pod
         owner = next((o for o in pod.metadata.owner_references or []
                       if o.kind == "ReplicaSet" and o.controller), None)
         if owner is None:
@@ -304,7 +306,7 @@ class IsolatePod(Action):
             meta["uid"] = target.pod_uid
         try:
             return self.core.patch_namespaced_pod(
-                target.pod, target.namespace, {"metadata": meta},
+                target.pod, target.namespace, {"metadata": meta}, field_manager=FIELD_MANAGER,
                 _content_type=MERGE_PATCH, _request_timeout=self.timeout)
         except ApiException as exc:
             return refused_patch(exc)
