@@ -46,8 +46,9 @@ EVENT_METHODS = ["POST", "PUT"]  # Falcosidekick's webhook.method may be PUT
 EVENT_ENDPOINTS = {"receive_root": "/", "receive_events": "/events"}
 #: About one event: need the token as the event endpoints do (not /slack/interactions:
 #: Slack cannot send the token; the app's signing secret authenticates it instead).
-STATUS_ENDPOINTS = ("event_status", "event_evidence", "event_undo", "event_approve",
-                    "event_reject")
+STATUS_ENDPOINTS = ("event_status", "event_evidence")
+#: Acting on one event: the operator token when one is set (RESPONDER_OPERATOR_TOKEN).
+ACTING_ENDPOINTS = ("event_undo", "event_approve", "event_reject")
 
 
 def create_app(settings: Settings | None = None, *, table: Table | None = None,
@@ -114,23 +115,55 @@ def shutdown(app: Flask, timeout: float = 10.0) -> None:
 
 
 def _add_auth(app: Flask, settings: Settings, metrics: Metrics) -> None:
-    token = settings.auth.token
-    if token:
-        auth = TokenAuth(token)
+    events = TokenAuth(settings.auth.token) if settings.auth.token else None
+    operators = TokenAuth(settings.auth.operator_token) if settings.auth.operator_token \
+        else None
 
-        @app.before_request
-        def authenticate() -> tuple[Response, int] | None:
-            # Probes and metrics stay open; events in and out need the token.
-            if request.endpoint in EVENT_ENDPOINTS or request.endpoint in STATUS_ENDPOINTS:
-                refused = auth.reject_unless_allowed()
-                if refused:
-                    metrics.inc(metrics.rejected, "401")
-                return refused
-            return None
-    if not token and not settings.auth.tls_client_ca_file:
-        logger.warning("NO AUTHENTICATION: anyone who can reach this port can send events, "
-                       "approve or reject waiting actions and undo responses (free an isolated "
-                       "pod). Set RESPONDER_AUTH_TOKEN(_FILE) or RESPONDER_TLS_CLIENT_CA_FILE.")
+    @app.before_request
+    def authenticate() -> tuple[Response, int] | None:
+        # Probes and metrics stay open; events in and out need a token, acting on one the
+        # operator token when there is one.
+        endpoint = request.endpoint
+        if endpoint in ACTING_ENDPOINTS:
+            refused = _token_refusal([operators or events], events if operators else None)
+        elif endpoint in STATUS_ENDPOINTS:
+            refused = _token_refusal([events, operators]) if events else None
+        elif endpoint in EVENT_ENDPOINTS:
+            refused = _token_refusal([events])
+        else:
+            refused = None
+        if refused:
+            metrics.inc(metrics.rejected, str(refused[1]))
+        return refused
+
+    _log_auth(settings)
+
+
+def _token_refusal(allowed: list[TokenAuth | None], events_token: TokenAuth | None = None
+                   ) -> tuple[Response, int] | None:
+    """None when none of `allowed` is configured or the request carries one of them; 403 for
+    the events token where it is not allowed; else 401."""
+    allowed = [auth for auth in allowed if auth]
+    header = request.headers.get("Authorization")
+    if not allowed or any(auth.allows(header) for auth in allowed):
+        return None
+    if events_token is not None and events_token.allows(header):
+        return jsonify({"error": "this is the events token; approve, reject and undo take "
+                                 "RESPONDER_OPERATOR_TOKEN"}), 403
+    return allowed[0].reject_unless_allowed()
+
+
+def _log_auth(settings: Settings) -> None:
+    auth = settings.auth
+    if not auth.token and not auth.tls_client_ca_file:
+        acting = ("" if auth.operator_token else ", approve or reject waiting actions and "
+                  "undo responses (free an isolated pod)")
+        logger.warning("NO AUTHENTICATION: anyone who can reach this port can send events%s. "
+                       "Set RESPONDER_AUTH_TOKEN(_FILE) or RESPONDER_TLS_CLIENT_CA_FILE.", acting)
+    elif not auth.operator_token:
+        logger.warning("approve, reject, undo and the console login take the events token "
+                       "(or a client certificate): whoever holds Falcosidekick's can free an "
+                       "isolated pod. Set RESPONDER_OPERATOR_TOKEN(_FILE) to keep them apart.")
 
 
 def _add_routes(app: Flask, responder: Responder, intake: Intake | None) -> None:

@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 # only supervises, and stays small (about 25 MiB instead of 85) without the Kubernetes
 # client and Flask.
 
+ACTING_TOKEN_HELP = ("bearer token (or RESPONDER_TOKEN): the server's RESPONDER_OPERATOR_TOKEN, "
+                     "or its RESPONDER_AUTH_TOKEN when it has none")
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
@@ -79,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
                             "GET /events/<uuid>)")
         decide.add_argument("--to", metavar="URL", required=True,
                             help="the responder's base URL, e.g. http://localhost:2801")
-        decide.add_argument("--token", help="bearer token (or RESPONDER_TOKEN)")
+        decide.add_argument("--token", help=ACTING_TOKEN_HELP)
         decide.add_argument("--as", dest="by", metavar="NAME",
                             help="approver name recorded (default: your login name)")
         decide.set_defaults(run=_decide, verb=verb)
@@ -89,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     undo.add_argument("uuid", help="the event's uuid (as GET /events/<uuid> knows it)")
     undo.add_argument("--to", metavar="URL", required=True,
                       help="the responder's base URL, e.g. http://falco-responder:2801")
-    undo.add_argument("--token", help="bearer token (or RESPONDER_TOKEN)")
+    undo.add_argument("--token", help=ACTING_TOKEN_HELP)
     undo.add_argument("--as", dest="by", metavar="NAME",
                       help="who undoes it, kept in the journal (default: your login name)")
     undo.set_defaults(run=_undo)

@@ -138,11 +138,17 @@ class KubernetesSettings:
 
 @dataclass(frozen=True)
 class AuthSettings:
-    """Who may send events: a bearer token, client certificates, or both."""
+    """Who may send events (a bearer token, client certificates, or both) and who may act on
+    them (the operator token, else the same)."""
 
     token: str | None = setting(
         "RESPONDER_AUTH_TOKEN", "bearer token Falcosidekick must send (webhook.customheaders); "
         "or RESPONDER_AUTH_TOKEN_FILE, a file holding it (a mounted Secret)", None,
+        secret=True, from_file=True)
+    operator_token: str | None = setting(
+        "RESPONDER_OPERATOR_TOKEN", "bearer token for people: approve, reject, undo and the "
+        "console login. Set, the events token no longer does these (Falcosidekick's config "
+        "need not be able to free an isolated pod); or RESPONDER_OPERATOR_TOKEN_FILE", None,
         secret=True, from_file=True)
     tls_cert_file: str | None = setting("RESPONDER_TLS_CERT_FILE",
                                         "serve HTTPS with this cert", None, readable_file)
@@ -152,7 +158,16 @@ class AuthSettings:
         "RESPONDER_TLS_CLIENT_CA_FILE", "require client certs signed by this CA (mutual TLS)",
         None, readable_file)
 
+    @property
+    def acting_token(self) -> str | None:
+        """What approve, reject, undo and the console login take: the operator token, else
+        the events token."""
+        return self.operator_token or self.token
+
     def __post_init__(self) -> None:
+        if self.operator_token and self.operator_token == self.token:
+            raise ConfigError("RESPONDER_OPERATOR_TOKEN: must differ from RESPONDER_AUTH_TOKEN "
+                              "(it keeps approve, reject and undo from whoever sends events)")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise ConfigError("RESPONDER_TLS_CERT_FILE and RESPONDER_TLS_KEY_FILE: set both")
         if self.tls_client_ca_file and not self.tls_cert_file:

@@ -245,8 +245,9 @@ def test_every_file_setting_points_into_the_volume_that_provides_it(pod, contain
             "falco-responder-redis": {"password"}}  # the Redis component's
     files = {n: e["value"] for n, e in env_of(container).items() if n.endswith("_FILE")}
     assert set(files) >= {"RESPONDER_ACTIONS_FILE", "RESPONDER_AUTH_TOKEN_FILE",
-                          "RESPONDER_SLACK_WEBHOOK_URL_FILE", "RESPONDER_TLS_CERT_FILE",
-                          "RESPONDER_TLS_KEY_FILE", "RESPONDER_TLS_CLIENT_CA_FILE"}
+                          "RESPONDER_OPERATOR_TOKEN_FILE", "RESPONDER_SLACK_WEBHOOK_URL_FILE",
+                          "RESPONDER_TLS_CERT_FILE", "RESPONDER_TLS_KEY_FILE",
+                          "RESPONDER_TLS_CLIENT_CA_FILE"}
     for name, value in files.items():
         volume = mounts.get(str(Path(value).parent))
         assert volume is not None, f"{name}={value} is not in a mounted volume"

@@ -35,10 +35,15 @@ class Guard:
     """The console's access rules for one set of settings."""
 
     def __init__(self, settings: Settings):
-        token = settings.auth.token
+        # The console acts (approve, reject, undo): it takes the operator token if one is set.
+        token = settings.auth.acting_token
         self.sessions = Sessions(token) if token else None
+        self.token_name = ("RESPONDER_OPERATOR_TOKEN" if settings.auth.operator_token
+                           else "RESPONDER_AUTH_TOKEN")
         self.tls = bool(settings.auth.tls_cert_file)
         self.client_certs = bool(settings.auth.tls_client_ca_file)
+        # With only the operator token set, the console has a login but events come in open.
+        self.events_open = not settings.auth.token and not self.client_certs
         # Signs the login form's own CSRF token (there is no session yet to hold one).
         key = hashlib.sha256(b"login form|" + (token or "").encode("utf-8")).hexdigest()
         self._login_forms = URLSafeTimedSerializer(key, salt="console-login")
@@ -82,7 +87,8 @@ class Guard:
 
     def check_post(self, session: Session | None) -> tuple[Response, int] | None:
         if self.sessions is None:
-            return _refuse(403, "the console is read-only: no RESPONDER_AUTH_TOKEN is set")
+            return _refuse(403, "the console is read-only: neither RESPONDER_OPERATOR_TOKEN nor "
+                                "RESPONDER_AUTH_TOKEN is set")
         given = request.headers.get("X-CSRF-Token") or request.form.get("csrf")
         if not csrf_matches(session, given):
             return _refuse(403, "missing or wrong CSRF token")

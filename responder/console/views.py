@@ -65,6 +65,7 @@ def register_console(app: Flask, responder: Responder, settings: Settings) -> No
         session = guard.session()
         return {"armed": responder.armed, "dry_run_cause": dry_run_cause(responder)
                 if not responder.armed else "", "auth_mode": guard.mode,
+                "events_open": guard.events_open,
                 "csrf": session.csrf if session else "", "signed_in": session is not None,
                 "writable": session is not None, "user": session.name if session else ""}
 
@@ -248,7 +249,8 @@ def _busy(exc: CheckBusy) -> tuple[Response, int]:
 def _add_login(console: Blueprint, guard: Guard) -> None:
     def form(error: str = "", status: int = 200) -> tuple[str, int]:
         return render_template("login.html", error=error, form_token=guard.login_form_token(),
-                               next=safe_next(request.values.get("next"))), status
+                               next=safe_next(request.values.get("next")),
+                               token_name=guard.token_name), status
 
     @console.get("/login")
     def login() -> Any:
@@ -259,8 +261,8 @@ def _add_login(console: Blueprint, guard: Guard) -> None:
     @console.post("/login")
     def login_post() -> Any:
         if guard.sessions is None:
-            return jsonify({"error": "no RESPONDER_AUTH_TOKEN is set: nothing to log in "
-                            "to"}), 404
+            return jsonify({"error": "neither RESPONDER_OPERATOR_TOKEN nor RESPONDER_AUTH_TOKEN "
+                            "is set: nothing to log in to"}), 404
         if not guard.login_form_valid(request.form.get("csrf")):
             return jsonify({"error": "missing or wrong CSRF token"}), 403
         if guard.login_blocked():
