@@ -114,9 +114,19 @@ def _change_rows(change: dict[str, Any]) -> list[tuple[str, ...]]:
     rows += [(*head, "added", *action_cells(a), outcome_cell(a)) for a in change["added"]]
     rows += [(*head, "removed", *action_cells(a), outcome_cell(a)) for a in change["removed"]]
     rows += [(*head, "changed", *action_cells(c["after"]),
-              f"{outcome_cell(c['before'])} → {outcome_cell(c['after'])}")
+              f"{outcome_cell(c['before'])} → {outcome_cell(c['after'])}"
+              + params_change(c["before"], c["after"]))
              for c in change["changed"]]
     return rows
+
+
+def params_change(before: Mapping[str, Any], after: Mapping[str, Any]) -> str:
+    """`; params {...} → {...}` when a changed action's params differ (both recorded), else
+    nothing."""
+    if "params" not in before or "params" not in after or before["params"] == after["params"]:
+        return ""
+    return (f"; params {json.dumps(before['params'], sort_keys=True)} → "
+            f"{json.dumps(after['params'], sort_keys=True)}")
 
 
 def _names(names: list[str]) -> str:

@@ -239,5 +239,7 @@ def decision_dict(report: ActionReport) -> dict[str, Any]:
 
 
 def replay_line(plan: Plan, reports: list[ActionReport]) -> dict[str, Any]:
-    """One line of `responder replay` output (a documented, parsed format: keep it exact)."""
-    return {**event_summary(plan), "actions": [r.to_dict() for r in reports]}
+    """One line of `responder replay` output (a documented, parsed format: keep it exact).
+    Each action carries its params: a table change of params alone is a decision change."""
+    return {**event_summary(plan),
+            "actions": [{**r.to_dict(), "params": dict(r.decision.params)} for r in reports]}

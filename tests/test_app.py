@@ -44,6 +44,11 @@ def comparable(decisions):
     return out
 
 
+def replayed(actions: list[dict]) -> list[dict]:
+    """A replay line's actions as a decision shows them: the params are the table's."""
+    return [{k: v for k, v in action.items() if k != "params"} for action in actions]
+
+
 @pytest.mark.parametrize("path", ["/", "/events"])
 @pytest.mark.parametrize(("event", "expected"), list(zip(recorded_events(), EXPECTED,
                                                          strict=True)),
@@ -59,7 +64,7 @@ def test_recorded_events_are_queued_then_get_the_expected_decisions(app, app_cli
     assert app.extensions["worker"].run_pending() == 1
     done = app_client.get(body["status_url"]).get_json()
     assert done["state"] == "done"
-    assert comparable(done["decisions"]) == expected["actions"]
+    assert comparable(done["decisions"]) == replayed(expected["actions"])
 
 
 @pytest.mark.parametrize(("event", "expected"), list(zip(recorded_events(), EXPECTED,
@@ -73,7 +78,7 @@ def test_recorded_events_inline_get_the_expected_decisions(make_app, replay_tabl
     body = reply.get_json()
     assert (body["uuid"], body["rule"], body["matched"]) == (
         expected["uuid"], expected["rule"], expected["matched"])
-    assert comparable(body["decisions"]) == expected["actions"]
+    assert comparable(body["decisions"]) == replayed(expected["actions"])
 
 
 def test_sidekick_put_method_is_accepted(app_client):

@@ -280,6 +280,19 @@ def test_editor_check_lists_only_the_alerts_whose_decisions_change(console):
     assert app.extensions["responder"].table.text == TABLE  # never applied
 
 
+def test_editor_check_shows_a_change_of_params_alone(console):
+    app, client = console(auth_token=TOKEN)
+    post(app, client, event("u-shell"), token=TOKEN)
+    log_in(client)
+    relabel = TABLE.replace('quarantine: "true"', 'quarantine: "held"')
+    found = client.post("/ui/table/check", json={"text": relabel, "last": 10},
+                        headers={"X-CSRF-Token": session_csrf(client)}).get_json()
+    assert found["ok"] and found["changes"] == 1
+    # tojson: JSON with <, >, & and ' escaped for HTML.
+    assert ('params {"labels": {"quarantine": "true"}} → '
+            '{"labels": {"quarantine": "held"}}') in found["html"]
+
+
 def test_editor_form_post_renders_the_check_on_the_page(console):
     app, client = console(auth_token=TOKEN)
     post(app, client, event("u-shell"), token=TOKEN)

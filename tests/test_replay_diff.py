@@ -73,11 +73,13 @@ def test_against_prints_exactly_the_events_whose_decisions_differ(capsys, new_ta
     falco = next(c for c in changes if c["uuid"] == FALCO_SHELL)
     target = {"namespace": "falco", "pod": "falco-7g7mg"}
     assert falco["added"] == [{"action": "isolate-pod", "target": target,
-                               "outcome": "would-run"}]
+                               "outcome": "would-run", "params": {}}]
+    labels = {"labels": {"falco-responder/quarantine": "true"}}
     assert falco["changed"] == [{
         "before": {"action": "label-pod", "target": target, "outcome": "skipped",
-                   "reason": "namespace falco is protected"},
-        "after": {"action": "label-pod", "target": target, "outcome": "would-run"}}]
+                   "reason": "namespace falco is protected", "params": labels},
+        "after": {"action": "label-pod", "target": target, "outcome": "would-run",
+                  "params": labels}}]
     debug = next(c for c in changes if c["uuid"] == DEBUG_SHELL)
     assert debug["matched"] == {"before": ["untouched-debug"], "after": []}
     assert [a["action"] for a in debug["removed"]] == ["label-pod"]
@@ -300,3 +302,39 @@ def test_any_expectation_is_compared_or_refused_never_a_traceback(tmp_path, line
     replayed = [json.loads(line) for line in EXPECTED.read_text().splitlines()]
     for before, after in ((expected, replayed), (replayed, expected), (expected, expected)):
         format_changes(changed_events(before, after))
+
+
+def test_a_change_of_params_alone_is_a_decision_change(capsys, tmp_path):
+    """Same actions on the same pods, another label value: the events it changes are listed
+    (JSON and table), and --expect fails on them."""
+    quarantine = 'params: {labels: {falco-responder/quarantine: "true"}}'
+    relabelled = tmp_path / "relabelled.yaml"
+    relabelled.write_text(TABLE.read_text().replace(
+        quarantine, quarantine.replace('"true"', '"isolated"')))
+    code, out, err = run(capsys, "replay", EVENTS, "--actions", relabelled, "--against", TABLE)
+    changes = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and changes and err.startswith(f"{len(changes)} of 20 event(s)")
+    for change in changes:
+        assert (change["added"], change["removed"]) == ([], [])
+        [changed] = change["changed"]
+        assert changed["before"]["outcome"] == changed["after"]["outcome"]
+        assert changed["after"]["params"] == {
+            "labels": {"falco-responder/quarantine": "isolated"}}
+    code, out, _ = run(capsys, "replay", EVENTS, "--actions", relabelled, "--expect", EXPECTED)
+    assert code == 1
+    assert ('; params {"labels": {"falco-responder/quarantine": "true"}} → '
+            '{"labels": {"falco-responder/quarantine": "isolated"}}') in out
+
+
+def test_an_expectation_recorded_without_params_still_holds(capsys, tmp_path):
+    """Expectations recorded before replay lines carried params compare on the rest, so a
+    team's CI does not fail on the upgrade."""
+    old = tmp_path / "old-expected.jsonl"
+    lines = [json.loads(line) for line in EXPECTED.read_text().splitlines()]
+    for line in lines:
+        for action in line.get("actions", []):
+            del action["params"]
+    old.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    code, out, err = run(capsys, "replay", EVENTS, "--actions", TABLE, "--expect", old)
+    assert (code, out) == (0, "")
+    assert err.startswith("0 of 20 event(s) decided differently")
