@@ -341,15 +341,21 @@ class BoundedProtocol(ASGIProtocol):
         self._request_starts()
 
     def data_received(self, data: bytes) -> None:
+        if not self._closed:  # a TLS connection may deliver bytes after our 431
+            super().data_received(data)
+
+    def _feed_callback_parser(self, data: bytes) -> bool:
+        # Both what a read brings and a pipelined request's bytes, which gunicorn feeds
+        # again after the request before it: each request gets the deadline and the limit.
         if self._current_request is None:
             if self._header_timer is None:
-                self._request_starts()  # a kept-alive connection's next request
+                self._request_starts()  # a kept-alive or pipelined connection's next request
             if self._headers_too_long(data):
                 self._send_error_response(431, f"the request line and headers are over "
                                                f"{HEADER_BYTES} bytes")
                 self._close_transport()
-                return
-        super().data_received(data)
+                return False
+        return super()._feed_callback_parser(data)
 
     def _headers_too_long(self, data: bytes) -> bool:
         """Whether the headers arriving, with `data`, are over HEADER_BYTES. Only the bytes up

@@ -12,11 +12,11 @@ from contextlib import ExitStack
 
 import pytest
 
-from responder.bridge import HEADER_BYTES
+from responder.bridge import HEADER_BYTES, HEADER_SECONDS
 
 from .conftest import recorded_events
 from .serving import served
-from .slowclients import NOT_HELD_UP_SECONDS, address, assert_not_held_up
+from .slowclients import NOT_HELD_UP_SECONDS, PARTIAL_HEADERS, address, assert_not_held_up
 
 pytestmark = pytest.mark.slow
 
@@ -155,3 +155,35 @@ def test_headers_of_exactly_32_kib_with_a_body_in_the_same_read_are_queued(serve
     raw = padded_headers(HEADER_BYTES, b"Content-Length: %d\r\n" % len(body))
     status, answer = exchange(server, raw + body)
     assert status == 202 and json.loads(answer)["status"] == "queued", answer
+
+
+def replies(sock: socket.socket, timeout: float) -> list[bytes]:
+    """Every answer on `sock` until the server closes it (status lines and bodies)."""
+    sock.settimeout(timeout)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data.split(b"HTTP/1.1 ")[1:]
+
+
+HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def test_a_pipelined_request_gets_the_header_limit_too(server):
+    """The second request of one send is fed to the parser after the first is answered:
+    it is held to the same 32 KiB."""
+    with socket.create_connection(address(server), timeout=5) as sock:
+        sock.sendall(HEALTHZ + padded_headers(HEADER_BYTES + 1))
+        first, second = replies(sock, 5)
+    assert first.startswith(b"200 ")
+    assert second.startswith(b"431 ") and b"the request line and headers are over" in second
+
+
+def test_a_pipelined_request_that_stalls_is_closed_at_the_header_deadline(server):
+    with socket.create_connection(address(server), timeout=5) as sock:
+        start = time.monotonic()
+        sock.sendall(HEALTHZ + PARTIAL_HEADERS)
+        [first] = replies(sock, HEADER_SECONDS + 5)
+        waited = time.monotonic() - start
+    assert first.startswith(b"200 ")
+    assert HEADER_SECONDS - 1 < waited < HEADER_SECONDS + 3, waited
