@@ -127,7 +127,7 @@ def _add_auth(app: Flask, settings: Settings, metrics: Metrics) -> None:
         if endpoint in ACTING_ENDPOINTS:
             refused = _token_refusal([operators or events], events if operators else None)
         elif endpoint in STATUS_ENDPOINTS:
-            refused = _token_refusal([events, operators]) if events else None
+            refused = _token_refusal([events, operators])
         elif endpoint in EVENT_ENDPOINTS:
             refused = _token_refusal([events])
         else:

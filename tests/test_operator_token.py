@@ -97,11 +97,14 @@ def test_the_console_logs_in_with_the_operator_token_only(app):
                        headers=bearer(OPERATOR)).status_code == 200
 
 
-def test_only_the_operator_token_leaves_events_open_and_says_so(make_app, make_table, capsys):
+def test_only_the_operator_token_leaves_sending_events_open_and_says_so(make_app, make_table, capsys):
     app = make_app(make_table(TABLE), operator_token=OPERATOR)
     warned = [line for line in capsys.readouterr().out.splitlines() if "NO AUTHENTICATION" in line]
     assert app.test_client().post("/", data=json.dumps(netcat_event("ev-2"))).status_code == 202
     assert app.test_client().post("/events/ev-2/undo").status_code == 401
+    # What came in, and what was done about it, is for people only.
+    assert app.test_client().get("/events/ev-2").status_code == 401
+    assert app.test_client().get("/events/ev-2", headers=bearer(OPERATOR)).status_code == 200
     assert warned and "undo" not in warned[0]
     html = app.test_client().get("/ui/login").get_data(as_text=True)
     assert "NO AUTHENTICATION for events" in html
