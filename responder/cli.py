@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
                         "--expect file) instead of comparing")
     replay.add_argument("--to", metavar="URL",
                         help="instead, POST each event to a running responder and print replies")
-    replay.add_argument("--token", help="bearer token for --to (or RESPONDER_TOKEN)")
+    _remote_options(replay, "bearer token for --to (or RESPONDER_TOKEN)")
     replay.set_defaults(run=_replay)
 
     for verb in ("approve", "reject"):
@@ -82,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
                             "GET /events/<uuid>)")
         decide.add_argument("--to", metavar="URL", required=True,
                             help="the responder's base URL, e.g. http://localhost:2801")
-        decide.add_argument("--token", help=ACTING_TOKEN_HELP)
+        _remote_options(decide, ACTING_TOKEN_HELP)
         decide.add_argument("--as", dest="by", metavar="NAME",
                             help="approver name recorded (default: your login name)")
         decide.set_defaults(run=_decide, verb=verb)
@@ -92,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     undo.add_argument("uuid", help="the event's uuid (as GET /events/<uuid> knows it)")
     undo.add_argument("--to", metavar="URL", required=True,
                       help="the responder's base URL, e.g. http://falco-responder:2801")
-    undo.add_argument("--token", help=ACTING_TOKEN_HELP)
+    _remote_options(undo, ACTING_TOKEN_HELP)
     undo.add_argument("--as", dest="by", metavar="NAME",
                       help="who undoes it, kept in the journal (default: your login name)")
     undo.set_defaults(run=_undo)
@@ -139,6 +139,23 @@ def _work(args: argparse.Namespace) -> int:
     return run_worker(args.metrics_port, stop)
 
 
+def _remote_options(parser: argparse.ArgumentParser, token_help: str) -> None:
+    parser.add_argument("--token", help=token_help)
+    parser.add_argument("--cert", metavar="FILE", help="client certificate (PEM) for a "
+                        "responder that requires one, as the shipped manifests do (or "
+                        "RESPONDER_CLIENT_CERT)")
+    parser.add_argument("--key", metavar="FILE", help="its private key, if not in --cert's "
+                        "file (or RESPONDER_CLIENT_KEY)")
+    parser.add_argument("--cacert", metavar="FILE", help="CA certificate to trust the "
+                        "responder's by, e.g. gen-certs.sh's ca.crt (or RESPONDER_CA_FILE)")
+
+
+def _remote(args: argparse.Namespace) -> Any:
+    from .remote import Remote
+
+    return Remote.of(args.token, args.cert, args.key, args.cacert)
+
+
 def _check(args: argparse.Namespace) -> int:
     from .actions import default_registry
     from .table import load_table
@@ -161,7 +178,7 @@ def _check(args: argparse.Namespace) -> int:
 def _decide(args: argparse.Namespace) -> int:
     from .remote import post_decision
 
-    return post_decision(args.to, args.uuid, args.verb, args.by, args.token, sys.stdout)
+    return post_decision(args.to, args.uuid, args.verb, args.by, _remote(args), sys.stdout)
 
 
 def _actions(args: argparse.Namespace) -> int:
@@ -184,7 +201,7 @@ def _replay(args: argparse.Namespace) -> int:
     with _open(args.events) as stream:
         if args.to:
             from .remote import post_events
-            return post_events(stream, args.to, args.token, sys.stdout)
+            return post_events(stream, args.to, _remote(args), sys.stdout)
         from .actions import default_registry
         from .table import load_table
 
@@ -257,7 +274,7 @@ def _undo(args: argparse.Namespace) -> int:
     from .remote import post_undo
 
     configure_cli_logging()
-    return post_undo(args.to, args.uuid, args.by, args.token, sys.stdout)
+    return post_undo(args.to, args.uuid, args.by, _remote(args), sys.stdout)
 
 
 def replay_events(stream: Iterable[str], table: Table, settings: Settings | None = None

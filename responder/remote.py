@@ -1,24 +1,31 @@
 """The commands that talk to a running responder over HTTP and print its replies:
 `responder replay --to URL`, `responder approve|reject` and `responder undo`.
 
-All send the same bearer token: `--token`, else RESPONDER_TOKEN (RESPONDER_REPLAY_TOKEN, its
-older name, still works)."""
+All send the same bearer token (`--token`, else RESPONDER_TOKEN; RESPONDER_REPLAY_TOKEN, its
+older name, still works) and, for a responder that requires client certificates (the shipped
+manifests do), the same certificate (`--cert`/`--key`, else RESPONDER_CLIENT_CERT and
+RESPONDER_CLIENT_KEY) and CA to trust (`--cacert`, else RESPONDER_CA_FILE)."""
 
 from __future__ import annotations
 
 import getpass
 import json
 import os
+from dataclasses import dataclass
 from typing import TextIO
 from urllib.parse import quote
 
 import requests
+
+from .errors import ConfigError
 
 TIMEOUT_SECONDS = 10
 #: An undo runs while the request waits: a few API calls per action, or a relay to the
 #: replica holding the event.
 UNDO_TIMEOUT_SECONDS = 60
 TOKEN_VARIABLES = ("RESPONDER_TOKEN", "RESPONDER_REPLAY_TOKEN")
+CERT_VARIABLE, KEY_VARIABLE, CA_VARIABLE = \
+    "RESPONDER_CLIENT_CERT", "RESPONDER_CLIENT_KEY", "RESPONDER_CA_FILE"
 
 
 def client_token(token: str | None) -> str | None:
@@ -26,24 +33,59 @@ def client_token(token: str | None) -> str | None:
     return token or next((os.environ[v] for v in TOKEN_VARIABLES if os.environ.get(v)), None)
 
 
-def _headers(token: str | None, content_type: str = "application/json") -> dict[str, str]:
-    headers = {"Content-Type": content_type}
-    token = client_token(token)
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    return headers
+@dataclass(frozen=True)
+class Remote:
+    """How to reach a running responder: bearer token, client certificate, CA to trust."""
+
+    token: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    cacert: str | None = None
+
+    def __repr__(self) -> str:
+        return f"Remote(token={'***' if self.token else None}, cert={self.cert!r})"
+
+    @classmethod
+    def of(cls, token: str | None = None, cert: str | None = None, key: str | None = None,
+           cacert: str | None = None) -> Remote:
+        """The options given, else their variables; ConfigError for a key without its
+        certificate or a file that cannot be read."""
+        cert = cert or os.environ.get(CERT_VARIABLE) or None
+        key = key or os.environ.get(KEY_VARIABLE) or None
+        cacert = cacert or os.environ.get(CA_VARIABLE) or None
+        if key and not cert:
+            raise ConfigError(f"--key ({KEY_VARIABLE}) needs --cert ({CERT_VARIABLE}) too")
+        for option, path in (("--cert", cert), ("--key", key), ("--cacert", cacert)):
+            if path and not os.access(path, os.R_OK):
+                raise ConfigError(f"{option} {path}: cannot read it")
+        return cls(client_token(token), cert, key, cacert)
+
+    def tls(self) -> dict[str, object]:
+        """requests' `cert` and `verify` for each request: set on a Session, `verify` would
+        lose to REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE where those are set."""
+        options: dict[str, object] = {}
+        if self.cert:
+            options["cert"] = (self.cert, self.key) if self.key else self.cert
+        if self.cacert:
+            options["verify"] = self.cacert
+        return options
+
+    def headers(self, content_type: str = "application/json") -> dict[str, str]:
+        headers = {"Content-Type": content_type}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        return headers
 
 
-def post_events(stream: TextIO, url: str, token: str | None, out: TextIO) -> int:
+def post_events(stream: TextIO, url: str, remote: Remote, out: TextIO) -> int:
     """POST each line as Falcosidekick would; exit status 1 if any event was not accepted."""
-    headers = {**_headers(token, "application/json; charset=utf-8"),
-               "User-Agent": "Falcosidekick"}
+    headers = {**remote.headers("application/json; charset=utf-8"), "User-Agent": "Falcosidekick"}
     status = 0
     with requests.Session() as session:
         for number, line in enumerate(stream, 1):
             if not line.strip():
                 continue
-            reply = _post(session, url, line, headers)
+            reply = _post(session, url, line, remote, headers)
             reply["line"] = number
             if reply.get("status") not in (200, 201, 202, 204):
                 status = 1
@@ -51,13 +93,14 @@ def post_events(stream: TextIO, url: str, token: str | None, out: TextIO) -> int
     return status
 
 
-def _post(session: requests.Session, url: str, line: str, headers: dict,
-          timeout: float = TIMEOUT_SECONDS) -> dict:
+def _post(session: requests.Session, url: str, line: str, remote: Remote,
+          headers: dict | None = None, timeout: float = TIMEOUT_SECONDS) -> dict:
     try:
-        response = session.post(url, data=line.encode("utf-8"), headers=headers,
-                                timeout=timeout)
+        response = session.post(url, data=line.encode("utf-8"),
+                                headers=headers or remote.headers(), timeout=timeout,
+                                **remote.tls())
     except requests.RequestException as exc:
-        return {"status": None, "error": f"{type(exc).__name__}: cannot reach {url}"}
+        return {"status": None, "error": _unreachable(url, exc, remote)}
     try:
         body = response.json()
     except ValueError:
@@ -65,26 +108,54 @@ def _post(session: requests.Session, url: str, line: str, headers: dict,
     return {"status": response.status_code, "reply": body}
 
 
-def post_decision(base_url: str, uuid: str, verb: str, by: str | None, token: str | None,
+def _unreachable(url: str, exc: requests.RequestException, remote: Remote) -> str:
+    """Why `url` did not answer. Over TLS, OpenSSL's reason and what may be missing: a
+    server that wants a client certificate (TLS 1.3 refuses it after the handshake, a reset
+    here) and one whose CA is not trusted look alike otherwise."""
+    error = f"{type(exc).__name__}: cannot reach {url}"
+    if not url.lower().startswith("https:"):
+        return error
+    hints = [hint for hint, given in (
+        ("a responder requiring client certificates needs --cert/--key", remote.cert),
+        ("one with a private CA needs --cacert", remote.cacert)) if not given]
+    return f"{error}: {_innermost(exc)}" + (f" ({'; '.join(hints)})" if hints else "")
+
+
+def _innermost(exc: BaseException) -> str:
+    """The deepest cause's message (OpenSSL's reason, under requests' and urllib3's), clipped."""
+    seen: set[int] = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        reason = getattr(exc, "reason", None)
+        first = exc.args[0] if exc.args else None
+        deeper = next((e for e in (reason, exc.__cause__, first)
+                       if isinstance(e, BaseException)), None)
+        if deeper is None:
+            break
+        exc = deeper
+    return str(exc)[:300]
+
+
+def post_decision(base_url: str, uuid: str, verb: str, by: str | None, remote: Remote,
                   out: TextIO) -> int:
     """POST /events/<uuid>/approve (or /reject) naming the approver; print the reply. Exit
     status 0 when decided, 1 otherwise (unknown event, decided already, refused)."""
     url = f"{base_url.rstrip('/')}/events/{quote(uuid, safe='')}/{verb}"
     body = json.dumps({"by": by or _login_name()})
     with requests.Session() as session:
-        reply = _post(session, url, body, _headers(token))
+        reply = _post(session, url, body, remote)
     out.write(json.dumps(reply) + "\n")
     return 0 if reply.get("status") == 200 else 1
 
 
-def post_undo(base_url: str, uuid: str, by: str | None, token: str | None,
+def post_undo(base_url: str, uuid: str, by: str | None, remote: Remote,
               out: TextIO) -> int:
     """POST /events/<uuid>/undo naming who undoes it; print the reply. Exit status 0 when
     it answered 200 and no action's undo failed, else 1."""
     url = f"{base_url.rstrip('/')}/events/{quote(uuid, safe='')}/undo"
     body = json.dumps({"by": by or _login_name()})
     with requests.Session() as session:
-        reply = _post(session, url, body, _headers(token), UNDO_TIMEOUT_SECONDS)
+        reply = _post(session, url, body, remote, timeout=UNDO_TIMEOUT_SECONDS)
     out.write(json.dumps(reply) + "\n")
     answer = reply.get("reply")
     failed = not isinstance(answer, dict) or answer.get("outcome") == "failed"
