@@ -125,11 +125,12 @@ def _add_auth(app: Flask, settings: Settings, metrics: Metrics) -> None:
         # operator token when there is one.
         endpoint = request.endpoint
         if endpoint in ACTING_ENDPOINTS:
-            refused = _token_refusal([operators or events], events if operators else None)
+            refused = _token_refusal([operators or events], wrong=events if operators else None,
+                                     wrong_error=EVENTS_TOKEN_ACTS)
         elif endpoint in STATUS_ENDPOINTS:
             refused = _token_refusal([events, operators])
         elif endpoint in EVENT_ENDPOINTS:
-            refused = _token_refusal([events])
+            refused = _token_refusal([events], wrong=operators, wrong_error=OPERATOR_SENDS)
         else:
             refused = None
         if refused:
@@ -139,17 +140,21 @@ def _add_auth(app: Flask, settings: Settings, metrics: Metrics) -> None:
     _log_auth(settings)
 
 
-def _token_refusal(allowed: list[TokenAuth | None], events_token: TokenAuth | None = None
-                   ) -> tuple[Response, int] | None:
-    """None when none of `allowed` is configured or the request carries one of them; 403 for
-    the events token where it is not allowed; else 401."""
+EVENTS_TOKEN_ACTS = ("this is the events token; approve, reject and undo take "
+                     "RESPONDER_OPERATOR_TOKEN")
+OPERATOR_SENDS = "this is the operator token; events take RESPONDER_AUTH_TOKEN"
+
+
+def _token_refusal(allowed: list[TokenAuth | None], wrong: TokenAuth | None = None,
+                   wrong_error: str = "") -> tuple[Response, int] | None:
+    """None when none of `allowed` is configured or the request carries one of them; 403
+    with `wrong_error` for the `wrong` one of our two tokens; else 401."""
     allowed = [auth for auth in allowed if auth]
     header = request.headers.get("Authorization")
     if not allowed or any(auth.allows(header) for auth in allowed):
         return None
-    if events_token is not None and events_token.allows(header):
-        return jsonify({"error": "this is the events token; approve, reject and undo take "
-                                 "RESPONDER_OPERATOR_TOKEN"}), 403
+    if wrong is not None and wrong.allows(header):
+        return jsonify({"error": wrong_error}), 403
     return allowed[0].reject_unless_allowed()
 
 
@@ -159,7 +164,9 @@ def _log_auth(settings: Settings) -> None:
         acting = ("" if auth.operator_token else ", approve or reject waiting actions and "
                   "undo responses (free an isolated pod)")
         logger.warning("NO AUTHENTICATION: anyone who can reach this port can send events%s. "
-                       "Set RESPONDER_AUTH_TOKEN(_FILE) or RESPONDER_TLS_CLIENT_CA_FILE.", acting)
+                       "Set RESPONDER_AUTH_TOKEN(_FILE) or RESPONDER_TLS_CLIENT_CA_FILE%s.",
+                       acting, "" if auth.operator_token else
+                       ", and RESPONDER_OPERATOR_TOKEN(_FILE) for approve, reject and undo")
     elif not auth.operator_token:
         logger.warning("approve, reject, undo and the console login take the events token "
                        "(or a client certificate): whoever holds Falcosidekick's can free an "

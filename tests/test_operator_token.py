@@ -51,7 +51,7 @@ def post_event(app, namespace: str, token: str) -> int:
 
 def test_the_events_token_cannot_act_and_the_operator_token_can(cluster, app):
     client = app.test_client()
-    assert post_event(app, cluster.namespace, OPERATOR) == 401  # people send no events
+    assert post_event(app, cluster.namespace, OPERATOR) == 403  # people send no events
     assert post_event(app, cluster.namespace, EVENTS) == 202
     for token in (EVENTS, OPERATOR):
         read = client.get("/events/ev-1", headers=bearer(token))
@@ -74,7 +74,7 @@ def test_the_events_token_cannot_act_and_the_operator_token_can(cluster, app):
     assert undone.status_code == 200, undone.get_json()
     assert "quarantine" not in cluster.pod("web").metadata.labels
     exposition = client.get("/metrics").get_data(as_text=True)
-    assert 'responder_requests_rejected_total{status="403"} 3.0' in exposition
+    assert 'responder_requests_rejected_total{status="403"} 4.0' in exposition
 
 
 def log_in(client, token: str):
@@ -97,7 +97,8 @@ def test_the_console_logs_in_with_the_operator_token_only(app):
                        headers=bearer(OPERATOR)).status_code == 200
 
 
-def test_only_the_operator_token_leaves_sending_events_open_and_says_so(make_app, make_table, capsys):
+def test_only_the_operator_token_leaves_sending_events_open_and_says_so(make_app, make_table,
+                                                                       capsys):
     app = make_app(make_table(TABLE), operator_token=OPERATOR)
     warned = [line for line in capsys.readouterr().out.splitlines() if "NO AUTHENTICATION" in line]
     assert app.test_client().post("/", data=json.dumps(netcat_event("ev-2"))).status_code == 202
