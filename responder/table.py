@@ -169,7 +169,7 @@ def read_table_text(path: str | Path) -> str:
 def parse_table(text: str, source: str, registry: Registry) -> Table:
     """Validate a table's YAML text; TableError lists every problem found, not just the first."""
     try:
-        doc = _load_yaml(text)
+        doc = _load_yaml(text, source)
     except yaml.YAMLError as exc:
         raise TableError(source, [f"not valid YAML: {exc}"]) from None
     except _Refused as exc:
@@ -185,10 +185,11 @@ class _Refused(Exception):
     """A document refused before it is built: too deep, or aliases expanding too far."""
 
 
-def _load_yaml(text: str) -> Any:
+def _load_yaml(text: str, source: str) -> Any:
     """yaml.safe_load, refusing a document nested deeper than MAX_DEPTH or that its aliases
-    expand past MAX_EXPANDED_NODES."""
+    expand past MAX_EXPANDED_NODES. Syntax errors name `source`, not "<unicode string>"."""
     loader = yaml.SafeLoader(text)
+    loader.name = source
     try:
         try:
             node = loader.get_single_node()

@@ -200,6 +200,11 @@ def test_whole_file_errors(text, expected):
     assert any(expected in p for p in problems(text))
 
 
+def test_a_yaml_syntax_error_names_the_file_and_line():
+    [problem] = problems("rules:\n  - name: x\n    match: {rules: [a\n")
+    assert 'in "t.yaml", line 3, column 20' in problem and "unicode string" not in problem
+
+
 def test_unreadable_file_is_a_table_error(tmp_path):
     with pytest.raises(TableError, match="cannot read the file"):
         load_table(tmp_path / "missing.yaml", default_registry())
