@@ -18,7 +18,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,12 @@ CREATE TABLE IF NOT EXISTS events (
     audit_due INTEGER NOT NULL DEFAULT 0     -- 1: the `event` record is not yet logged
 );
 CREATE INDEX IF NOT EXISTS events_todo ON events (state, not_before, id);
+-- The approval targets (table rule and target) each event awaiting a verdict covers: a gated
+-- alert finds the approval it joins by this index, not by reading every waiting record.
+-- Rows of events no longer waiting are ignored by the lookup and removed on the way.
+CREATE TABLE IF NOT EXISTS approval_targets (
+    target TEXT NOT NULL, event_id INTEGER NOT NULL, PRIMARY KEY (target, event_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outcomes (
     event_id INTEGER NOT NULL,
     idx INTEGER NOT NULL,
@@ -211,6 +217,7 @@ class EventStore:
         if not self._ready:
             retry_busy(lambda: conn.executescript(SCHEMA + alerts.SCHEMA))
             _add_columns(conn)
+            _index_approval_targets(conn)
             self._ready = True
         return conn
 
@@ -409,6 +416,11 @@ class EventStore:
                              "lease_until = NULL, not_before = ?, approval = ? WHERE id = ?",
                              [(c.state, c.approval["deadline"], json.dumps(c.approval),
                                c.event_id) for c in closings if c.approval is not None])
+            conn.executemany("INSERT OR IGNORE INTO approval_targets (target, event_id) "
+                             "VALUES (?, ?)",
+                             [(str(target), c.event_id) for c in closings
+                              if c.approval is not None
+                              for target in c.approval.get("targets", [])])
             alerts.write_summaries(conn, [(c.event_id, c.state, c.summary) for c in closings
                                           if c.summary is not None and c.approval is None])
 
@@ -468,17 +480,21 @@ class EventStore:
                          (json.dumps(approval), row[0]))
             return approval
 
-    def awaiting_targets(self) -> dict[str, str]:
-        """The approval targets (`targets` of the record) of events awaiting a verdict, to
-        the event's key."""
+    def awaiting_targets(self, wanted: Iterable[str]) -> dict[str, str]:
+        """Which of the approval targets `wanted` events awaiting a verdict already cover
+        (`targets` of their records), to the newest such event's key. Found by index
+        (approval_targets): reading every waiting record cost 160 ms an alert with 10,000
+        waiting."""
+        wanted = list(dict.fromkeys(wanted))
+        if not wanted:
+            return {}
+        marks = ",".join("?" * len(wanted))
+        # CROSS JOIN: targets first (SQLite's planner would walk every waiting event).
         rows = self.connection().execute(
-            f"SELECT key, approval FROM events WHERE state = '{AWAITING}'").fetchall()
-        found: dict[str, str] = {}
-        for key, text in rows:
-            record = json.loads(text) if text else {}
-            if not record.get("verdict"):
-                found.update(dict.fromkeys(record.get("targets", []), key))
-        return found
+            "SELECT a.target, e.key FROM approval_targets a CROSS JOIN events e "
+            f"ON e.id = a.event_id WHERE a.target IN ({marks}) AND e.state = '{AWAITING}' "
+            "AND json_extract(e.approval, '$.verdict') IS NULL ORDER BY e.id", wanted).fetchall()
+        return dict(rows)
 
     def awaiting_unannounced(self) -> list[tuple[bytes, dict[str, Any]]]:
         """Events awaiting approval whose Slack message was never posted (Slack failed, or
@@ -636,6 +652,8 @@ class EventStore:
                          "WHERE state IN ('done', 'failed') AND finished < ?)", (cutoff,))
             gone = conn.execute("DELETE FROM events WHERE state IN ('done', 'failed') "
                                 "AND finished < ?", (cutoff,)).rowcount
+            conn.execute("DELETE FROM approval_targets WHERE event_id NOT IN (SELECT id FROM "
+                         f"events WHERE state = '{AWAITING}')")
             alerts.prune_summaries(conn, cutoff)
             conn.execute("DELETE FROM spool_offsets WHERE finished < ?", (cutoff,))
         return gone
@@ -643,6 +661,22 @@ class EventStore:
 
 def _json_or_none(value: dict[str, Any] | None) -> str | None:
     return None if value is None else json.dumps(value)
+
+
+def _index_approval_targets(conn: sqlite3.Connection) -> None:
+    """Index the waiting events of a journal written before approval_targets (a few rows
+    at most, once). Only reads when there are none: a read-only journal still opens, and
+    one that cannot take them only asks again for approvals those events already wait for."""
+    missing = (f"FROM events e, json_each(e.approval, '$.targets') t WHERE e.state = "
+               f"'{AWAITING}' AND e.approval IS NOT NULL AND NOT EXISTS (SELECT 1 FROM "
+               "approval_targets a WHERE a.target = t.value AND a.event_id = e.id)")
+    if conn.execute(f"SELECT 1 {missing} LIMIT 1").fetchone() is None:
+        return
+    try:
+        retry_busy(lambda: conn.execute("INSERT OR IGNORE INTO approval_targets (target, "
+                                        f"event_id) SELECT t.value, e.id {missing}"))
+    except sqlite3.OperationalError as exc:
+        logger.warning("cannot index the events awaiting approval: %s", exc)
 
 
 def _add_columns(conn: sqlite3.Connection) -> None:

@@ -425,7 +425,8 @@ class Worker:
     def _join_awaited(self, run: _Pass) -> dict[int, Result]:
         """Decisions whose table rule and target already wait for approval in another
         event: coalesced into that approval (a storm asks once, as it acts once)."""
-        awaited = {**self.store.awaiting_targets(), **self._batch_targets}
+        wanted = [approval_target(run.plan.decisions[index]) for index in run.gated]
+        awaited = {**self.store.awaiting_targets(wanted), **self._batch_targets}
         joined = {}
         for index in run.gated:
             other = awaited.get(approval_target(run.plan.decisions[index]))

@@ -142,3 +142,43 @@ def test_the_oldest_pending_age_follows_the_clock(journal, clock):
     journal.add("k1", b"{}")
     clock.now += 12.5
     assert journal.oldest_pending_age() == 12.5
+
+
+# --- approvals waiting: found by target ------------------------------------------------
+
+def wait_for_approval(journal, key: str, targets: list[str]) -> int:
+    assert journal.add(key, b"{}").status == "queued"
+    item = journal.claim(1, 60)[0]
+    journal.finish_many([Closing(item.id, "awaiting-approval", None, {}, approval={
+        "deadline": 5000.0, "verdict": None, "targets": targets})])
+    return item.id
+
+
+def test_waiting_approvals_are_found_by_target_until_decided(journal):
+    wait_for_approval(journal, "k1", ["r|shop|web", "r|shop|api"])
+    wait_for_approval(journal, "k2", ["r|shop|db"])
+    assert journal.awaiting_targets(["r|shop|api", "r|shop|db", "r|shop|other"]) == {
+        "r|shop|api": "k1", "r|shop|db": "k2"}
+    assert journal.awaiting_targets([]) == {}
+    journal.decide("k1", {"decision": "approved", "by": "carol"})
+    assert journal.awaiting_targets(["r|shop|web", "r|shop|db"]) == {"r|shop|db": "k2"}
+
+
+def test_a_journal_written_before_the_target_index_is_indexed_when_opened(tmp_path, clock):
+    first = EventStore(tmp_path, clock=clock)
+    wait_for_approval(first, "k1", ["r|shop|web"])
+    first.connection().execute("DELETE FROM approval_targets")  # as an older version left it
+    first.close()
+    again = EventStore(tmp_path, clock=clock)
+    assert again.awaiting_targets(["r|shop|web"]) == {"r|shop|web": "k1"}
+    again.close()
+
+
+def test_prune_drops_the_targets_of_events_no_longer_waiting(journal, clock):
+    event_id = wait_for_approval(journal, "k1", ["r|shop|web"])
+    journal.decide("k1", {"decision": "rejected", "by": "carol"})
+    journal.finish(event_id)
+    clock.now += 10_000
+    journal.prune(60)
+    rows = journal.connection().execute("SELECT COUNT(*) FROM approval_targets").fetchone()
+    assert rows == (0,)
