@@ -197,7 +197,7 @@ class Executor:
             if clearance.reason:
                 return Result(Outcome.SKIPPED, clearance.reason)
             result = clearance.answer or self._call(action, decision, target,
-                                                    _incident(run, decision))
+                                                    _incident(run, decision, self.actions))
             clearance.settle(result)
         if not action.object_survives and result.outcome in (Outcome.DONE, Outcome.ALREADY_DONE):
             run.gone.add((target.namespace, target.pod))
@@ -290,10 +290,24 @@ def _stopped_result(failed: ActionReport) -> Result:
                   retryable=failed.result.retryable)
 
 
-def _incident(run: _Run, decision: Decision) -> Incident:
+def _incident(run: _Run, decision: Decision, actions: Mapping[str, Action]) -> Incident:
     event = run.plan.event
     return Incident(uuid=event.uuid, event=event.raw, table_rule=decision.table_rule,
-                    earlier=tuple(r.to_dict() for r in run.reports))
+                    earlier=tuple(r.to_dict() for r in run.reports),
+                    pod=_pod_as_read(run, actions))
+
+
+def _pod_as_read(run: _Run, actions: Mapping[str, Action]) -> Any:
+    """The pod as read before the plan, while nothing of the plan may have changed it since
+    (only read-only actions did anything): a capture after a label must see the label."""
+    if run.pod is None:
+        return None
+    for report in run.reports:
+        acted = report.result.outcome in (Outcome.DONE, Outcome.FAILED)
+        action = actions.get(report.decision.action)
+        if acted and not (action is not None and action.read_only):
+            return None
+    return run.pod.obj
 
 
 def _held_back(run: _Run, decisions: list[Decision]) -> bool:

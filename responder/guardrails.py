@@ -46,6 +46,7 @@ def read_pod(core: CoreV1Api, target: Target, timeout: float) -> PodFacts:
         owner_kinds=tuple(o.kind for o in pod.metadata.owner_references or []),
         deleting=pod.metadata.deletion_timestamp is not None,
         deletion_grace_seconds=pod.metadata.deletion_grace_period_seconds,
+        obj=pod,
     )
 
 

@@ -69,6 +69,43 @@ def test_the_second_isolation_asks_the_api_nothing(cluster, node, apiserver, res
         ("create", "networkpolicies")]
     # Pod PATCHes: the isolation label, the detach, label-pod; nothing for the second.
     assert seen.count(("patch", "pods/web")) == 3
+    # Pod GETs: the executor's before the plan, whose pod the capture's manifest and detach's
+    # labels come from (each read it again: 2 requests of the containment budget), and
+    # label-pod's, which keeps the labels as they are by then for its undo.
+    assert [s for s in seen if s[1] == "pods/web"] == [
+        ("get", "pods/web"), ("patch", "pods/web"), ("patch", "pods/web"), ("get", "pods/web"),
+        ("patch", "pods/web")]
+
+
+def test_a_capture_after_a_label_records_the_pod_as_labelled(cluster, node, apiserver,
+                                                            make_app, make_table, tmp_path):
+    """The pod read before the plan is stale once an earlier action changed the pod: the
+    capture then reads it again."""
+    cluster.add_pod("web", node=node, container_ids=(FULL_CID,))
+    table = make_table("""
+defaults: {dry_run: false}
+rules:
+  - name: label-then-capture
+    match: {rules: ["Netcat Remote Code Execution in Container"]}
+    actions:
+      - action: label-pod
+        params: {labels: {quarantine: "true"}}
+      - action: capture-evidence
+""")
+    app = make_app(table, api_client=apiserver.api_client(), intake="inline",
+                   state_dir=str(tmp_path / "state"))
+    mark = apiserver.audit_mark()
+    reply = app.test_client().post("/", data=json.dumps(netcat_event(
+        namespace=cluster.namespace)), content_type="application/json").get_json()
+    capture = reply["decisions"][1]
+    pod = json.loads((tmp_path / "state" / "evidence" / capture["details"]["key"]
+                      / "pod.json").read_text())
+    assert pod["metadata"]["labels"]["quarantine"] == "true"
+    seen = [(r.verb, r.path.split(f"/namespaces/{cluster.namespace}/")[-1])
+            for r in apiserver.requests_since(mark)]
+    # The executor's, label-pod's own, and the capture's after the patch.
+    assert [s for s in seen if s[1] == "pods/web"] == [
+        ("get", "pods/web"), ("get", "pods/web"), ("patch", "pods/web"), ("get", "pods/web")]
 
 
 def test_a_daemonset_pod_is_isolated_in_place(cluster, node, respond):

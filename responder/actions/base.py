@@ -80,6 +80,11 @@ class Incident:
     table_rule: str
     #: The reports (`ActionReport.to_dict()`) of the plan's earlier decisions.
     earlier: tuple[Mapping[str, Any], ...] = ()
+    #: The event's pod (a V1Pod) as the executor read it before the plan's actions; None
+    #: when it was not read. An action that needs more of it than the target (a capture's
+    #: manifest, detach's labels) takes it from here: each read is a request of the
+    #: containment budget (pods.known_pod).
+    pod: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -185,6 +190,8 @@ class PodFacts:
     #: grace (deletionGracePeriodSeconds; None while it is not being deleted).
     deleting: bool = False
     deletion_grace_seconds: int | None = None
+    #: The V1Pod these facts were read from (Incident.pod).
+    obj: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -243,6 +250,9 @@ class Action:
     destructive: ClassVar[bool] = False
     #: How the action is reversed, said for people (`undo` does it); None: it cannot be.
     reversal: ClassVar[str | None] = None
+    #: True when the action only reads the cluster: the pod read before the plan is still
+    #: the pod after it (Incident.pod).
+    read_only: ClassVar[bool] = False
 
     def __init__(self, api: ApiClient, request_timeout: float = 10.0,
                  services: Services | None = None):

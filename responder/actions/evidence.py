@@ -24,7 +24,7 @@ from .base import (
     api_failure,
     object_ref,
 )
-from .pods import POD, READ_POD, read_pod_or_reason
+from .pods import POD, READ_POD, known_pod, read_pod_or_reason
 
 logger = logging.getLogger(__name__)
 TAIL_LINES, MAX_BYTES = 1000, 1024 * 1024
@@ -111,6 +111,7 @@ class CaptureEvidence(Action):
     )
     object_survives = True
     destructive = False  # it only reads; a forged event costs a bundle, not a workload
+    read_only = True
     reversal = None
 
     def __init__(self, *args: Any, **kwargs: Any):
@@ -131,7 +132,8 @@ class CaptureEvidence(Action):
         store = self.services.evidence
         if store is None:
             return Result(Outcome.FAILED, "no evidence store configured")
-        pod = read_pod_or_reason(self, target, params.get("timeout_seconds", TIMEOUT_SECONDS))
+        pod = known_pod(incident, target) or read_pod_or_reason(
+            self, target, params.get("timeout_seconds", TIMEOUT_SECONDS))
         if isinstance(pod, Result):
             return pod
         errors: dict[str, str] = {}

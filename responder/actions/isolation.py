@@ -30,6 +30,7 @@ from .pods import (
     MERGE_PATCH,
     POD,
     READ_POD,
+    known_pod,
     precondition_failed,
     read_pod_or_reason,
     refused_patch,
@@ -191,7 +192,7 @@ class IsolatePod(Action):
                  incident: Incident | None = None) -> Callable[[], Result]:
         earlier = isolated_earlier(incident, target)
         if earlier is None:
-            return super().attempts(target, params, incident)
+            return lambda: self.isolate(target, params, incident)
         # The packaged table isolates twice (detached, then in place for pods detach
         # refuses): the second would cost 3 requests of the containment budget to learn
         # what the first just recorded. Its details are the first's: undo reads the same.
@@ -202,9 +203,13 @@ class IsolatePod(Action):
                               details=details)
 
     def run(self, target: Target, params: Mapping[str, Any]) -> Result:
+        return self.isolate(target, params, None)
+
+    def isolate(self, target: Target, params: Mapping[str, Any],
+                incident: Incident | None) -> Result:
         detached: dict[str, str] = {}
         if params.get("detach"):
-            found = self._selector_labels(target)
+            found = self._selector_labels(target, incident)
             if isinstance(found, Result):
                 return found
             detached = found
@@ -281,9 +286,11 @@ class IsolatePod(Action):
         selects = (policy.spec.pod_selector.match_labels or {}) if policy.spec else {}
         return ISOLATED in selects
 
-    def _selector_labels(self, target: Target) -> dict[str, str] | Result:
-        """The pod's labels its owning ReplicaSet selects it by, or why it cannot be detached."""
-        pod = read_pod_or_reason(self, target)  # gone or replaced since: skipped, as below
+    def _selector_labels(self, target: Target, incident: Incident | None
+                         ) -> dict[str, str] | Result:
+        """The pod's labels its owning ReplicaSet selects it by, or why it cannot be detached.
+        The pod as the executor read it, else read (gone or replaced since: skipped)."""
+        pod = known_pod(incident, target) or read_pod_or_reason(self, target)
         if isinstance(pod, Result):
             return pod
         owner = next((o for o in pod.metadata.owner_references or []

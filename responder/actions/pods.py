@@ -275,6 +275,18 @@ def label_restoration(current: Mapping[str, str], set_: Mapping[str, str],
     return restore, left
 
 
+def known_pod(incident: Incident | None, target: Target) -> Any:
+    """The pod the executor read for this event when it is the target's (its name, and the
+    uid the target names); None: the action reads it."""
+    pod = incident.pod if incident else None
+    if pod is None or pod.metadata is None:
+        return None
+    meta = pod.metadata
+    if (meta.name, meta.namespace) != (target.pod, target.namespace):
+        return None
+    return pod if not target.pod_uid or meta.uid == target.pod_uid else None
+
+
 def read_pod_or_reason(action: Action, target: Target, timeout: float | None = None) -> Any:
     """The pod, or a SKIPPED result saying it is gone or is another pod than `pod_uid`;
     read within the action's timeout, or `timeout` seconds where that is shorter."""
