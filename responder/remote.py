@@ -11,6 +11,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import ssl
 from dataclasses import dataclass
 from typing import TextIO
 from urllib.parse import quote
@@ -46,19 +47,22 @@ class Remote:
         return f"Remote(token={'***' if self.token else None}, cert={self.cert!r})"
 
     @classmethod
-    def of(cls, token: str | None = None, cert: str | None = None, key: str | None = None,
-           cacert: str | None = None) -> Remote:
-        """The options given, else their variables; ConfigError for a key without its
-        certificate or a file that cannot be read."""
-        cert = cert or os.environ.get(CERT_VARIABLE) or None
-        key = key or os.environ.get(KEY_VARIABLE) or None
+    def of(cls, url: str, token: str | None = None, cert: str | None = None,
+           key: str | None = None, cacert: str | None = None) -> Remote:
+        """The options given, else their variables (a key from RESPONDER_CLIENT_KEY only with
+        the certificate from RESPONDER_CLIENT_CERT), checked before anything is sent:
+        ConfigError for a key without its certificate, certificates for a plain http:// URL
+        (the token would go in the clear), or a file OpenSSL cannot load."""
+        if not cert:
+            cert, key = os.environ.get(CERT_VARIABLE) or None, key or os.environ.get(KEY_VARIABLE)
         cacert = cacert or os.environ.get(CA_VARIABLE) or None
         if key and not cert:
             raise ConfigError(f"--key ({KEY_VARIABLE}) needs --cert ({CERT_VARIABLE}) too")
-        for option, path in (("--cert", cert), ("--key", key), ("--cacert", cacert)):
-            if path and not os.access(path, os.R_OK):
-                raise ConfigError(f"{option} {path}: cannot read it")
-        return cls(client_token(token), cert, key, cacert)
+        if (cert or cacert) and not url.lower().startswith("https://"):
+            raise ConfigError(f"--cert and --cacert are for https:// URLs, not {url}: over "
+                              "plain HTTP the token would go in the clear")
+        _check_loadable(cert, key or None, cacert)
+        return cls(client_token(token), cert, key or None, cacert)
 
     def tls(self) -> dict[str, object]:
         """requests' `cert` and `verify` for each request: set on a Session, `verify` would
@@ -93,6 +97,23 @@ def post_events(stream: TextIO, url: str, remote: Remote, out: TextIO) -> int:
     return status
 
 
+def _check_loadable(cert: str | None, key: str | None, cacert: str | None) -> None:
+    """ConfigError when OpenSSL cannot load the certificate (with its key) or the CA."""
+    context = ssl.create_default_context()
+    try:
+        if cert:
+            context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:  # OpenSSL's reason names no key material
+        with_key = f" with --key {key}" if key else ""
+        hint = "" if key else " (a key in a file of its own goes with --key)"
+        raise ConfigError(f"--cert {cert}{with_key}: cannot load it: {exc}{hint}") from None
+    try:
+        if cacert:
+            context.load_verify_locations(cacert)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"--cacert {cacert}: cannot load it: {exc}") from None
+
+
 def _post(session: requests.Session, url: str, line: str, remote: Remote,
           headers: dict | None = None, timeout: float = TIMEOUT_SECONDS) -> dict:
     try:
@@ -101,6 +122,8 @@ def _post(session: requests.Session, url: str, line: str, remote: Remote,
                                 **remote.tls())
     except requests.RequestException as exc:
         return {"status": None, "error": _unreachable(url, exc, remote)}
+    except OSError as exc:  # requests' own: a REQUESTS_CA_BUNDLE that names no file
+        return {"status": None, "error": f"{type(exc).__name__}: {exc}"}
     try:
         body = response.json()
     except ValueError:
@@ -109,31 +132,36 @@ def _post(session: requests.Session, url: str, line: str, remote: Remote,
 
 
 def _unreachable(url: str, exc: requests.RequestException, remote: Remote) -> str:
-    """Why `url` did not answer. Over TLS, OpenSSL's reason and what may be missing: a
-    server that wants a client certificate (TLS 1.3 refuses it after the handshake, a reset
-    here) and one whose CA is not trusted look alike otherwise."""
+    """Why `url` did not answer. A TLS failure says OpenSSL's reason and what may be
+    missing: a server that wants a client certificate (TLS 1.3 refuses it after the
+    handshake: a reset here) and one whose CA is not trusted look alike otherwise."""
     error = f"{type(exc).__name__}: cannot reach {url}"
+    cause = _innermost(exc)
     if not url.lower().startswith("https:"):
         return error
+    error = f"{error}: {str(cause)[:300]}"
+    if not isinstance(cause, ssl.SSLError | ConnectionResetError | ConnectionAbortedError):
+        return error  # refused, no such host: nothing about certificates
     hints = [hint for hint, given in (
         ("a responder requiring client certificates needs --cert/--key", remote.cert),
         ("one with a private CA needs --cacert", remote.cacert)) if not given]
-    return f"{error}: {_innermost(exc)}" + (f" ({'; '.join(hints)})" if hints else "")
+    return error + (f" ({'; '.join(hints)})" if hints else "")
 
 
-def _innermost(exc: BaseException) -> str:
-    """The deepest cause's message (OpenSSL's reason, under requests' and urllib3's), clipped."""
+def _innermost(exc: BaseException) -> BaseException:
+    """The deepest cause (OpenSSL's error, under requests' and urllib3's)."""
     seen: set[int] = set()
-    while id(exc) not in seen:
-        seen.add(id(exc))
-        reason = getattr(exc, "reason", None)
-        first = exc.args[0] if exc.args else None
-        deeper = next((e for e in (reason, exc.__cause__, first)
-                       if isinstance(e, BaseException)), None)
-        if deeper is None:
-            break
-        exc = deeper
-    return str(exc)[:300]
+    try:
+        while id(exc) not in seen:
+            seen.add(id(exc))
+            deeper = next((e for e in (getattr(exc, "reason", None), exc.__cause__, *exc.args)
+                           if isinstance(e, BaseException)), None)
+            if deeper is None:
+                break
+            exc = deeper
+    except Exception:  # noqa: BLE001 - an odd exception's property: keep what we have
+        pass
+    return exc
 
 
 def post_decision(base_url: str, uuid: str, verb: str, by: str | None, remote: Remote,

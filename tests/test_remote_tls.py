@@ -110,3 +110,40 @@ def test_a_key_without_its_certificate_or_an_unreadable_file_is_a_usage_error(pk
     assert main(["undo", "any", "--to", "https://127.0.0.1:1", "--cacert",
                  str(tmp_path / "missing.crt")]) == 2
     assert "--cacert" in capsys.readouterr().err
+
+
+def test_certificates_for_a_plain_http_url_are_refused_before_the_token_is_sent(pki, capsys):
+    assert main(["undo", "any", "--to", "http://127.0.0.1:1", "--token", OPERATOR,
+                 *tls_args(pki)]) == 2
+    err = capsys.readouterr().err
+    assert "are for https:// URLs" in err and OPERATOR not in err
+
+
+@pytest.mark.parametrize("what", ["directory", "not-pem", "wrong-key"])
+def test_a_certificate_openssl_cannot_load_is_a_usage_error(pki, tmp_path, capsys, what):
+    other = CA(tmp_path, "other").issue("client", "someone")
+    cert, key = {"directory": (str(tmp_path), None),
+                 "not-pem": (str(tmp_path / "other.crt").replace("other.crt", "x.pem"), None),
+                 "wrong-key": (str(pki["client"].cert), str(other.key))}[what]
+    (tmp_path / "x.pem").write_text("not a certificate\n")
+    args = ["--cert", cert, *(["--key", key] if key else [])]
+    assert main(["undo", "any", "--to", "https://127.0.0.1:1", *args]) == 2
+    assert f"--cert {cert}" in capsys.readouterr().err
+
+
+def test_a_refused_connection_gets_no_certificate_hint(pki, capsys):
+    assert main(["undo", "any", "--to", "https://127.0.0.1:1", "--token", OPERATOR]) == 1
+    [reply] = printed(capsys)
+    assert "cannot reach https://127.0.0.1:1/events/any/undo: " in reply["error"]
+    assert "--cert" not in reply["error"]
+
+
+def test_a_key_from_the_environment_goes_only_with_its_certificate(pki, monkeypatch, capsys):
+    monkeypatch.setenv("RESPONDER_CLIENT_KEY", str(pki["client"].key))
+    assert main(["undo", "any", "--to", "https://127.0.0.1:1", "--key",
+                 str(pki["client"].key)]) == 2  # a key given, no certificate anywhere
+    capsys.readouterr()
+    # A certificate given without its key: the variable's key is not paired with it.
+    assert main(["undo", "any", "--to", "https://127.0.0.1:1", "--cert",
+                 str(pki["client"].cert)]) == 2
+    assert "a key in a file of its own goes with --key" in capsys.readouterr().err
