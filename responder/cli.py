@@ -153,7 +153,7 @@ def _remote_options(parser: argparse.ArgumentParser, token_help: str) -> None:
 def _remote(args: argparse.Namespace) -> Any:
     from .remote import Remote
 
-    return Remote.of(args.token, args.cert, args.key, args.cacert)
+    return Remote.of(args.to, args.token, args.cert, args.key, args.cacert)
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -233,7 +233,7 @@ def _check_replay_options(args: argparse.Namespace) -> None:
 def _replay_compared(args: argparse.Namespace, texts: list[str], table: Table) -> int:
     """--write-expect records the replay; --against and --expect print only the events
     decided differently. Only --expect turns a difference into exit status 1."""
-    from .replaydiff import read_expectation, write_expectation
+    from .replaydiff import read_expectation, recorded_without_params, write_expectation
     from .tablediff import changed_events
 
     lines = list(replay_events(texts, table))
@@ -251,6 +251,9 @@ def _replay_compared(args: argparse.Namespace, texts: list[str], table: Table) -
     else:
         before = read_expectation(args.expect)
         about, sides = f"than recorded in {args.expect}", ("RECORDED", "NOW")
+        if recorded_without_params(before):
+            print(f"{args.expect}: recorded without params, which are then not compared; "
+                  "record it again with --write-expect to hold them too", file=sys.stderr)
     changes = changed_events(before, lines)
     _print_changes(changes, args.format or ("table" if args.expect else "json"), sides)
     hint = "; if intended, record it again with --write-expect" if args.expect and changes else ""

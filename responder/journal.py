@@ -493,7 +493,11 @@ class EventStore:
         rows = self.connection().execute(
             "SELECT a.target, e.key FROM approval_targets a CROSS JOIN events e "
             f"ON e.id = a.event_id WHERE a.target IN ({marks}) AND e.state = '{AWAITING}' "
-            "AND json_extract(e.approval, '$.verdict') IS NULL ORDER BY e.id", wanted).fetchall()
+            "AND json_extract(e.approval, '$.verdict') IS NULL "
+            # The record itself must name the target: a row left by a version that pruned
+            # events without their index rows may point at a reused id.
+            "AND EXISTS (SELECT 1 FROM json_each(e.approval, '$.targets') t "
+            "WHERE t.value = a.target) ORDER BY e.id", wanted).fetchall()
         return dict(rows)
 
     def awaiting_unannounced(self) -> list[tuple[bytes, dict[str, Any]]]:
@@ -665,17 +669,19 @@ def _json_or_none(value: dict[str, Any] | None) -> str | None:
 
 def _index_approval_targets(conn: sqlite3.Connection) -> None:
     """Index the waiting events of a journal written before approval_targets (a few rows
-    at most, once). Only reads when there are none: a read-only journal still opens, and
-    one that cannot take them only asks again for approvals those events already wait for."""
+    at most, once); only reads when none is missing. Whatever fails here (a read-only
+    journal, a record that is not JSON) is logged: the journal still opens, and those
+    events' approvals are only asked for again by a new alert."""
     missing = (f"FROM events e, json_each(e.approval, '$.targets') t WHERE e.state = "
-               f"'{AWAITING}' AND e.approval IS NOT NULL AND NOT EXISTS (SELECT 1 FROM "
-               "approval_targets a WHERE a.target = t.value AND a.event_id = e.id)")
-    if conn.execute(f"SELECT 1 {missing} LIMIT 1").fetchone() is None:
-        return
+               f"'{AWAITING}' AND e.approval IS NOT NULL AND json_valid(e.approval) "
+               "AND NOT EXISTS (SELECT 1 FROM approval_targets a WHERE a.target = t.value "
+               "AND a.event_id = e.id)")
     try:
+        if conn.execute(f"SELECT 1 {missing} LIMIT 1").fetchone() is None:
+            return
         retry_busy(lambda: conn.execute("INSERT OR IGNORE INTO approval_targets (target, "
                                         f"event_id) SELECT t.value, e.id {missing}"))
-    except sqlite3.OperationalError as exc:
+    except sqlite3.DatabaseError as exc:
         logger.warning("cannot index the events awaiting approval: %s", exc)
 
 

@@ -182,3 +182,28 @@ def test_prune_drops_the_targets_of_events_no_longer_waiting(journal, clock):
     journal.prune(60)
     rows = journal.connection().execute("SELECT COUNT(*) FROM approval_targets").fetchone()
     assert rows == (0,)
+
+
+def test_an_index_row_left_for_a_reused_id_never_joins_another_approval(tmp_path, clock):
+    """A version before the index pruned events without their index rows; SQLite reuses
+    the id of the newest deleted row: the waiting record must name the target itself."""
+    journal = EventStore(tmp_path, clock=clock)
+    event_id = wait_for_approval(journal, "k1", ["r|shop|web"])
+    conn = journal.connection()
+    conn.execute("DELETE FROM events WHERE id = ?", (event_id,))  # pruned, its row left
+    assert wait_for_approval(journal, "k2", ["r|shop|db"]) == event_id  # the id again
+    assert journal.awaiting_targets(["r|shop|web", "r|shop|db"]) == {"r|shop|db": "k2"}
+    journal.close()
+
+
+def test_a_waiting_record_that_is_not_json_does_not_stop_the_journal_opening(tmp_path, clock):
+    journal = EventStore(tmp_path, clock=clock)
+    wait_for_approval(journal, "k1", ["r|shop|web"])
+    journal.connection().execute("DELETE FROM approval_targets")
+    journal.connection().execute(
+        "INSERT INTO events (key, body, received, state, approval) "
+        "VALUES ('bad', x'7b7d', 0, 'awaiting-approval', '{not json')")
+    journal.close()
+    again = EventStore(tmp_path, clock=clock)
+    assert again.awaiting_targets(["r|shop|web"]) == {"r|shop|web": "k1"}
+    again.close()

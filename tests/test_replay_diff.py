@@ -337,4 +337,7 @@ def test_an_expectation_recorded_without_params_still_holds(capsys, tmp_path):
     old.write_text("".join(json.dumps(line) + "\n" for line in lines))
     code, out, err = run(capsys, "replay", EVENTS, "--actions", TABLE, "--expect", old)
     assert (code, out) == (0, "")
-    assert err.startswith("0 of 20 event(s) decided differently")
+    assert err.splitlines() == [
+        f"{old}: recorded without params, which are then not compared; record it again with "
+        "--write-expect to hold them too",
+        f"0 of 20 event(s) decided differently than recorded in {old}"]

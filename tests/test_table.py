@@ -122,6 +122,13 @@ def test_packaged_default_table_is_valid():
     ("- name: x\n  match: {rules: [a]}\n"
      "  actions: [{action: isolate-pod, params: {allow_egress_cidrs: [nowhere]}}]",
      "rule #1 (x): actions[1].params.allow_egress_cidrs: [0] 'nowhere': not a CIDR"),
+    # ip_network takes an int and packed bytes too; a table must write a CIDR as text.
+    ("- name: x\n  match: {rules: [a]}\n"
+     "  actions: [{action: isolate-pod, params: {allow_egress_cidrs: [167772160]}}]",
+     "rule #1 (x): actions[1].params.allow_egress_cidrs: [0] 167772160: not a CIDR"),
+    ("- name: x\n  match: {rules: [a]}\n"
+     "  actions: [{action: isolate-pod, params: {allow_egress_cidrs: [!!binary CgAAAQ==]}}]",
+     "rule #1 (x): actions[1].params.allow_egress_cidrs: [0] b'\\n\\x00\\x00\\x01': not a CIDR"),
     ("- name: x\n  match: {rules: [a]}\n  actions: [{action: isolate-pod, params: "
      "{allow_ingress_from: [{pod_selector: {'-bad': x}}]}}]",
      "rule #1 (x): actions[1].params.allow_ingress_from: [0].pod_selector: key '-bad': name "

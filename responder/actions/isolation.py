@@ -68,6 +68,9 @@ def policy_name(pod: str) -> str:
 def _cidrs_problems(value: list) -> list[str]:
     problems = []
     for i, cidr in enumerate(value):
+        if not isinstance(cidr, str):  # ip_network takes ints and packed bytes too
+            problems.append(f"[{i}] {cidr!r}: not a CIDR (write it as text, e.g. 10.0.0.0/8)")
+            continue
         try:
             ipaddress.ip_network(cidr, strict=True)
         except (TypeError, ValueError) as exc:
