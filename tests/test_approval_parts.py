@@ -102,6 +102,15 @@ def test_signing_secret_from_a_file_and_approvers_parsed(tmp_path):
                               "RESPONDER_SLACK_APPROVERS": "alice"})
 
 
+def test_the_start_up_line_says_who_may_click_approve():
+    config = SlackConfig(token="xoxb-1", channel="C1", signing_secret=SECRET)
+    assert "anyone in C1 may click them (RESPONDER_SLACK_APPROVERS limits who)" in \
+        slack_status(config)
+    limited = SlackConfig(token="xoxb-1", channel="C1", signing_secret=SECRET,
+                          approvers=("U0ALICE", "U0BOB"))
+    assert "2 approver(s) in RESPONDER_SLACK_APPROVERS" in slack_status(limited)
+
+
 def test_webhook_mode_says_approvals_only_work_over_http():
     status = slack_status(SlackConfig(webhook_url="https://hooks.slack.com/x"))
     assert "approvals only over HTTP" in status and "cannot show buttons" in status

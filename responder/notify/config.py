@@ -158,7 +158,9 @@ def slack_status(config: SlackConfig | None) -> str:
     where = ("an incoming webhook" if config.webhook_url
              else f"chat.postMessage to {config.channel}")
     if config.interactive:
-        approvals = "approvals: Approve/Reject buttons at POST /slack/interactions"
+        who = (f"{len(config.approvers)} approver(s) in {APPROVERS}" if config.approvers else
+               f"anyone in {config.channel} may click them ({APPROVERS} limits who)")
+        approvals = f"approvals: Approve/Reject buttons at POST /slack/interactions, {who}"
     elif config.webhook_url:
         approvals = ("approvals only over HTTP (POST /events/<uuid>/approve): an incoming "
                      "webhook cannot show buttons")
