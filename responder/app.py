@@ -12,20 +12,19 @@ from kubernetes.client import ApiClient
 from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import HTTPException
 
-from . import kube
+from . import eventread, kube
 from .actions import Registry
-from .approvals import ApprovalError, Approvals, approver_name, awaiting_decisions, public_view
+from .approvals import ApprovalError, Approvals, approver_name
 from .auth import TokenAuth
 from .console import register_console
 from .errors import EventError, StorageError, UndoRefused
 from .events import parse_event
-from .evidencestore import bundle_listing, recorded_bundles
 from .intake import Intake
 from .interactions import InteractionError, SlackInteractions
-from .journal import AWAITING
 from .logs import clipped
 from .metrics import Metrics
 from .notify import SlackConfig
+from .relay import ReadServer, Relay
 from .service import Responder
 from .settings import Settings
 from .spool import SpoolWriter
@@ -82,8 +81,13 @@ def create_app(settings: Settings | None = None, *, table: Table | None = None,
                 worker.start()
                 app.extensions["wakeup"] = WakeListener(parts.spool_dir, worker.wake).start()
     _add_auth(app, settings, responder.metrics)
-    _add_routes(app, responder, intake)
-    _add_evidence_route(app, responder)
+    if parts.relay is not None:
+        # Reads of this replica's events reaching another replica come here: served by
+        # the processes that serve HTTP (the queue worker process may be restarting).
+        app.extensions["read_server"] = ReadServer(parts.relay, lambda uuid, what: (
+            eventread.read_here(responder, uuid, what))).start()
+    _add_routes(app, responder, intake, parts.relay)
+    _add_evidence_route(app, responder, parts.relay)
     _add_undo_route(app, parts.undoer, intake)
     wakeups = Wakeups(worker.wake, *([app.extensions["wake_sender"]] if spool else []))
     approvals = app.extensions["approvals"] = Approvals(store, wakeups.set,
@@ -108,6 +112,8 @@ def shutdown(app: Flask, timeout: float = 10.0) -> None:
         ext["spool"].close()  # flushed: what was answered 202 is on disk
     if ext.get("api_probe"):
         ext["api_probe"].stop()
+    if ext.get("read_server"):
+        ext["read_server"].stop()
     for wake in ("wake_sender", "wakeup"):
         if ext.get(wake):
             ext[wake].close()
@@ -173,7 +179,8 @@ def _log_auth(settings: Settings) -> None:
                        "isolated pod. Set RESPONDER_OPERATOR_TOKEN(_FILE) to keep them apart.")
 
 
-def _add_routes(app: Flask, responder: Responder, intake: Intake | None) -> None:
+def _add_routes(app: Flask, responder: Responder, intake: Intake | None,
+                relay: Relay | None) -> None:
     def receive() -> tuple[Response, int]:
         body, content_type = request.get_data(cache=False), request.content_type or ""
         if intake is not None:
@@ -185,37 +192,34 @@ def _add_routes(app: Flask, responder: Responder, intake: Intake | None) -> None
 
     @app.get("/events/<uuid>", endpoint="event_status")
     def event_status(uuid: str) -> tuple[Response, int]:
-        status = responder.store.status(uuid)
+        status = eventread.event_status(responder, uuid)
         if status is None and intake is not None and intake.known(uuid):
             # Spooled, not yet taken into the queue by the worker.
             status = {"uuid": uuid, "state": "received", "attempts": 0, "error": None,
                       "decisions": []}
-        if status is not None and status.get("approval"):
-            record = status["approval"]
-            status["approval"] = public_view(record)
-            if status["state"] == AWAITING:
-                status["decisions"] += awaiting_decisions(record)
-        if status is None:
-            # Counted like every other refusal: many of them mean a client polls for events
-            # this replica never had (another replica's, or ones past retention).
-            responder.metrics.inc(responder.metrics.rejected, "404")
-            return jsonify({"error": f"no event {clipped(uuid, 128)} (never received, or "
-                            "past retention)"}), 404
-        return jsonify(status), 200
+        if status is not None:
+            return jsonify(status), 200
+        elsewhere = eventread.read_elsewhere(relay, uuid, eventread.STATUS)
+        if elsewhere is not None and elsewhere[0] != 404:
+            return jsonify(elsewhere[1]), elsewhere[0]
+        # Counted like every other refusal: many of them mean a client polls for events
+        # no replica has (past retention), or this one never had (Redis down).
+        responder.metrics.inc(responder.metrics.rejected, "404")
+        return jsonify({"error": f"no event {clipped(uuid, 128)} (never received, or "
+                        "past retention)"}), 404
 
 
-def _add_evidence_route(app: Flask, responder: Responder) -> None:
+def _add_evidence_route(app: Flask, responder: Responder, relay: Relay | None) -> None:
     @app.get("/events/<uuid>/evidence", endpoint="event_evidence")
     def event_evidence(uuid: str) -> tuple[Response, int]:
-        status = responder.store.status(uuid)
-        bundles = recorded_bundles((status or {}).get("decisions", []))
-        if not bundles:
+        status, body = eventread.event_evidence(responder, uuid)
+        if status == 404 and responder.store.status(uuid) is None:
+            elsewhere = eventread.read_elsewhere(relay, uuid, eventread.EVIDENCE)
+            if elsewhere is not None:
+                status, body = elsewhere
+        if status == 404:
             responder.metrics.inc(responder.metrics.rejected, "404")
-            said = "has no evidence bundle" if status else "unknown (never received, or past " \
-                "retention)"
-            return jsonify({"error": f"event {clipped(uuid, 128)} {said}"}), 404
-        return jsonify({"uuid": uuid, "bundles": [bundle_listing(responder.evidence, b)
-                                                  for b in bundles]}), 200
+        return jsonify(body), status
 
 
 def interactions_for(parts: Components, approvals: Approvals) -> SlackInteractions | None:

@@ -10,6 +10,10 @@ Keys (under the shared prefix, `falco-responder:`):
 - `held:<uuid>`: the owner of a finished event with something undoable (TTL: retention).
 - `undo-requests:<owner>`: a list of JSON undo requests the owner serves (BLPOP).
 - `undo-reply:<id>`: a list holding the owner's one answer to a request.
+- `where:<uuid>`: the owner of an event decided or awaiting a verdict (TTL: retention), so a
+  `GET /events/<uuid>` (or its `/evidence`) reaching another replica is answered by it.
+- `read-requests:<owner>`: a list of JSON read requests the owner serves; answered on an
+  `undo-reply:<id>` key as undos are.
 """
 
 from __future__ import annotations
@@ -104,14 +108,20 @@ class Relay:
         return max(1000, int((deadline - self.clock() + VERDICT_GRACE_SECONDS) * 1000))
 
     # --- verdicts --------------------------------------------------------------------
-    def publish_awaiting(self, uuid: str, record: Mapping[str, Any]) -> None:
-        """Say that this replica holds `uuid`, awaiting a verdict until its deadline."""
+    def publish_awaiting(self, uuid: str, record: Mapping[str, Any],
+                         seconds: float | None = None) -> None:
+        """Say that this replica holds `uuid`, awaiting a verdict until its deadline; with
+        `seconds`, that reads of it are for this replica (`where`) that long."""
         shown = {"owner": self.owner, "deadline": record["deadline"],
                  "rules": record.get("rules", []),
                  "actions": [{"action": p.get("action"), "target": p.get("target")}
                              for p in record.get("planned", [])]}
-        self.redis.set(self._key("awaiting", uuid), json.dumps(shown),
-                       px=self._ttl_ms(record["deadline"]))
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(self._key("awaiting", uuid), json.dumps(shown),
+                     px=self._ttl_ms(record["deadline"]))
+            if seconds is not None:
+                pipe.set(self._key("where", uuid), self.owner, px=max(1000, int(seconds * 1000)))
+            pipe.execute()
 
     def awaiting(self, uuid: str) -> dict[str, Any] | None:
         """The published record of `uuid` awaiting a verdict on some replica, or None."""
@@ -134,24 +144,43 @@ class Relay:
         return {u: readable(t) for u, t in zip(uuids, texts, strict=True) if t}
 
     # --- undo ------------------------------------------------------------------------
-    def publish_held(self, uuid: str, seconds: float) -> None:
-        """Say that this replica holds finished event `uuid`, which has something to undo."""
-        self.redis.set(self._key("held", uuid), self.owner, px=max(1000, int(seconds * 1000)))
+    def publish_held(self, uuid: str, seconds: float, undoable: bool = True) -> None:
+        """Say that this replica holds finished event `uuid` (`where`), and, when it has
+        something to undo, that too (`held`); one round trip."""
+        ttl = max(1000, int(seconds * 1000))
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(self._key("where", uuid), self.owner, px=ttl)
+            if undoable:
+                pipe.set(self._key("held", uuid), self.owner, px=ttl)
+            pipe.execute()
 
     def holder(self, uuid: str) -> str | None:
         text = self.redis.get(self._key("held", uuid))
+        return text.decode() if text else None
+
+    def where(self, uuid: str) -> str | None:
+        text = self.redis.get(self._key("where", uuid))
         return text.decode() if text else None
 
     def request_undo(self, owner: str, uuid: str, by: str | None,
                      wait: float | None = None) -> dict[str, Any] | None:
         """Queue an undo to `owner` and wait up to `wait` s for its answer ({"status",
         "answer" | "error"}); None when none came in time."""
+        return self._request("undo-requests", owner, {"uuid": uuid, "by": by},
+                             UNDO_WAIT_SECONDS if wait is None else wait)
+
+    def request_read(self, owner: str, uuid: str, what: str, wait: float
+                     ) -> dict[str, Any] | None:
+        """Ask `owner` for what it answers to a read of `uuid` (`what`: status, evidence)."""
+        return self._request("read-requests", owner, {"uuid": uuid, "what": what}, wait)
+
+    def _request(self, kind: str, owner: str, request: dict[str, Any], wait: float
+                 ) -> dict[str, Any] | None:
         reply = self._key("undo-reply", uuids.uuid4().hex)
-        queue = self._key("undo-requests", owner)
-        request = {"uuid": uuid, "by": by, "reply": reply, "asked": self.clock()}
-        self.redis.rpush(queue, json.dumps(request))
+        queue = self._key(kind, owner)
+        self.redis.rpush(queue, json.dumps({**request, "reply": reply, "asked": self.clock()}))
         self.redis.pexpire(queue, int(UNDO_REQUEST_SECONDS * 1000))
-        deadline = time.monotonic() + (UNDO_WAIT_SECONDS if wait is None else wait)
+        deadline = time.monotonic() + wait
         while (left := deadline - time.monotonic()) > 0:
             got = self.redis.blpop([reply], timeout=max(1, min(BLOCK_SECONDS, int(left))))
             if got:
@@ -161,6 +190,10 @@ class Relay:
     def next_undo_request(self) -> dict[str, Any] | None:
         """The oldest undo request for this replica, waiting up to a second for one."""
         got = self.redis.blpop([self._key("undo-requests", self.owner)], timeout=BLOCK_SECONDS)
+        return json.loads(got[1]) if got else None
+
+    def next_read_request(self) -> dict[str, Any] | None:
+        got = self.redis.blpop([self._key("read-requests", self.owner)], timeout=BLOCK_SECONDS)
         return json.loads(got[1]) if got else None
 
     def answer(self, reply: str, body: Mapping[str, Any]) -> None:
@@ -188,9 +221,8 @@ def relayed_undo(relay: Relay, uuid: str, by: str | None,
         raise UndoRefused(504, f"the replica holding event {clipped(uuid, 128)} did not "
                           f"answer within {UNDO_WAIT_SECONDS:g} s; the undo may still happen "
                           f"there within {UNDO_REQUEST_SECONDS:g} s. Check its `undos` with "
-                          "GET /events/<uuid> (answered only by that replica: another says "
-                          "404), the audit Events (reason FalcoResponseUndone) on the objects, "
-                          "or Slack's undo message")
+                          "GET /events/<uuid>, the audit Events (reason FalcoResponseUndone) on "
+                          "the objects, or Slack's undo message")
     if answer.get("status") != 200:
         raise UndoRefused(int(answer.get("status", 502)), str(answer.get("error")))
     logger.info("event %s undone by replica %s for %s", uuid, owner, by)
@@ -201,6 +233,8 @@ class UndoServer:
     """Serves, on the owner replica, the undos other replicas pass on (one at a time, with
     the local `undo`, which keeps its own concurrency bound)."""
 
+    name = "undo-relay"
+
     def __init__(self, relay: Relay, undo: Callable[[str, str | None], dict[str, Any]]):
         self.relay = relay
         self.undo = undo
@@ -208,7 +242,7 @@ class UndoServer:
         self._thread: threading.Thread | None = None
 
     def start(self) -> UndoServer:
-        self._thread = threading.Thread(target=self._serve, name="undo-relay", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name=self.name, daemon=True)
         self._thread.start()
         return self
 
@@ -217,10 +251,13 @@ class UndoServer:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def next_request(self) -> dict[str, Any] | None:
+        return self.relay.next_undo_request()
+
     def _serve(self) -> None:
         while not self._stop.is_set():
             try:
-                request = self.relay.next_undo_request()
+                request = self.next_request()
                 if request is not None:
                     self.serve(request)
             except Exception as exc:  # noqa: BLE001 - e.g. Redis down: wait, ask again
@@ -241,3 +278,21 @@ class UndoServer:
             body = {"status": exc.status, "error": str(exc)}
         self.relay.answer(str(request["reply"]), body)
 
+
+class ReadServer(UndoServer):
+    """Serves, on the owner replica, the reads of its events other replicas pass on (a
+    journal read each: never behind an undo, which has a thread of its own)."""
+
+    name = "read-relay"
+
+    def __init__(self, relay: Relay,
+                 read: Callable[[str, str], tuple[int, dict[str, Any]]]):
+        super().__init__(relay, lambda uuid, by: {})
+        self.read = read
+
+    def next_request(self) -> dict[str, Any] | None:
+        return self.relay.next_read_request()
+
+    def serve(self, request: Mapping[str, Any]) -> None:
+        status, body = self.read(str(request.get("uuid")), str(request.get("what")))
+        self.relay.answer(str(request["reply"]), {"status": status, "answer": body})

@@ -118,8 +118,8 @@ def connect_relay(shared: SharedState, store: EventStore, worker: Worker,
     relay = Relay(shared.redis, shared.prefix, replica_id(store.path.parent))
     worker.relay = undoer.relay = relay
     worker.undo_server = UndoServer(relay, undoer.undo_here)
-    logger.info("replica %s: verdicts and undos for other replicas' events pass through "
-                "Redis", relay.owner)
+    logger.info("replica %s: verdicts, undos and reads of other replicas' events pass "
+                "through Redis", relay.owner)
     return relay
 
 

@@ -309,7 +309,7 @@ class Worker:
             # Redis may have been down when they started waiting, or lost what it held.
             for key, record in self.store.awaiting_records():
                 self._publish(lambda relay, key=key, record=record:
-                              relay.publish_awaiting(key, record))
+                              relay.publish_awaiting(key, record, self.retention_seconds))
         return released
 
     def _announce_waiting(self) -> None:
@@ -486,11 +486,12 @@ class Worker:
         # that needed none (they ran then): once more would show each action twice.
         audited = [i for i in run.prior if i not in run.gated] if run.verdict else []
         self.responder.after_actions(run.plan, reports, record, audited)
-        # Worth saying which replica holds the event, so an undo reaching another one finds it.
-        if self.relay is not None and offers_undo(reports, self.responder.registry.undoable()):
+        # Which replica holds the event, so a read (or an undo) reaching another one finds it.
+        if self.relay is not None:
             key, keep = item.key, self.retention_seconds
+            undoable = offers_undo(reports, self.responder.registry.undoable())
             self._after_commit.append(lambda: self._publish(
-                lambda relay: relay.publish_held(key, keep)))
+                lambda relay: relay.publish_held(key, keep, undoable)))
 
     def _publish(self, say: Callable[[Relay], None]) -> None:
         """Tell the other replicas through Redis; with Redis down, only this replica knows
@@ -532,8 +533,9 @@ class Worker:
                                                                           record))
         if self.relay is not None:
             key = run.item.key
+            keep = self.retention_seconds
             self._after_commit.append(lambda: self._publish(
-                lambda relay: relay.publish_awaiting(key, record)))
+                lambda relay: relay.publish_awaiting(key, record, keep)))
         if self.responder.audit is not None:
             self.responder.audit.record_all(run.plan.event, done)
 

@@ -1,0 +1,98 @@
+"""Reads across replicas: `GET /events/<uuid>` and its `/evidence` reaching the replica
+without the event (behind the Service, a coin toss with two) are answered by the replica
+holding it, through the shared Redis, on the real kube-apiserver's events."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from responder import eventread
+
+from . import test_approvals as approvals
+from .test_approvals import AUTH, post_event, status, table
+
+slack, web, responder_app = approvals.slack, approvals.web, approvals.responder_app
+
+pytestmark = pytest.mark.slow
+BEARER = {"Authorization": f"Bearer {AUTH}"}
+CAPTURE_AND_LABEL = """
+defaults: {dry_run: false}
+rules:
+  - name: capture-then-label
+    match: {rules: ["Netcat Remote Code Execution in Container"]}
+    actions:
+      - action: capture-evidence
+      - action: label-pod
+        params: {labels: {quarantine: "true"}}
+"""
+
+
+@pytest.fixture
+def replicas(responder_app, redis_server):
+    """Two replicas sharing the real Redis; the first holds the events."""
+    import redis
+
+    with redis.Redis.from_url(redis_server.url) as client:
+        client.flushdb()
+    def make(text: str) -> tuple:
+        return (responder_app(text, state="replica-a", redis_url=redis_server.url),
+                responder_app(text, state="replica-b", redis_url=redis_server.url))
+    return make
+
+
+def get(app, path: str):
+    return app.test_client().get(path, headers=BEARER)
+
+
+def owner(app) -> str:
+    return app.extensions["components"].relay.owner
+
+
+def test_a_status_read_on_the_other_replica_is_the_holders_answer(cluster, web, replicas):
+    holder, other = replicas(CAPTURE_AND_LABEL)
+    post_event(holder, cluster.namespace)
+    here = status(holder)
+    reply = get(other, "/events/ev-1")
+    assert reply.status_code == 200, reply.get_json()
+    there = reply.get_json()
+    assert there.pop("replica") == owner(holder)
+    assert there == here and here["state"] == "done"
+    assert [d["outcome"] for d in there["decisions"]] == ["done", "done"]
+
+
+def test_an_evidence_read_on_the_other_replica_lists_the_holders_bundle(cluster, web,
+                                                                        replicas):
+    holder, other = replicas(CAPTURE_AND_LABEL)
+    post_event(holder, cluster.namespace)
+    reply = get(other, "/events/ev-1/evidence")
+    assert reply.status_code == 200, reply.get_json()
+    body = reply.get_json()
+    assert body["replica"] == owner(holder)
+    [bundle] = body["bundles"]
+    assert bundle["verified"] is True  # read from the holder's store, where it was written
+    assert body["bundles"] == get(holder, "/events/ev-1/evidence").get_json()["bundles"]
+
+
+def test_a_waiting_event_reads_the_same_on_both_replicas(cluster, web, replicas):
+    holder, other = replicas(table())
+    post_event(holder, cluster.namespace)
+    there = get(other, "/events/ev-1").get_json()
+    assert there["state"] == "awaiting-approval" and there.pop("replica") == owner(holder)
+    assert there == status(holder)
+
+
+def test_a_holder_that_does_not_answer_is_504_and_an_unknown_event_404_everywhere(
+        cluster, web, replicas, monkeypatch):
+    holder, other = replicas(CAPTURE_AND_LABEL)
+    post_event(holder, cluster.namespace)
+    monkeypatch.setattr(eventread, "READ_WAIT_SECONDS", 1.0)
+    started = time.monotonic()
+    holder.extensions["read_server"].stop()  # a holder that does not answer
+    reply = get(other, "/events/ev-1")
+    assert reply.status_code == 504 and owner(holder) in reply.get_json()["error"]
+    assert time.monotonic() - started < 5
+    for app in (holder, other):
+        assert get(app, "/events/nope").status_code == 404
+        assert get(app, "/events/nope/evidence").status_code == 404
