@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import threading
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
@@ -86,8 +87,10 @@ def create_app(settings: Settings | None = None, *, table: Table | None = None,
         # the processes that serve HTTP (the queue worker process may be restarting).
         app.extensions["read_server"] = ReadServer(parts.relay, lambda uuid, what: (
             eventread.read_here(responder, uuid, what))).start()
-    _add_routes(app, responder, intake, parts.relay)
-    _add_evidence_route(app, responder, parts.relay)
+    # Reads waiting on another replica: all request threads but one (as for undos).
+    gate = threading.BoundedSemaphore(max(1, settings.intake.threads - 1))
+    _add_routes(app, responder, intake, parts.relay, gate)
+    _add_evidence_route(app, responder, parts.relay, gate)
     _add_undo_route(app, parts.undoer, intake)
     wakeups = Wakeups(worker.wake, *([app.extensions["wake_sender"]] if spool else []))
     approvals = app.extensions["approvals"] = Approvals(store, wakeups.set,
@@ -180,7 +183,7 @@ def _log_auth(settings: Settings) -> None:
 
 
 def _add_routes(app: Flask, responder: Responder, intake: Intake | None,
-                relay: Relay | None) -> None:
+                relay: Relay | None, gate: threading.Semaphore) -> None:
     def receive() -> tuple[Response, int]:
         body, content_type = request.get_data(cache=False), request.content_type or ""
         if intake is not None:
@@ -199,8 +202,10 @@ def _add_routes(app: Flask, responder: Responder, intake: Intake | None,
                       "decisions": []}
         if status is not None:
             return jsonify(status), 200
-        elsewhere = eventread.read_elsewhere(relay, uuid, eventread.STATUS)
+        elsewhere = eventread.read_elsewhere(relay, uuid, eventread.STATUS, gate)
         if elsewhere is not None and elsewhere[0] != 404:
+            if elsewhere[0] >= 400:  # 429 or 504: counted as every refusal is
+                responder.metrics.inc(responder.metrics.rejected, str(elsewhere[0]))
             return jsonify(elsewhere[1]), elsewhere[0]
         # Counted like every other refusal: many of them mean a client polls for events
         # no replica has (past retention), or this one never had (Redis down).
@@ -209,16 +214,17 @@ def _add_routes(app: Flask, responder: Responder, intake: Intake | None,
                         "past retention)"}), 404
 
 
-def _add_evidence_route(app: Flask, responder: Responder, relay: Relay | None) -> None:
+def _add_evidence_route(app: Flask, responder: Responder, relay: Relay | None,
+                        gate: threading.Semaphore) -> None:
     @app.get("/events/<uuid>/evidence", endpoint="event_evidence")
     def event_evidence(uuid: str) -> tuple[Response, int]:
         status, body = eventread.event_evidence(responder, uuid)
         if status == 404 and responder.store.status(uuid) is None:
-            elsewhere = eventread.read_elsewhere(relay, uuid, eventread.EVIDENCE)
+            elsewhere = eventread.read_elsewhere(relay, uuid, eventread.EVIDENCE, gate)
             if elsewhere is not None:
                 status, body = elsewhere
-        if status == 404:
-            responder.metrics.inc(responder.metrics.rejected, "404")
+        if status >= 400:
+            responder.metrics.inc(responder.metrics.rejected, str(status))
         return jsonify(body), status
 
 

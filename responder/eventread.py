@@ -6,6 +6,7 @@ is a coin toss; the answer must not be."""
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from .approvals import awaiting_decisions, public_view
@@ -53,11 +54,12 @@ def read_here(responder: Responder, uuid: str, what: str) -> tuple[int, dict[str
     return (200, status) if status is not None else (404, {"error": "unknown event"})
 
 
-def read_elsewhere(relay: Relay | None, uuid: str, what: str
+def read_elsewhere(relay: Relay | None, uuid: str, what: str, gate: threading.Semaphore
                    ) -> tuple[int, dict[str, Any]] | None:
     """Ask the replica Redis names as holding `uuid`: (status, body) with `replica` added
-    to a 200; None when no other replica holds it (or Redis cannot say: logged), or
-    (504, error) when the holder does not answer in time."""
+    to a 200; None when no other replica holds it (or Redis cannot say: logged); (504,
+    error) when the holder does not answer in time; (429, error) while `gate` is taken: a
+    relayed read holds a request thread while it waits, and events must still find one."""
     import redis
 
     if relay is None:
@@ -66,7 +68,14 @@ def read_elsewhere(relay: Relay | None, uuid: str, what: str
         owner = relay.where(uuid)
         if owner is None or owner == relay.owner:
             return None
-        answer = relay.request_read(owner, uuid, what, READ_WAIT_SECONDS)
+        if not gate.acquire(blocking=False):
+            return 429, {"error": f"event {clipped(uuid, 128)} is held by replica {owner}, "
+                         "and this replica is already waiting on others for as many reads "
+                         "as it lets wait; try again"}
+        try:
+            answer = relay.request_read(owner, uuid, what, READ_WAIT_SECONDS)
+        finally:
+            gate.release()
     except redis.RedisError as exc:
         relay.trouble.failed(exc)
         return None

@@ -4,6 +4,7 @@ holding it, through the shared Redis, on the real kube-apiserver's events."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -96,3 +97,24 @@ def test_a_holder_that_does_not_answer_is_504_and_an_unknown_event_404_everywher
     for app in (holder, other):
         assert get(app, "/events/nope").status_code == 404
         assert get(app, "/events/nope/evidence").status_code == 404
+
+
+def test_reads_waiting_on_another_replica_leave_a_request_thread_for_events(
+        cluster, web, replicas, monkeypatch):
+    """With RESPONDER_THREADS 2, one read may wait on the holder; a second at the same time
+    is 429 at once, and an event is still taken in meanwhile."""
+    holder, other = replicas(CAPTURE_AND_LABEL)
+    post_event(holder, cluster.namespace)
+    holder.extensions["read_server"].stop()
+    monkeypatch.setattr(eventread, "READ_WAIT_SECONDS", 3.0)
+    waiting = threading.Thread(target=get, args=(other, "/events/ev-1"))
+    waiting.start()
+    time.sleep(0.5)
+    try:
+        second = get(other, "/events/ev-1/evidence")
+        assert second.status_code == 429 and "try again" in second.get_json()["error"]
+        post_event(other, cluster.namespace, uuid="ev-2")
+    finally:
+        waiting.join(10)
+    exposition = other.test_client().get("/metrics").get_data(as_text=True)
+    assert 'responder_requests_rejected_total{status="429"} 1.0' in exposition
