@@ -87,8 +87,8 @@ def create_app(settings: Settings | None = None, *, table: Table | None = None,
         # the processes that serve HTTP (the queue worker process may be restarting).
         app.extensions["read_server"] = ReadServer(parts.relay, lambda uuid, what: (
             eventread.read_here(responder, uuid, what))).start()
-    # Reads waiting on another replica: all request threads but one (as for undos).
-    gate = threading.BoundedSemaphore(max(1, settings.intake.threads - 1))
+    # Reads waiting on another replica share the undos' bound: all request threads but one.
+    gate = parts.undoer.gate
     _add_routes(app, responder, intake, parts.relay, gate)
     _add_evidence_route(app, responder, parts.relay, gate)
     _add_undo_route(app, parts.undoer, intake)

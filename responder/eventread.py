@@ -18,7 +18,7 @@ from .service import Responder
 
 logger = logging.getLogger(__name__)
 #: How long a read waits for the replica holding the event (a journal read there).
-READ_WAIT_SECONDS = 5.0
+READ_WAIT_SECONDS = 2.0
 STATUS, EVIDENCE = "status", "evidence"
 
 
@@ -82,6 +82,8 @@ def read_elsewhere(relay: Relay | None, uuid: str, what: str, gate: threading.Se
     if answer is None:
         return 504, {"error": f"event {clipped(uuid, 128)} is held by replica {owner}, which "
                      f"did not answer within {READ_WAIT_SECONDS:g} s; try again"}
-    body = answer.get("answer") if isinstance(answer.get("answer"), dict) else {}
-    status = int(answer.get("status", 502))
+    body, status = answer.get("answer"), answer.get("status")
+    if not isinstance(body, dict) or not isinstance(status, int) or not 200 <= status < 600:
+        return 502, {"error": f"replica {owner} answered a read of event {clipped(uuid, 128)} "
+                     "with something that is not a read's answer"}
     return status, ({**body, "replica": owner} if status == 200 else body)

@@ -298,14 +298,16 @@ def _incident(run: _Run, decision: Decision, actions: Mapping[str, Action]) -> I
 
 
 def _pod_as_read(run: _Run, actions: Mapping[str, Action]) -> Any:
-    """The pod as read before the plan, while nothing of the plan may have changed it since
-    (only read-only actions did anything): a capture after a label must see the label."""
+    """The pod as read before the plan, while nothing may have changed it since: every
+    earlier action was read-only or only said what it would do. Any other outcome (done,
+    failed, skipped after a first write, coalesced or already done by another event) may
+    mean a changed pod: a capture after a label must see the label."""
     if run.pod is None:
         return None
     for report in run.reports:
-        acted = report.result.outcome in (Outcome.DONE, Outcome.FAILED)
         action = actions.get(report.decision.action)
-        if acted and not (action is not None and action.read_only):
+        if report.result.outcome is not Outcome.WOULD_RUN and not (
+                action is not None and action.read_only):
             return None
     return run.pod.obj
 

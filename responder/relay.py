@@ -14,6 +14,8 @@ Keys (under the shared prefix, `falco-responder:`):
   `GET /events/<uuid>` (or its `/evidence`) reaching another replica is answered by it.
 - `read-requests:<owner>`: a list of JSON read requests the owner serves; answered on an
   `undo-reply:<id>` key as undos are.
+- `alive:<owner>`: set by the owner's read servers every second (TTL 5 s): a read for a
+  replica that is gone (a new pod is a new replica) is 404 at once, not a wait.
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ UNDO_WAIT_SECONDS = 10.0
 UNDO_REQUEST_SECONDS = 60.0
 #: How long the owner blocks on its request list per turn (below the client's 2 s timeout).
 BLOCK_SECONDS = 1
+#: How long a replica's `alive:` key outlives its read server's last turn.
+ALIVE_MS = 5000
+#: A read request older than this when the owner gets to it is dropped: its asker has
+#: given up (eventread.READ_WAIT_SECONDS is shorter).
+READ_REQUEST_SECONDS = 5.0
 _ID_FILE = "replica-id"
 
 # KEYS[1] verdict; ARGV verdict JSON, TTL (ms): the verdict already given, or this one.
@@ -144,14 +151,15 @@ class Relay:
         return {u: readable(t) for u, t in zip(uuids, texts, strict=True) if t}
 
     # --- undo ------------------------------------------------------------------------
-    def publish_held(self, uuid: str, seconds: float, undoable: bool = True) -> None:
-        """Say that this replica holds finished event `uuid` (`where`), and, when it has
-        something to undo, that too (`held`); one round trip."""
+    def publish_held(self, events: list[tuple[str, bool]], seconds: float) -> None:
+        """Say that this replica holds these finished events (`where`), and which have
+        something to undo (`held`): a worker batch's, in one round trip."""
         ttl = max(1000, int(seconds * 1000))
         with self.redis.pipeline(transaction=False) as pipe:
-            pipe.set(self._key("where", uuid), self.owner, px=ttl)
-            if undoable:
-                pipe.set(self._key("held", uuid), self.owner, px=ttl)
+            for uuid, undoable in events:
+                pipe.set(self._key("where", uuid), self.owner, px=ttl)
+                if undoable:
+                    pipe.set(self._key("held", uuid), self.owner, px=ttl)
             pipe.execute()
 
     def holder(self, uuid: str) -> str | None:
@@ -159,8 +167,14 @@ class Relay:
         return text.decode() if text else None
 
     def where(self, uuid: str) -> str | None:
-        text = self.redis.get(self._key("where", uuid))
-        return text.decode() if text else None
+        """The replica holding `uuid`, if it is serving reads (else None, as if unknown)."""
+        owner = self.redis.get(self._key("where", uuid))
+        if owner is None or self.redis.get(self._key("alive", owner.decode())) is None:
+            return None
+        return owner.decode()
+
+    def mark_alive(self) -> None:
+        self.redis.set(self._key("alive", self.owner), "1", px=ALIVE_MS)
 
     def request_undo(self, owner: str, uuid: str, by: str | None,
                      wait: float | None = None) -> dict[str, Any] | None:
@@ -193,10 +207,15 @@ class Relay:
         return json.loads(got[1]) if got else None
 
     def next_read_request(self) -> dict[str, Any] | None:
+        self.mark_alive()
         got = self.redis.blpop([self._key("read-requests", self.owner)], timeout=BLOCK_SECONDS)
         return json.loads(got[1]) if got else None
 
     def answer(self, reply: str, body: Mapping[str, Any]) -> None:
+        if not reply.startswith(self._key("undo-reply", "")):
+            # Whoever wrote the request named another key: never write there.
+            logger.warning("a relayed request named a reply key outside undo-reply: dropped")
+            return
         self.redis.rpush(reply, json.dumps(body))
         self.redis.pexpire(reply, int(UNDO_REQUEST_SECONDS * 1000))
 
@@ -294,5 +313,16 @@ class ReadServer(UndoServer):
         return self.relay.next_read_request()
 
     def serve(self, request: Mapping[str, Any]) -> None:
-        status, body = self.read(str(request.get("uuid")), str(request.get("what")))
-        self.relay.answer(str(request["reply"]), {"status": status, "answer": body})
+        try:
+            asked = float(request.get("asked", 0))
+        except (TypeError, ValueError):
+            asked = 0.0
+        if self.relay.clock() - asked > READ_REQUEST_SECONDS:
+            return  # its asker has answered 504 already
+        try:
+            status, body = self.read(str(request.get("uuid")), str(request.get("what")))
+        except Exception as exc:  # noqa: BLE001 - e.g. the journal busy: say so, at once
+            logger.warning("a read passed on by another replica failed: %s", exc)
+            status, body = 500, {"error": f"the replica holding the event could not read it "
+                                 f"({type(exc).__name__}); try again"}
+        self.relay.answer(str(request.get("reply")), {"status": status, "answer": body})

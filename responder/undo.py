@@ -100,6 +100,9 @@ class Undoer:
         #: and events must still find one (Falcosidekick drops what it cannot deliver).
         self.max_running = max(1, max_running)
         self._running = threading.BoundedSemaphore(self.max_running)
+        #: Taken by whatever holds a request thread while it waits (an undo here, one passed
+        #: to another replica, a read of another replica's event: eventread).
+        self.gate = self._running
         #: With several replicas (Redis): an event held by another replica is undone there.
         self.relay: Relay | None = None
 
@@ -116,7 +119,15 @@ class Undoer:
         except UndoRefused as exc:
             if exc.status != 404 or self.relay is None:
                 raise
-            return relayed_undo(self.relay, uuid, by, exc)
+            refused = exc
+        # Waiting on another replica holds a request thread too.
+        if not self.gate.acquire(blocking=False):
+            raise UndoRefused(429, "as many requests as this process lets wait are waiting "
+                              "(undos, or reads of another replica's events); try again")
+        try:
+            return relayed_undo(self.relay, uuid, by, refused)
+        finally:
+            self.gate.release()
 
     def undo_here(self, uuid: str, by: str | None = None) -> dict[str, Any]:
         """`undo` of an event this replica holds (404 for any other)."""

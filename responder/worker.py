@@ -150,6 +150,8 @@ class Worker:
         self._parsed: dict[int, Event] = {}
         #: What to do once the batch's closings are committed (approval requests).
         self._after_commit: list[Callable[[], None]] = []
+        #: The batch's finished events (key, something to undo), published in one round trip.
+        self._held: list[tuple[str, bool]] = []
         #: Approval targets (approvals.approval_target) this batch set waiting, to event keys.
         self._batch_targets: dict[str, str] = {}
         self._troubles = {name: Trouble(what, logger) for name, what in (
@@ -270,6 +272,10 @@ class Worker:
                 os.sched_yield()
         finally:
             self.store.finish_many(closings)
+        if self._held:
+            held, keep = list(self._held), self.retention_seconds
+            self._held.clear()
+            self._publish(lambda relay: relay.publish_held(held, keep))
         for told in self._after_commit:
             try:
                 told()
@@ -488,10 +494,8 @@ class Worker:
         self.responder.after_actions(run.plan, reports, record, audited)
         # Which replica holds the event, so a read (or an undo) reaching another one finds it.
         if self.relay is not None:
-            key, keep = item.key, self.retention_seconds
-            undoable = offers_undo(reports, self.responder.registry.undoable())
-            self._after_commit.append(lambda: self._publish(
-                lambda relay: relay.publish_held(key, keep, undoable)))
+            self._held.append((item.key, offers_undo(reports,
+                                                     self.responder.registry.undoable())))
 
     def _publish(self, say: Callable[[Relay], None]) -> None:
         """Tell the other replicas through Redis; with Redis down, only this replica knows

@@ -301,8 +301,8 @@ def test_shipped_redis_refuses_to_start_with_an_unusable_password(redis_pod, tmp
 
 def test_verdicts_and_undos_pass_between_replicas_under_the_shipped_acl(shipped_redis,
                                                                        responder):
-    # The relay's commands (GET/SET in a Lua script, MGET, RPUSH, BLPOP, PEXPIRE) under the
-    # shipped ACL user, as the deployment's env configures it.
+    # The relay's commands (GET/SET in a Lua script, MGET, pipelined SETs, RPUSH,
+    # BLPOP, PEXPIRE) under the shipped ACL user, as the deployment's env configures it.
     from responder.relay import Relay
 
     state = shipped_state(shipped_redis, responder)
@@ -317,11 +317,18 @@ def test_verdicts_and_undos_pass_between_replicas_under_the_shipped_acl(shipped_
         assert holder.first_verdict("acl-1", {**verdict, "by": "x"}, time.time() + 60)[0] is \
             False
         assert holder.verdicts(["acl-1", "acl-2"]) == {"acl-1": verdict}
-        holder.publish_held("acl-1", 60)
-        assert other.holder("acl-1") == "replica-a"
+        holder.publish_held([("acl-1", True), ("acl-2", False)], 60)
+        assert other.holder("acl-1") == "replica-a" and other.holder("acl-2") is None
         assert other.request_undo("replica-a", "acl-1", "bob", wait=0.1) is None
         request = holder.next_undo_request()
         assert request["uuid"] == "acl-1" and request["by"] == "bob"
         holder.answer(request["reply"], {"status": 200, "answer": {"outcome": "undone"}})
+        # Reads: where (and the holder's liveness), the read-request list.
+        assert other.where("acl-2") is None  # the holder's read server has not said alive
+        assert other.request_read("replica-a", "acl-2", "status", wait=0.1) is None
+        request = holder.next_read_request()  # marks the holder alive, takes the request
+        assert other.where("acl-2") == "replica-a"
+        assert (request["uuid"], request["what"]) == ("acl-2", "status")
+        holder.answer(request["reply"], {"status": 200, "answer": {"state": "done"}})
     finally:
         state.close()

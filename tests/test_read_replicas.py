@@ -113,8 +113,28 @@ def test_reads_waiting_on_another_replica_leave_a_request_thread_for_events(
     try:
         second = get(other, "/events/ev-1/evidence")
         assert second.status_code == 429 and "try again" in second.get_json()["error"]
+        # An undo passed on to the holder would wait as long: it shares the bound.
+        undo = other.test_client().post("/events/ev-1/undo", json={"by": "dave"},
+                                        headers=BEARER)
+        assert undo.status_code == 429, undo.get_json()
         post_event(other, cluster.namespace, uuid="ev-2")
     finally:
         waiting.join(10)
     exposition = other.test_client().get("/metrics").get_data(as_text=True)
-    assert 'responder_requests_rejected_total{status="429"} 1.0' in exposition
+    assert 'responder_requests_rejected_total{status="429"} 2.0' in exposition
+
+
+def test_a_holder_that_is_gone_is_404_at_once_not_a_wait(cluster, web, replicas,
+                                                         redis_server):
+    """A new pod is a new replica: the old one's events are gone with its journal. Its
+    `where:` keys outlive it, its `alive:` key does not (5 s)."""
+    import redis
+
+    holder, other = replicas(CAPTURE_AND_LABEL)
+    post_event(holder, cluster.namespace)
+    holder.extensions["read_server"].stop()
+    with redis.Redis.from_url(redis_server.url) as client:
+        client.delete(f"falco-responder:alive:{owner(holder)}")  # as 5 s after it stopped
+    started = time.monotonic()
+    assert get(other, "/events/ev-1").status_code == 404
+    assert time.monotonic() - started < eventread.READ_WAIT_SECONDS
