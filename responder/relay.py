@@ -248,19 +248,19 @@ def relayed_undo(relay: Relay, uuid: str, by: str | None,
     return answer["answer"]
 
 
-class UndoServer:
-    """Serves, on the owner replica, the undos other replicas pass on (one at a time, with
-    the local `undo`, which keeps its own concurrency bound)."""
+class RequestServer:
+    """A thread serving, on the owner replica, the requests other replicas pass on through
+    one Redis list, one at a time: `next_request` takes one (waiting up to a second), and
+    `serve` answers it."""
 
-    name = "undo-relay"
+    name = "relay"
 
-    def __init__(self, relay: Relay, undo: Callable[[str, str | None], dict[str, Any]]):
+    def __init__(self, relay: Relay):
         self.relay = relay
-        self.undo = undo
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def start(self) -> UndoServer:
+    def start(self) -> RequestServer:
         self._thread = threading.Thread(target=self._serve, name=self.name, daemon=True)
         self._thread.start()
         return self
@@ -271,7 +271,10 @@ class UndoServer:
             self._thread.join(timeout)
 
     def next_request(self) -> dict[str, Any] | None:
-        return self.relay.next_undo_request()
+        raise NotImplementedError
+
+    def serve(self, request: Mapping[str, Any]) -> None:
+        raise NotImplementedError
 
     def _serve(self) -> None:
         while not self._stop.is_set():
@@ -284,6 +287,20 @@ class UndoServer:
                 self._stop.wait(1.0)
             else:
                 self.relay.trouble.passed()
+
+
+class UndoServer(RequestServer):
+    """Serves the undos other replicas pass on (with the local `undo`, which keeps its own
+    concurrency bound)."""
+
+    name = "undo-relay"
+
+    def __init__(self, relay: Relay, undo: Callable[[str, str | None], dict[str, Any]]):
+        super().__init__(relay)
+        self.undo = undo
+
+    def next_request(self) -> dict[str, Any] | None:
+        return self.relay.next_undo_request()
 
     def serve(self, request: Mapping[str, Any]) -> None:
         """Run one passed-on undo and answer it on its reply key."""
@@ -298,15 +315,15 @@ class UndoServer:
         self.relay.answer(str(request["reply"]), body)
 
 
-class ReadServer(UndoServer):
-    """Serves, on the owner replica, the reads of its events other replicas pass on (a
-    journal read each: never behind an undo, which has a thread of its own)."""
+class ReadServer(RequestServer):
+    """Serves the reads of its events other replicas pass on (a journal read each: never
+    behind an undo, which has a thread of its own)."""
 
     name = "read-relay"
 
     def __init__(self, relay: Relay,
                  read: Callable[[str, str], tuple[int, dict[str, Any]]]):
-        super().__init__(relay, lambda uuid, by: {})
+        super().__init__(relay)
         self.read = read
 
     def next_request(self) -> dict[str, Any] | None:
