@@ -218,11 +218,10 @@ def _add_evidence_route(app: Flask, responder: Responder, relay: Relay | None,
                         gate: threading.Semaphore) -> None:
     @app.get("/events/<uuid>/evidence", endpoint="event_evidence")
     def event_evidence(uuid: str) -> tuple[Response, int]:
-        status, body = eventread.event_evidence(responder, uuid)
-        if status == 404 and responder.store.status(uuid) is None:
-            elsewhere = eventread.read_elsewhere(relay, uuid, eventread.EVIDENCE, gate)
-            if elsewhere is not None:
-                status, body = elsewhere
+        recorded = responder.store.status(uuid)
+        elsewhere = None if recorded is not None else eventread.read_elsewhere(
+            relay, uuid, eventread.EVIDENCE, gate)
+        status, body = elsewhere or eventread.event_evidence(responder, uuid, recorded)
         if status >= 400:
             responder.metrics.inc(responder.metrics.rejected, str(status))
         return jsonify(body), status

@@ -33,10 +33,11 @@ def event_status(responder: Responder, uuid: str) -> dict[str, Any] | None:
     return status
 
 
-def event_evidence(responder: Responder, uuid: str) -> tuple[int, dict[str, Any]]:
-    """The event's evidence bundles, listed and verified against the store: (200, listing),
-    or (404, error) for an unknown event or one without a bundle."""
-    status = responder.store.status(uuid)
+def event_evidence(responder: Responder, uuid: str, status: dict[str, Any] | None
+                   ) -> tuple[int, dict[str, Any]]:
+    """The evidence bundles of the event whose journal `status` this is (None: unknown),
+    listed and verified against the store: (200, listing), or (404, error) for an unknown
+    event or one without a bundle."""
     bundles = recorded_bundles((status or {}).get("decisions", []))
     if not bundles:
         said = "has no evidence bundle" if status else "unknown (never received, or past " \
@@ -49,7 +50,7 @@ def event_evidence(responder: Responder, uuid: str) -> tuple[int, dict[str, Any]
 def read_here(responder: Responder, uuid: str, what: str) -> tuple[int, dict[str, Any]]:
     """A read another replica passed on (ReadServer): the same answers as the routes'."""
     if what == EVIDENCE:
-        return event_evidence(responder, uuid)
+        return event_evidence(responder, uuid, responder.store.status(uuid))
     status = event_status(responder, uuid)
     return (200, status) if status is not None else (404, {"error": "unknown event"})
 
