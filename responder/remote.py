@@ -136,9 +136,9 @@ def _unreachable(url: str, exc: requests.RequestException, remote: Remote) -> st
     missing: a server that wants a client certificate (TLS 1.3 refuses it after the
     handshake: a reset here) and one whose CA is not trusted look alike otherwise."""
     error = f"{type(exc).__name__}: cannot reach {url}"
-    cause = _innermost(exc)
     if not url.lower().startswith("https:"):
         return error
+    cause = _innermost(exc)
     error = f"{error}: {str(cause)[:300]}"
     if not isinstance(cause, ssl.SSLError | ConnectionResetError | ConnectionAbortedError):
         return error  # refused, no such host: nothing about certificates
@@ -168,11 +168,7 @@ def post_decision(base_url: str, uuid: str, verb: str, by: str | None, remote: R
                   out: TextIO) -> int:
     """POST /events/<uuid>/approve (or /reject) naming the approver; print the reply. Exit
     status 0 when decided, 1 otherwise (unknown event, decided already, refused)."""
-    url = f"{base_url.rstrip('/')}/events/{quote(uuid, safe='')}/{verb}"
-    body = json.dumps({"by": by or _login_name()})
-    with requests.Session() as session:
-        reply = _post(session, url, body, remote)
-    out.write(json.dumps(reply) + "\n")
+    reply = _post_as(base_url, uuid, verb, by, remote, out)
     return 0 if reply.get("status") == 200 else 1
 
 
@@ -180,14 +176,22 @@ def post_undo(base_url: str, uuid: str, by: str | None, remote: Remote,
               out: TextIO) -> int:
     """POST /events/<uuid>/undo naming who undoes it; print the reply. Exit status 0 when
     it answered 200 and no action's undo failed, else 1."""
-    url = f"{base_url.rstrip('/')}/events/{quote(uuid, safe='')}/undo"
-    body = json.dumps({"by": by or _login_name()})
-    with requests.Session() as session:
-        reply = _post(session, url, body, remote, timeout=UNDO_TIMEOUT_SECONDS)
-    out.write(json.dumps(reply) + "\n")
+    reply = _post_as(base_url, uuid, "undo", by, remote, out, UNDO_TIMEOUT_SECONDS)
     answer = reply.get("reply")
     failed = not isinstance(answer, dict) or answer.get("outcome") == "failed"
     return 0 if reply.get("status") == 200 and not failed else 1
+
+
+def _post_as(base_url: str, uuid: str, verb: str, by: str | None, remote: Remote,
+             out: TextIO, timeout: float = TIMEOUT_SECONDS) -> dict:
+    """POST /events/<uuid>/<verb> naming who asks (`by`, else the login name); the reply,
+    printed as a JSON line."""
+    url = f"{base_url.rstrip('/')}/events/{quote(uuid, safe='')}/{verb}"
+    body = json.dumps({"by": by or _login_name()})
+    with requests.Session() as session:
+        reply = _post(session, url, body, remote, timeout=timeout)
+    out.write(json.dumps(reply) + "\n")
+    return reply
 
 
 def _login_name() -> str:
