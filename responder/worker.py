@@ -431,11 +431,11 @@ class Worker:
     def _join_awaited(self, run: _Pass) -> dict[int, Result]:
         """Decisions whose table rule and target already wait for approval in another
         event: coalesced into that approval (a storm asks once, as it acts once)."""
-        wanted = [approval_target(run.plan.decisions[index]) for index in run.gated]
-        awaited = {**self.store.awaiting_targets(wanted), **self._batch_targets}
+        wanted = {index: approval_target(run.plan.decisions[index]) for index in run.gated}
+        awaited = {**self.store.awaiting_targets(wanted.values()), **self._batch_targets}
         joined = {}
-        for index in run.gated:
-            other = awaited.get(approval_target(run.plan.decisions[index]))
+        for index, target in wanted.items():
+            other = awaited.get(target)
             if other is not None and other != run.item.key:
                 joined[index] = Result(Outcome.COALESCED, "the same table rule and target "
                                        f"already await approval (event {other})")
